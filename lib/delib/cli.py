@@ -1,0 +1,98 @@
+"""The `delib` command line: `delib run` runs a recipe's stages; other subcommands use single stages' tools.
+
+Bad input prints one clear line to stderr and exits 2; a failing stage exits 1.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from .config import ParamsError
+from .spec import SpecError
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .runner import StageFailed, run
+
+    try:
+        rdir = run(args.params, stages=args.stages, resume=args.resume, force=args.force,
+                   command=["delib", *sys.argv[1:]])
+    except StageFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the manifest records how far the run got; re-run with --resume", file=sys.stderr)
+        return 130
+    print(f"done: {rdir} (manifest: {rdir / 'manifest.json'})")
+    return 0
+
+
+def _cmd_spec(args: argparse.Namespace) -> int:
+    import json
+
+    from .spec import count_tokens, load_spec, spec_for_category
+
+    spec = load_spec(args.spec, args.mapping)
+    if args.category:
+        if args.category not in spec.categories:
+            raise SpecError(f"{args.spec}: no category {args.category!r} (categories: "
+                            f"{', '.join(spec.categories) or 'none: the spec has no mapping'})")
+        text = spec_for_category(spec, args.category)
+        tokens = count_tokens(text)
+        if args.json:
+            print(json.dumps({"category": args.category, "tokens": tokens, "text": text}, indent=2))
+        else:
+            print(text)
+            print(f"-- {tokens} tokens (embedded model's tokenizer)", file=sys.stderr)
+        return 0
+    owner = spec.section_category()
+    rows = [{"id": s.id, "title": s.title, "level": s.level, "line": s.line, "words": len(s.body.split()),
+             "category": owner.get(s.id)} for s in spec.sections.values()]
+    if args.json:
+        print(json.dumps({"source": spec.source, "sections": rows,
+                          "categories": {c.id: {"title": c.title, "sections": c.sections, "levels": c.levels}
+                                         for c in spec.categories.values()}}, indent=2))
+        return 0
+    width = max(len(r["id"]) for r in rows) if rows else 2
+    print(f"{'id':<{width}}  lvl  words  category          title")
+    for r in rows:
+        print(f"{r['id']:<{width}}  {r['level']:>3}  {r['words']:>5}  {r['category'] or '-':<16}  "
+              f"{'  ' * (r['level'] - 1)}{r['title']}")
+    print(f"{len(rows)} sections, {len(spec.categories)} categories", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="delib", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a recipe's stage notebooks in order with papermill")
+    p.add_argument("params", help="params YAML file, e.g. params/default.yaml")
+    p.add_argument("--stages", help="which stages: 02-03, 02,05, generate (default: all)")
+    p.add_argument("--resume", action="store_true", help="continue an existing run; skip up-to-date stages")
+    p.add_argument("--force", action="store_true", help="re-run the selected stages even if up to date")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("spec", help="show a spec's sections, or what the generator sees for one category")
+    p.add_argument("spec", help="the Markdown spec")
+    p.add_argument("--mapping", help="category mapping YAML (default: the spec's front matter)")
+    p.add_argument("--category", help="render spec_for_category for this category")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_spec)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .runner import UsageError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ParamsError, UsageError, SpecError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `delib spec ... | head`: the reader left; that is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -1,0 +1,229 @@
+"""The run recipe: one typed schema for every setting of one run, shared by the runner and every notebook.
+
+A params file is a plain papermill parameter file: its top-level keys are the variables of each notebook's
+`parameters` cell. `load_params` and `validate_params` refuse unknown keys and wrong types with the file,
+the line and the key path.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+
+
+class ParamsError(ValueError):
+    """A recipe that cannot run: says which file, line and key, and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class Sampling(_Strict):
+    """Sampling settings of one model role; `seed: null` means the run's seed."""
+
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1)
+    seed: Optional[int] = None
+    n: int = Field(1, ge=1)  # samples per request
+    reasoning_effort: Optional[Literal["minimal", "low", "medium", "high"]] = None  # reasoning models only
+
+
+class ModelRole(_Strict):
+    """One model the run talks to: where it is served and how it samples."""
+
+    backend: Literal["embedded", "openai", "openai_compatible"] = "embedded"
+    model: str = EMBEDDED_MODEL
+    base_url: Optional[str] = None  # openai_compatible only, e.g. http://localhost:8000/v1
+    api_key_env: Optional[str] = None  # name of the environment variable holding the key (never the key)
+    adapter: Optional[str] = None  # LoRA adapter (GGUF) to load into the embedded server
+    max_concurrency: int = Field(4, ge=1)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    sampling: Sampling = Sampling()
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> "ModelRole":
+        if self.backend == "openai_compatible" and not self.base_url:
+            raise ValueError("backend 'openai_compatible' needs base_url")
+        if self.backend != "openai_compatible" and self.base_url:
+            raise ValueError(f"base_url is only used with backend 'openai_compatible', not {self.backend!r}")
+        if self.adapter and self.backend != "embedded":
+            raise ValueError("adapter is only loaded by the embedded backend")
+        if self.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
+            raise ValueError("api_key_env must be the NAME of an environment variable, not a key")
+        return self
+
+
+class Models(_Strict):
+    """The model roles of the method: G_base (generator), G_RM (judge) and the policy trained and evaluated."""
+
+    generator: ModelRole = ModelRole()
+    judge: ModelRole = ModelRole(sampling=Sampling(temperature=0.0))
+    policy: ModelRole = ModelRole()
+
+
+class SpecParams(_Strict):
+    path: str = "specs/default/spec.md"
+    mapping: Optional[str] = None  # YAML category mapping beside the spec; null: the spec's front matter
+
+
+class PromptSetParams(_Strict):
+    """One prompt set file; `columns` maps our column names to the file's."""
+
+    path: str
+    columns: dict[str, str] = {}  # e.g. {prompt: question, category: topic}
+    split: Optional[Literal["train", "eval"]] = None  # force every row into one split
+
+
+class PromptsParams(_Strict):
+    sets: list[PromptSetParams] = [PromptSetParams(path="prompts/default.csv")]
+    xstest_path: Optional[str] = None  # XSTest prompts CSV, for the evaluation stage
+
+
+class CacheParams(_Strict):
+    enabled: bool = True
+    path: str = "outputs/.cache/model_calls.sqlite"  # shared by runs: same request, same answer
+
+
+class StageParams(_Strict):
+    """Settings every stage has."""
+
+    max_prompts: Optional[int] = Field(None, ge=1)  # cap for quick runs; null: all
+
+
+class GenerateParams(StageParams):
+    samples_per_prompt: int = Field(2, ge=1)
+
+
+class JudgeParams(StageParams):
+    k: int = Field(2, ge=1)  # independent judgements per sample
+    aggregate: Literal["min", "mean"] = "min"
+    threshold: float = Field(6.0, ge=0, le=10)
+
+
+class SFTParams(StageParams):
+    pass
+
+
+class RLParams(StageParams):
+    pass
+
+
+class EvaluateParams(StageParams):
+    bootstrap_resamples: int = Field(1000, ge=10)
+
+
+class AnalysisParams(StageParams):
+    pass
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class RunParams(_Strict):
+    """Every setting of one run. Top-level keys are the notebooks' parameters."""
+
+    run_name: str
+    seed: int = 0
+    outputs_dir: str = "outputs"
+    models: Models = Models()
+    spec: SpecParams = SpecParams()
+    prompts: PromptsParams = PromptsParams()
+    cache: CacheParams = CacheParams()
+    generate: GenerateParams = GenerateParams()
+    judge: JudgeParams = JudgeParams()
+    sft: SFTParams = SFTParams()
+    rl: RLParams = RLParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    analysis: AnalysisParams = AnalysisParams()
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name_is_a_folder_name(cls, v: str) -> str:
+        if "/" in v or "\\" in v:
+            raise ValueError(f"run_name {v!r} contains a path separator; it names one folder under outputs_dir")
+        if not RUN_NAME.fullmatch(v) or v in {".", ".."}:
+            raise ValueError(f"run_name {v!r} must be letters, digits, '_', '-' or '.', not starting with '.'")
+        return v
+
+
+PARAM_NAMES = tuple(RunParams.model_fields)
+
+
+def _key_line(root: Optional[yaml.Node], loc: tuple) -> Optional[int]:
+    """1-based line of the deepest key of `loc` that the YAML document has."""
+    node, line = root, None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == str(part):
+                    node, line = v, k.start_mark.line + 1
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _describe(err: ValidationError, source: str, root: Optional[yaml.Node]) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        line = _key_line(root, loc)
+        where = f"{source}:{line}" if line else source
+        reason = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            reason = "unknown key"
+        elif e["type"] != "missing" and "input" in e:
+            reason += f" (got {e['input']!r})"
+        lines.append(f"{where}: {path}: {reason}")
+    return "\n".join(lines)
+
+
+def validate_params(data: Any, source: str = "<params>", _root: Optional[yaml.Node] = None) -> RunParams:
+    """Validate a dict of params; raise ParamsError naming `source`, the line and the key path."""
+    if not isinstance(data, dict):
+        raise ParamsError(f"{source}: a params file must be a mapping of keys to values, got {type(data).__name__}")
+    try:
+        return RunParams.model_validate(data)
+    except ValidationError as err:
+        raise ParamsError(_describe(err, source, _root)) from None
+
+
+def load_params(path: str | Path) -> RunParams:
+    """Read and validate a params YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err)
+        raise ParamsError(f"{where}: YAML syntax error: {problem}") from None
+    return validate_params(data if data is not None else {}, str(path), root)
+
+
+def from_namespace(namespace: dict) -> RunParams:
+    """Validate the parameters a notebook received (its globals after the parameters cell)."""
+    return validate_params({k: namespace[k] for k in PARAM_NAMES if k in namespace}, "notebook parameters")
+
+
+def as_papermill_parameters(params: RunParams) -> dict:
+    """The validated recipe as plain literals, to inject into a notebook's parameters cell."""
+    return params.model_dump(mode="json")

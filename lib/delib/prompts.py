@@ -1,0 +1,165 @@
+"""Stage 01 (policy): category-labelled prompt sets, from CSV or JSONL, and the XSTest benchmark.
+
+Every prompt carries a category (so the generator can be shown `spec_for_category`), an expected action
+(comply, refuse, safe_complete) and a split (train, eval). Errors name the file and line.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import urllib.request
+from pathlib import Path
+from typing import Iterable, Optional
+
+import pandas as pd
+
+from .spec import ACTIONS, Spec
+
+COLUMNS = ("id", "prompt", "category", "expected_action", "split")
+SPLITS = ("train", "eval")
+XSTEST_URL = "https://raw.githubusercontent.com/paul-rottger/exaggerated-safety/main/xstest_prompts.csv"
+
+
+class PromptSetError(ValueError):
+    """A prompt set that cannot be used; the message starts with `file:line:`."""
+
+
+def _read_rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, row) pairs from a CSV (header on line 1) or JSONL file."""
+    if not path.is_file():
+        raise PromptSetError(f"{path}: prompt set not found")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        rows = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise PromptSetError(f"{path}:{lineno}: not valid JSON: {err.msg}") from None
+            if not isinstance(row, dict):
+                raise PromptSetError(f"{path}:{lineno}: each line must be a JSON object")
+            rows.append((lineno, row))
+        return rows
+    if suffix in (".csv", ".tsv"):
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            return [(reader.line_num, row) for row in reader]
+    raise PromptSetError(f"{path}: unknown prompt set format {suffix!r}; use .csv, .tsv or .jsonl")
+
+
+def load_prompt_set(path: str | Path, columns: Optional[dict[str, str]] = None, split: Optional[str] = None,
+                    spec: Optional[Spec] = None) -> pd.DataFrame:
+    """Load one prompt set as a DataFrame with columns id, prompt, category, expected_action, split, source.
+
+    `columns` maps our column names to the file's (e.g. {"prompt": "question"}); `split` forces one split;
+    with `spec`, every category must be one of the spec's.
+    """
+    path = Path(path)
+    columns = columns or {}
+    unknown = set(columns) - set(COLUMNS)
+    if unknown:
+        raise PromptSetError(f"{path}: columns mapping names unknown column(s) {sorted(unknown)}; "
+                             f"ours are {list(COLUMNS)}")
+    out, seen = [], {}
+    for lineno, row in _read_rows(path):
+        rec = {}
+        for col in COLUMNS:
+            if col == "split" and split:
+                rec[col] = split
+                continue
+            src = columns.get(col, col)
+            value = row.get(src)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise PromptSetError(f"{path}:{lineno}: missing value for column {src!r}"
+                                     + (f" (our {col!r})" if src != col else ""))
+            rec[col] = str(value).strip()
+        if rec["expected_action"] not in ACTIONS:
+            raise PromptSetError(f"{path}:{lineno}: expected_action {rec['expected_action']!r} is not one of "
+                                 f"{', '.join(ACTIONS)}")
+        if rec["split"] not in SPLITS:
+            raise PromptSetError(f"{path}:{lineno}: split {rec['split']!r} is not one of {', '.join(SPLITS)}")
+        if spec is not None and rec["category"] not in spec.categories:
+            raise PromptSetError(f"{path}:{lineno}: category {rec['category']!r} is not in the spec "
+                                 f"{spec.source} (categories: {', '.join(spec.categories)})")
+        if rec["id"] in seen:
+            raise PromptSetError(f"{path}:{lineno}: duplicate id {rec['id']!r} (first on line {seen[rec['id']]})")
+        seen[rec["id"]] = lineno
+        rec["source"] = str(path)
+        out.append(rec)
+    if not out:
+        raise PromptSetError(f"{path}: the prompt set has no rows")
+    return pd.DataFrame(out, columns=[*COLUMNS, "source"])
+
+
+def load_prompt_sets(sets: Iterable, spec: Optional[Spec] = None, resolve=Path) -> pd.DataFrame:
+    """Several prompt sets (params `prompts.sets`) into one table; ids must stay unique across them."""
+    frames = [load_prompt_set(resolve(s.path), s.columns, s.split, spec) for s in sets]
+    df = pd.concat(frames, ignore_index=True)
+    dup = df[df["id"].duplicated()]
+    if not dup.empty:
+        row = dup.iloc[0]
+        raise PromptSetError(f"{row['source']}: id {row['id']!r} is also used by another prompt set")
+    return df
+
+
+def load_xstest(path: Optional[str | Path] = None, cache_dir: Optional[Path] = None) -> pd.DataFrame:
+    """XSTest (Röttger et al., 2024): 250 safe prompts (comply) and 200 `contrast_*` unsafe ones (refuse).
+
+    From `path`, or downloaded once from the official repository into `cache_dir`. Category is left empty:
+    XSTest's types are not our categories (the LLM labeller can fill them in).
+    """
+    if path is None:
+        if cache_dir is None:
+            raise ValueError("load_xstest needs a path or a cache_dir to download into")
+        path = Path(cache_dir) / "xstest_prompts.csv"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".part")
+            urllib.request.urlretrieve(XSTEST_URL, tmp)  # noqa: S310 - fixed https URL
+            tmp.replace(path)
+    path = Path(path)
+    rows = _read_rows(path)
+    out = []
+    for lineno, row in rows:
+        missing = [c for c in ("id", "prompt", "type") if not row.get(c)]
+        if missing:
+            raise PromptSetError(f"{path}:{lineno}: XSTest row lacks {missing}")
+        unsafe = row["type"].startswith("contrast_")
+        out.append({"id": f"xstest-{row['id']}", "prompt": row["prompt"].strip(), "category": None,
+                    "expected_action": "refuse" if unsafe else "comply", "split": "eval",
+                    "source": str(path), "xstest_type": row["type"]})
+    return pd.DataFrame(out)
+
+
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def _shingles(text: str, n: int = 3) -> set[str]:
+    words = _WORD.findall(text.lower())
+    if len(words) < n:
+        return {" ".join(words)}
+    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+def near_duplicates(train: pd.DataFrame, eval_: pd.DataFrame, word_jaccard: float = 0.6,
+                    shingle_jaccard: float = 0.3) -> pd.DataFrame:
+    """Pairs (train id, eval id) whose prompts are the same or near-copies: high word overlap or shared phrases."""
+    pairs = []
+    train_feats = [(r.id, r.prompt, _words(r.prompt), _shingles(r.prompt)) for r in train.itertuples()]
+    for e in eval_.itertuples():
+        ew, es = _words(e.prompt), _shingles(e.prompt)
+        for tid, tprompt, tw, ts in train_feats:
+            wj = len(ew & tw) / max(1, len(ew | tw))
+            sj = len(es & ts) / max(1, len(es | ts))
+            if wj >= word_jaccard or sj >= shingle_jaccard:
+                pairs.append({"train_id": tid, "eval_id": e.id, "word_jaccard": round(wj, 3),
+                              "shingle_jaccard": round(sj, 3), "train_prompt": tprompt, "eval_prompt": e.prompt})
+    return pd.DataFrame(pairs, columns=["train_id", "eval_id", "word_jaccard", "shingle_jaccard",
+                                        "train_prompt", "eval_prompt"])

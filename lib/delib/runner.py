@@ -1,0 +1,203 @@
+"""The runner: executes the numbered stage notebooks of one recipe in order with papermill.
+
+Each executed copy lands in `outputs/<run>/NN_stage.ipynb`, its artifacts in `outputs/<run>/NN_stage/`, and the
+manifest records every stage. `resume` skips a stage whose recorded fingerprint (notebook code, the params it
+reads, its input files) still matches.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from .config import ParamsError, RunParams, as_papermill_parameters, load_params
+from .manifest import Manifest, now, sha256_file, write_json_atomic
+from .paths import STAGES, project_root, resolve, run_dir
+
+DONE_MARKER = "_done.json"
+# The params section each stage owns; a stage's fingerprint leaves out the sections of the others.
+STAGE_SECTION = {"02_generate": "generate", "03_judge": "judge", "04_sft": "sft", "05_rl": "rl",
+                 "06_evaluate": "evaluate", "07_analysis": "analysis"}
+
+
+class UsageError(ValueError):
+    """Bad command-line input: the CLI prints it on one line and exits 2."""
+
+
+def parse_stages(text: Optional[str]) -> list[str]:
+    """'02-03', '02,05', 'generate', '01_policy-03' or None (all) to stage names, in pipeline order."""
+    if not text:
+        return list(STAGES)
+
+    def one(token: str) -> int:
+        token = token.strip()
+        for i, stage in enumerate(STAGES):
+            number, name = stage.split("_", 1)
+            if token in (stage, name, number, number.lstrip("0")):
+                return i
+        raise UsageError(f"unknown stage {token!r}; stages are {', '.join(STAGES)} (or a range like 02-03)")
+
+    picked: set[int] = set()
+    for part in text.split(","):
+        if "-" in part.strip("-"):
+            lo, hi = part.split("-", 1)
+            a, b = one(lo), one(hi)
+            if a > b:
+                raise UsageError(f"stage range {part!r} runs backwards")
+            picked.update(range(a, b + 1))
+        else:
+            picked.add(one(part))
+    return [STAGES[i] for i in sorted(picked)]
+
+
+def _hash_tree(folder: Path, h: "hashlib._Hash") -> None:
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != DONE_MARKER):
+        h.update(str(f.relative_to(folder)).encode())
+        h.update(sha256_file(f).encode())
+
+
+def notebook_code(nb_path: Path) -> str:
+    """The code of a notebook without its stored outputs, so that re-saving outputs changes no fingerprint."""
+    nb = json.loads(nb_path.read_text(encoding="utf-8"))
+    return "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+
+
+def external_inputs(params: RunParams) -> list[Path]:
+    """Files named in params that stages read: the spec, its mapping, the prompt sets, benchmarks."""
+    paths = [params.spec.path, params.spec.mapping, params.prompts.xstest_path]
+    paths += [s.path for s in params.prompts.sets]
+    return [resolve(p) for p in paths if p]
+
+
+def fingerprint(stage: str, params: RunParams, notebook: Path, rdir: Path) -> str:
+    """What a stage's result depends on: its code, the params it reads, and every file upstream of it."""
+    h = hashlib.sha256()
+    h.update(notebook_code(notebook).encode())
+    relevant = as_papermill_parameters(params)
+    relevant.pop("run_name")
+    for other_stage, section in STAGE_SECTION.items():
+        if other_stage != stage:
+            relevant.pop(section)
+    h.update(json.dumps(relevant, sort_keys=True).encode())
+    for f in external_inputs(params):
+        h.update(str(f).encode())
+        h.update(sha256_file(f).encode() if f.is_file() else b"missing")
+    for upstream in STAGES[: STAGES.index(stage)]:
+        if (rdir / upstream).is_dir():
+            _hash_tree(rdir / upstream, h)
+    return h.hexdigest()
+
+
+def is_up_to_date(stage: str, fp: str, rdir: Path) -> bool:
+    marker = rdir / stage / DONE_MARKER
+    if not marker.is_file() or not (rdir / f"{stage}.ipynb").is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("fingerprint") == fp
+    except json.JSONDecodeError:
+        return False
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"outputs folder {folder} is not writable: {err.strerror or err}") from None
+
+
+@dataclass
+class StageFailed(Exception):
+    stage: str
+    executed: Path
+    detail: str
+
+    def __str__(self) -> str:
+        return f"stage {self.stage} failed: {self.detail}\n  executed notebook: {self.executed}"
+
+
+def _describe_failure(err: Exception) -> str:
+    cell = getattr(err, "cell_index", None)
+    ename, evalue = getattr(err, "ename", None), getattr(err, "evalue", None)
+    if cell is not None and ename:
+        count = getattr(err, "exec_count", None)
+        source = (getattr(err, "source", "") or "").strip().splitlines()
+        first = f", {source[0][:80]!r}" if source else ""
+        return f"cell {cell + 1} of the executed notebook (In [{count}]{first}) raised {ename}: {evalue}"
+    return f"{type(err).__name__}: {err}"
+
+
+def run(params_file: str | Path, stages: Optional[str] = None, resume: bool = False, force: bool = False,
+        notebooks_dir: Optional[Path] = None, log: Callable[[str], None] = print,
+        command: Optional[Sequence[str]] = None) -> Path:
+    """Run the selected stages of the recipe in `params_file`; return the run folder.
+
+    Raises ParamsError or UsageError for bad input (before anything runs) and StageFailed when a notebook fails.
+    """
+    import papermill
+
+    params_file = Path(params_file)
+    params = load_params(params_file)
+    selected = parse_stages(stages)
+    root = project_root()
+    notebooks_dir = Path(notebooks_dir) if notebooks_dir else root / "notebooks"
+    for stage in selected:
+        if not (notebooks_dir / f"{stage}.ipynb").is_file():
+            raise UsageError(f"notebook for stage {stage} not found: {notebooks_dir / (stage + '.ipynb')}")
+
+    rdir = run_dir(params)
+    _check_writable(rdir.parent)
+    if (rdir / "manifest.json").exists() and not (resume or force):
+        raise UsageError(f"run folder {rdir} already exists: pass --resume to continue it, --force to re-run "
+                         "its stages, or choose another run_name")
+    rdir.mkdir(parents=True, exist_ok=True)
+
+    manifest = Manifest(rdir)
+    manifest.begin(params, params_file.resolve(), root, list(command or sys.argv))
+    parameters = as_papermill_parameters(params)
+    os.environ["DELIB_ROOT"] = str(root)  # the kernel resolves params paths against the same root
+
+    for i, stage in enumerate(selected, 1):
+        notebook = notebooks_dir / f"{stage}.ipynb"
+        executed = rdir / f"{stage}.ipynb"
+        prefix = f"[{i}/{len(selected)}] {stage}"
+        fp = fingerprint(stage, params, notebook, rdir)
+        if resume and not force and is_up_to_date(stage, fp, rdir):
+            log(f"{prefix}: up to date, skipped")
+            manifest.stage(stage, status="skipped", skipped_at=now())
+            continue
+        log(f"{prefix}: running {notebook.name} ...")
+        started, t0 = now(), time.perf_counter()
+        manifest.stage(stage, status="running", start=started, end=None, duration_s=None,
+                       notebook=str(executed), error=None)
+        (rdir / stage / DONE_MARKER).unlink(missing_ok=True)
+        try:
+            papermill.execute_notebook(str(notebook), str(executed), parameters=parameters, kernel_name="python3",
+                                       cwd=str(root), progress_bar=False)
+        except KeyboardInterrupt:
+            manifest.stage(stage, status="interrupted", end=now(), duration_s=round(time.perf_counter() - t0, 2))
+            manifest.finish("interrupted")
+            raise
+        except Exception as err:  # papermill's execution error, or a kernel that died
+            detail = _describe_failure(err)
+            manifest.stage(stage, status="failed", end=now(), duration_s=round(time.perf_counter() - t0, 2),
+                           error=detail)
+            manifest.collect_usage(rdir)
+            manifest.finish("failed")
+            raise StageFailed(stage, executed, detail) from None
+        duration = round(time.perf_counter() - t0, 2)
+        write_json_atomic(rdir / stage / DONE_MARKER, {"fingerprint": fp, "finished": now()})
+        manifest.collect_usage(rdir)
+        manifest.stage(stage, status="ok", end=now(), duration_s=duration)
+        log(f"{prefix}: ok in {duration:.1f} s -> {executed}")
+
+    manifest.collect_usage(rdir)
+    manifest.finish("ok")
+    return rdir

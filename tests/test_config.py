@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import pytest
+
+from delib.config import ParamsError, from_namespace, load_params, validate_params
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "p.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("name", ["default", "smoke"])
+def test_shipped_recipes_validate(root, name):
+    params = load_params(root / "params" / f"{name}.yaml")
+    assert params.run_name == name
+    assert params.models.generator.backend == "embedded"
+
+
+def test_unknown_key_names_file_line_and_path(tmp_path):
+    p = write(tmp_path, "run_name: x\njudge:\n  k: 2\n  treshold: 5\n")
+    with pytest.raises(ParamsError) as e:
+        load_params(p)
+    assert str(e.value) == f"{p}:4: judge.treshold: unknown key"
+
+
+def test_wrong_type_names_file_line_and_path(tmp_path):
+    p = write(tmp_path, "run_name: x\nmodels:\n  judge:\n    sampling:\n      temperature: hot\n")
+    with pytest.raises(ParamsError) as e:
+        load_params(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}:5: models.judge.sampling.temperature:")
+    assert "'hot'" in msg
+
+
+def test_yaml_syntax_error_gives_line(tmp_path):
+    p = write(tmp_path, "run_name: x\nseed: [1, 2\njudge: {}\n")
+    with pytest.raises(ParamsError) as e:
+        load_params(p)
+    assert str(e.value).startswith(f"{p}:3: YAML syntax error")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ParamsError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("bad", ["a/b", "..", "a\\b", ".hidden"])
+def test_run_name_must_be_one_folder(bad):
+    with pytest.raises(ParamsError, match="run_name"):
+        validate_params({"run_name": bad})
+
+
+def test_backend_rules():
+    with pytest.raises(ParamsError, match="needs base_url"):
+        validate_params({"run_name": "x", "models": {"judge": {"backend": "openai_compatible"}}})
+    with pytest.raises(ParamsError, match="NAME of an environment variable"):
+        validate_params({"run_name": "x", "models": {"judge": {"backend": "openai", "api_key_env": "sk-abc 123"}}})
+    ok = validate_params({"run_name": "x", "models": {"judge": {"backend": "openai_compatible",
+                                                                 "base_url": "http://127.0.0.1:8000/v1"}}})
+    assert ok.models.judge.base_url.endswith("/v1")
+
+
+def test_from_namespace_takes_only_param_names():
+    params = from_namespace({"run_name": "x", "seed": 3, "In": [], "_oh": {}, "get_ipython": print})
+    assert params.seed == 3
+    with pytest.raises(ParamsError, match="notebook parameters: seed"):
+        from_namespace({"run_name": "x", "seed": "three"})

@@ -1,0 +1,40 @@
+"""Every stage notebook: kernel python3, exactly one parameters cell, literals only, in step with default.yaml."""
+import ast
+import json
+
+import pytest
+
+from delib.config import as_papermill_parameters, load_params
+from delib.notebooks import parameters_cells, parameters_source
+from delib.paths import STAGES
+
+
+@pytest.fixture(params=STAGES)
+def nb(request, root):
+    return json.loads((root / "notebooks" / f"{request.param}.ipynb").read_text())
+
+
+def test_kernel_is_python3(nb):
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+
+
+def test_one_parameters_cell_of_literals(nb):
+    cells = parameters_cells(nb)
+    assert len(cells) == 1
+    tree = ast.parse("".join(cells[0]["source"]))
+    for stmt in tree.body:
+        assert isinstance(stmt, ast.Assign), ast.dump(stmt)
+        ast.literal_eval(stmt.value)  # raises on anything computed
+
+
+def test_parameters_cell_mirrors_default_recipe(nb, root):
+    expected = parameters_source(as_papermill_parameters(load_params(root / "params" / "default.yaml")))
+    assert "".join(parameters_cells(nb)[0]["source"]) == expected, "run: python -m delib.notebooks sync"
+
+
+def test_no_big_embedded_images(nb):
+    for cell in nb["cells"]:
+        for output in cell.get("outputs", []):
+            for mime, data in output.get("data", {}).items():
+                if mime.startswith("image/"):
+                    assert len("".join(data)) < 200_000, "keep figures small, or save them as files"

@@ -1,0 +1,81 @@
+"""Prompt sets: loaders with a column mapping, errors with file and line, XSTest, and the train/eval split."""
+import json
+
+import pytest
+
+from delib.prompts import PromptSetError, load_prompt_set, load_xstest, near_duplicates
+from delib.spec import load_spec
+
+
+def test_csv_with_column_mapping(tmp_path):
+    f = tmp_path / "p.csv"
+    f.write_text('key,question,topic,action,part\n1,"Hi, there",a,comply,train\n2,Bye,b,refuse,eval\n')
+    df = load_prompt_set(f, {"id": "key", "prompt": "question", "category": "topic",
+                             "expected_action": "action", "split": "part"})
+    assert df[["id", "prompt", "category", "expected_action", "split"]].values.tolist() == [
+        ["1", "Hi, there", "a", "comply", "train"], ["2", "Bye", "b", "refuse", "eval"]]
+
+
+def test_jsonl_and_forced_split(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"id": "a", "prompt": "x", "category": "c", "expected_action": "safe_complete"}) + "\n")
+    assert load_prompt_set(f, split="eval")["split"].tolist() == ["eval"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("id,prompt,category,expected_action,split\n1,x,c,comply,train\n2,y,c,maybe,train\n", "p.csv:3: expected_action 'maybe'"),
+    ("id,prompt,category,expected_action,split\n1,x,c,comply,test\n", "p.csv:2: split 'test'"),
+    ("id,prompt,category,expected_action,split\n1,,c,comply,train\n", "p.csv:2: missing value for column 'prompt'"),
+    ("id,prompt,category,expected_action,split\n1,x,c,comply,train\n1,y,c,comply,eval\n", "p.csv:3: duplicate id '1' (first on line 2)"),
+    ("id,prompt,category,expected_action,split\n", "p.csv: the prompt set has no rows"),
+])
+def test_errors_name_file_and_line(tmp_path, content, message):
+    f = tmp_path / "p.csv"
+    f.write_text(content)
+    with pytest.raises(PromptSetError) as e:
+        load_prompt_set(f)
+    assert str(e.value).startswith(str(tmp_path / message)), str(e.value)
+
+
+def test_category_must_be_in_spec(tmp_path, root):
+    spec = load_spec(root / "specs" / "tiny" / "spec.md")
+    f = tmp_path / "p.csv"
+    f.write_text("id,prompt,category,expected_action,split\n1,x,self_harm,comply,train\n2,y,arson,refuse,eval\n")
+    with pytest.raises(PromptSetError, match=r"p.csv:3: category 'arson' is not in the spec"):
+        load_prompt_set(f, spec=spec)
+
+
+def test_bad_jsonl_line(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"id": "a"}\n{oops\n')
+    with pytest.raises(PromptSetError, match=r"p.jsonl:2: not valid JSON"):
+        load_prompt_set(f)
+
+
+def test_xstest_from_shared_data(shared_data):
+    df = load_xstest(shared_data / "xstest" / "xstest_prompts.csv")
+    assert len(df) == 450
+    assert df["expected_action"].value_counts().to_dict() == {"comply": 250, "refuse": 200}
+    assert (df[df.expected_action == "refuse"]["xstest_type"].str.startswith("contrast_")).all()
+
+
+def test_near_duplicates_are_found():
+    import pandas as pd
+    train = pd.DataFrame({"id": ["t1", "t2"], "prompt": ["How do I kill a Python process on Linux?",
+                                                          "Write a poem about the sea."]})
+    eval_ = pd.DataFrame({"id": ["e1", "e2"], "prompt": ["How can I kill a Python process on linux",
+                                                         "What is the capital of France?"]})
+    pairs = near_duplicates(train, eval_)
+    assert pairs[["train_id", "eval_id"]].values.tolist() == [["t1", "e1"]]
+
+
+def test_default_prompt_set(root):
+    spec = load_spec(root / "specs" / "default" / "spec.md")
+    df = load_prompt_set(root / "prompts" / "default.csv", spec=spec)
+    per_category = df.groupby("category").size()
+    assert set(per_category.index) == set(spec.categories)
+    assert per_category.min() >= 15
+    assert (df.groupby("category")["split"].apply(lambda s: (s == "eval").sum()) >= 4).all()
+    assert (df.groupby("category")["expected_action"].apply(lambda s: (s == "comply").sum()) >= 3).all()
+    leaks = near_duplicates(df[df.split == "train"], df[df.split == "eval"])
+    assert leaks.empty, leaks[["train_prompt", "eval_prompt"]].to_string()

@@ -1,0 +1,131 @@
+"""The runner and the `delib` command line, on tiny real notebooks executed by papermill."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from delib import cli
+from delib.runner import StageFailed, UsageError, parse_stages, run
+
+
+def notebook(*sources: str, params: str = "run_name = 'x'\nseed = 0") -> dict:
+    cells = [{"id": "params", "cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": params,
+              "outputs": [], "execution_count": None}]
+    cells += [{"id": f"c{i}", "cell_type": "code", "metadata": {}, "source": s, "outputs": [],
+               "execution_count": None} for i, s in enumerate(sources)]
+    return {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                         "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}
+
+
+WRITE = """from delib import config, paths
+params = config.from_namespace(globals())
+(paths.stage_dir(params, "{stage}") / "out.txt").write_text(str(params.seed))"""
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project folder with params/ and notebooks/: 01 writes a file, 02 reads it and writes its own."""
+    (tmp_path / "params").mkdir()
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    (nbs / "01_policy.ipynb").write_text(json.dumps(notebook(WRITE.format(stage="01_policy"))))
+    (nbs / "02_generate.ipynb").write_text(json.dumps(notebook(
+        WRITE.format(stage="02_generate"), "assert (paths.stage_dir(params, '01_policy') / 'out.txt').exists()")))
+    (tmp_path / "params" / "p.yaml").write_text("run_name: t1\nseed: 7\n")
+    monkeypatch.setenv("DELIB_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_parse_stages():
+    assert parse_stages("02-03") == ["02_generate", "03_judge"]
+    assert parse_stages("judge,1") == ["01_policy", "03_judge"]
+    assert parse_stages("05_rl") == ["05_rl"]
+    assert len(parse_stages(None)) == 7
+    with pytest.raises(UsageError, match="unknown stage 'train'"):
+        parse_stages("train")
+    with pytest.raises(UsageError, match="backwards"):
+        parse_stages("03-01")
+
+
+@pytest.mark.pipeline
+def test_run_resume_and_manifest(project):
+    logs = []
+    rdir = run("params/p.yaml", stages="01-02", log=logs.append)
+    assert (rdir / "01_policy" / "out.txt").read_text() == "7"
+    assert (rdir / "02_generate.ipynb").is_file()
+    m = json.loads((rdir / "manifest.json").read_text())
+    assert m["status"] == "ok" and m["params"]["seed"] == 7
+    assert [m["stages"][s]["status"] for s in ("01_policy", "02_generate")] == ["ok", "ok"]
+    assert m["stages"]["01_policy"]["duration_s"] > 0
+    assert set(m["git"]) == {"commit", "dirty"} and "papermill" in m["packages"]
+    assert m["models"]["generator"]["backend"] == "embedded"
+    assert any("[1/2] 01_policy: ok" in line for line in logs)
+
+    # an existing run folder is never overwritten silently
+    with pytest.raises(UsageError, match="already exists"):
+        run("params/p.yaml", stages="01-02")
+    # resume skips what is up to date
+    logs.clear()
+    run("params/p.yaml", stages="01-02", resume=True, log=logs.append)
+    assert all("up to date, skipped" in line for line in logs) and len(logs) == 2
+    # a params change that stage 01 reads re-runs it, and so 02, whose input changed
+    (project / "params" / "p.yaml").write_text("run_name: t1\nseed: 8\n")
+    logs.clear()
+    run("params/p.yaml", stages="01-02", resume=True, log=logs.append)
+    assert sum("running" in line for line in logs) == 2
+    assert (rdir / "02_generate" / "out.txt").read_text() == "8"
+    # a change to another stage's section leaves stage 01 alone
+    (project / "params" / "p.yaml").write_text("run_name: t1\nseed: 8\ngenerate: {samples_per_prompt: 3}\n")
+    logs.clear()
+    run("params/p.yaml", stages="01-02", resume=True, log=logs.append)
+    assert [line.split(": ")[1] for line in logs if "01_policy" in line] == ["up to date, skipped"]
+    assert any("02_generate: ok" in line for line in logs)
+
+
+@pytest.mark.pipeline
+def test_failing_stage_names_notebook_and_cell(project, capsys):
+    (project / "notebooks" / "02_generate.ipynb").write_text(json.dumps(notebook("x = 1", "raise ValueError('boom')")))
+    with pytest.raises(StageFailed) as e:
+        run("params/p.yaml", stages="01-02")
+    assert e.value.stage == "02_generate"
+    assert "cell 4 of the executed notebook" in str(e.value)  # after papermill's injected-parameters cell
+    assert "raise ValueError('boom')" in str(e.value) and "raised ValueError: boom" in str(e.value)
+    assert str(project / "outputs" / "t1" / "02_generate.ipynb") in str(e.value)
+    m = json.loads((project / "outputs" / "t1" / "manifest.json").read_text())
+    assert m["status"] == "failed" and m["stages"]["02_generate"]["status"] == "failed"
+    assert cli.main(["run", "params/p.yaml", "--stages", "02", "--force"]) == 1
+    assert "stage 02_generate failed" in capsys.readouterr().err
+
+
+def cli_error(capsys, *argv: str) -> str:
+    assert cli.main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    return err
+
+
+def test_bad_inputs_exit_2_with_one_line(project, capsys):
+    p = project / "params"
+    assert "params file not found" in cli_error(capsys, "run", "params/missing.yaml")
+    (p / "syntax.yaml").write_text("run_name: x\nseed: [1,\n")
+    assert "syntax.yaml:3: YAML syntax error" in cli_error(capsys, "run", "params/syntax.yaml")
+    (p / "unknown.yaml").write_text("run_name: x\nsed: 1\n")
+    assert "unknown.yaml:2: sed: unknown key" in cli_error(capsys, "run", "params/unknown.yaml")
+    (p / "type.yaml").write_text("run_name: x\nseed: many\n")
+    assert "type.yaml:2: seed:" in cli_error(capsys, "run", "params/type.yaml")
+    (p / "sep.yaml").write_text("run_name: a/b\n")
+    assert "path separator" in cli_error(capsys, "run", "params/sep.yaml")
+    assert "unknown stage 'teach'" in cli_error(capsys, "run", "params/p.yaml", "--stages", "teach")
+    (project / "blocker").write_text("a file where a folder should be")
+    (p / "unwritable.yaml").write_text("run_name: x\noutputs_dir: blocker/outputs\n")
+    assert "is not writable" in cli_error(capsys, "run", "params/unwritable.yaml", "--stages", "01")
+    assert not (project / "outputs").exists()  # nothing ran
+
+
+@pytest.mark.pipeline
+def test_existing_run_folder_needs_resume_or_force(project, capsys):
+    assert cli.main(["run", "params/p.yaml", "--stages", "01"]) == 0
+    assert "already exists" in cli_error(capsys, "run", "params/p.yaml", "--stages", "01")
+    assert cli.main(["run", "params/p.yaml", "--stages", "01", "--force"]) == 0

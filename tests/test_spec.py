@@ -1,0 +1,163 @@
+"""The spec format: ids, slugs, the mapping, errors with file and line, and spec_for_category."""
+import textwrap
+
+import pytest
+
+from delib.spec import SpecError, load_spec, parse_spec, slugify, spec_for_category
+
+SPEC = textwrap.dedent("""\
+    ---
+    categories:
+      violence:
+        summary: Violence in brief.
+        sections: [violence]
+        levels:
+          - {name: V0, action: comply, section: violence-v0}
+          - {name: V1, action: refuse}
+      fraud:
+        sections: [fraud]
+        style: [fraud-style]
+    style:
+      refuse: [hard-refusal]
+      comply: [comply]
+    ---
+    Preamble text.
+
+    # Violence {#violence authority=platform}
+    Violence intro paragraph.
+
+    Second paragraph.
+    ## Rules
+    Violence rules.
+    ### V0 {#violence-v0}
+    Fiction is fine.
+    # Fraud {#fraud}
+    Fraud intro.
+    ## Rules
+    Fraud rules.
+    ```
+    # not a heading inside a fence
+    ```
+    ## Fraud style {#fraud-style}
+    Warn about scams.
+    # Style
+    ## Hard refusal
+    Apologise briefly.
+    ## Comply {#comply}
+    Just help.
+    """)
+
+
+@pytest.fixture
+def spec():
+    return parse_spec(SPEC, "s.md")
+
+
+def test_sections_ids_levels(spec):
+    assert list(spec.sections) == ["violence", "rules", "violence-v0", "fraud", "fraud-rules", "fraud-style",
+                                   "style", "hard-refusal", "comply"]
+    v = spec.sections["violence"]
+    assert (v.level, v.title, v.line, v.attrs) == (1, "Violence", 18, {"authority": "platform"})
+    assert v.children == ["rules"] and spec.sections["violence-v0"].parent == "rules"
+    assert "not a heading" in spec.sections["fraud-rules"].body  # fenced code is body text
+    assert spec.preamble == "Preamble text."
+
+
+def test_repeated_titles_get_parent_prefixed_ids():
+    s = parse_spec("# A\nx\n## Rules\ny\n# B\nz\n## Rules\nw\n## Rules\nv\n")
+    assert list(s.sections) == ["a", "rules", "b", "b-rules", "b-rules-2"]
+
+
+def test_slug():
+    assert slugify("Self-harm: S1 (ideation)") == "self-harm-s1-ideation"
+
+
+def test_mapping_and_summaries(spec):
+    assert spec.categories["violence"].summary == "Violence in brief."
+    assert spec.categories["fraud"].summary == "Fraud intro."  # default: first paragraph
+    assert spec.categories["violence"].levels[0] == {"name": "V0", "action": "comply", "section": "violence-v0"}
+    owner = spec.section_category()
+    assert owner["violence-v0"] == "violence" and owner["fraud-style"] == "fraud" and "comply" not in owner
+
+
+def test_spec_for_category_shows_own_full_text_and_all_summaries(spec):
+    text = spec_for_category(spec, "violence")
+    assert "Violence in brief." in text and "Fraud intro." in text  # every summary
+    assert "[hard-refusal] Hard refusal" in text and "Apologise briefly." in text  # style guidelines
+    assert "[violence-v0] V0" in text and "Fiction is fine." in text  # own full text, labelled
+    assert "Fraud rules." not in text and "Warn about scams." not in text  # not another category's detail
+    assert "V1 -> refuse" in text
+    assert "Warn about scams." in spec_for_category(spec, "fraud")  # category-specific style
+    with pytest.raises(KeyError, match="'arson'"):
+        spec_for_category(spec, "arson")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("# A {#x}\nbody\n# B {#x}\nbody\n", "s.md:3: duplicate section id 'x' (first used on line 1)"),
+    ("# A\nbody\n## Empty\n# C\nbody\n", "s.md:3: section 'empty' ('Empty') is empty"),
+    ("---\ncategories: [\n---\n# A\nbody\n", "s.md:3: bad YAML in the category mapping"),
+    ("---\ncategories: {}\n# A\nbody\n", "s.md:1: front matter opened with '---' is never closed"),
+    ("---\n- a list\n---\n# A\nbody\n", "s.md:2: the category mapping must be a YAML mapping"),
+    ("---\ncategories:\n  c: {sections: [a, nope]}\n---\n# A\nbody\n", "s.md:3: categories.c.sections: no section has id 'nope'"),
+    ("---\ncategories:\n  c: {sections: []}\n---\n# A\nbody\n", "s.md:3: categories.c.sections: a category needs at least one section"),
+    ("---\ncategories:\n  c: {sections: [a]}\nstyle:\n  refuse: [a]\n  comply: [zz]\n---\n# A\nbody\n", "s.md:6: style.comply: no section has id 'zz'"),
+    ("---\ncategories:\n  c:\n    sections: [a]\n    levels: [{name: L, action: ignore}]\n---\n# A\nbody\n", "s.md:5: categories.c.levels.0.action"),
+    ("---\ncategorys: {}\n---\n# A\nbody\n", "s.md:2: categorys: unknown key"),
+])
+def test_errors_name_file_and_line(text, message):
+    with pytest.raises(SpecError) as e:
+        parse_spec(text, "s.md")
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_mapping_file_beside_the_spec(tmp_path):
+    (tmp_path / "spec.md").write_text("# A {#a}\nbody\n")
+    (tmp_path / "map.yaml").write_text("categories:\n  c:\n    sections: [b]\n")
+    with pytest.raises(SpecError, match=r"map.yaml:3: categories.c.sections: no section has id 'b'"):
+        load_spec(tmp_path / "spec.md", tmp_path / "map.yaml")
+    (tmp_path / "map.yaml").write_text("categories:\n  c:\n    sections: [a]\n")
+    assert load_spec(tmp_path / "spec.md", tmp_path / "map.yaml").categories["c"].summary == "body"
+
+
+def test_plain_markdown_without_mapping_parses():
+    s = parse_spec("Intro\n\n# Overview\ntext\n## Details ##\nmore\n")
+    assert list(s.sections) == ["overview", "details"] and s.categories == {}
+
+
+def test_round_trip(spec):
+    from delib.spec import Spec
+    again = Spec.from_dict(spec.to_dict())
+    assert spec_for_category(again, "violence") == spec_for_category(spec, "violence")
+
+
+def test_default_spec(root):
+    s = load_spec(root / "specs" / "default" / "spec.md")
+    assert len(s.categories) >= 6
+    for cat in s.categories.values():
+        actions = {lv["action"] for lv in cat.levels}
+        assert "comply" in actions and actions & {"refuse", "safe_complete"}, cat.id
+    assert {"comply", "refuse", "safe_complete"} <= set(s.style)
+    assert s.categories["self_harm"].style, "self-harm needs its own safe-completion style"
+
+
+def test_tiny_spec(root):
+    s = load_spec(root / "specs" / "tiny" / "spec.md")
+    assert set(s.categories) == {"illicit_behaviour", "self_harm"}
+
+
+def test_cli_lists_sections_and_renders_a_category(root, capsys):
+    import json
+
+    from delib import cli
+
+    assert cli.main(["spec", str(root / "specs" / "tiny" / "spec.md"), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {"id": "self-harm-s1", "category": "self_harm"}.items() <= next(
+        s for s in listed["sections"] if s["id"] == "self-harm-s1").items()
+    assert cli.main(["spec", str(root / "specs" / "tiny" / "spec.md"), "--category", "self_harm", "--json"]) == 0
+    rendered = json.loads(capsys.readouterr().out)
+    assert "[self-harm-s1]" in rendered["text"] and 100 < rendered["tokens"] < 1000
+    assert cli.main(["spec", str(root / "specs" / "tiny" / "spec.md"), "--category", "arson"]) == 2
+    assert "no category 'arson'" in capsys.readouterr().err
+    assert cli.main(["spec", str(root / "nope.md")]) == 2
+    assert "spec file not found" in capsys.readouterr().err
