@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -113,6 +114,22 @@ def _check_writable(folder: Path) -> None:
         raise UsageError(f"outputs folder {folder} is not writable: {err.strerror or err}") from None
 
 
+@contextmanager
+def _stderr_to(log_file: Path):
+    """Send this process's stderr, and so the kernel's (which inherits it), to the stage's log file: the
+    terminal keeps one progress line per stage."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(log_file, "ab") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 @dataclass
 class StageFailed(Exception):
     stage: str
@@ -120,7 +137,8 @@ class StageFailed(Exception):
     detail: str
 
     def __str__(self) -> str:
-        return f"stage {self.stage} failed: {self.detail}\n  executed notebook: {self.executed}"
+        return (f"stage {self.stage} failed: {self.detail}\n  executed notebook: {self.executed}\n"
+                f"  stage log: {self.executed.with_suffix('.log')}")
 
 
 def _describe_failure(err: Exception) -> str:
@@ -179,8 +197,9 @@ def run(params_file: str | Path, stages: Optional[str] = None, resume: bool = Fa
                        notebook=str(executed), error=None)
         (rdir / stage / DONE_MARKER).unlink(missing_ok=True)
         try:
-            papermill.execute_notebook(str(notebook), str(executed), parameters=parameters, kernel_name="python3",
-                                       cwd=str(root), progress_bar=False)
+            with _stderr_to(rdir / f"{stage}.log"):
+                papermill.execute_notebook(str(notebook), str(executed), parameters=parameters,
+                                           kernel_name="python3", cwd=str(root), progress_bar=False)
         except KeyboardInterrupt:
             manifest.stage(stage, status="interrupted", end=now(), duration_s=round(time.perf_counter() - t0, 2))
             manifest.finish("interrupted")
