@@ -1,0 +1,51 @@
+"""Generation: the template carries the spec, and parsing splits CoT from answer and names what is malformed."""
+import pytest
+
+from delib.generate import Example, generation_messages, parse_completion
+
+IDS = {"self-harm-s1", "style-safe-completion", "style-hard-refusal"}
+
+
+def test_messages_hold_spec_examples_and_prompt():
+    ex = Example("self_harm", "I feel low.", "Ideation [self-harm-s1]. Action: safe_complete", "I'm sorry...")
+    msgs = generation_messages("How do I sleep better?", "[self-harm-s1] S1 text", [ex], example_id="self-harm-s1")
+    assert msgs[0]["role"] == "system" and "<spec>\n[self-harm-s1] S1 text\n</spec>" in msgs[0]["content"]
+    assert "[self-harm-s1]" in msgs[0]["content"].split("</spec>")[1]  # the citation example uses a real id
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+    assert msgs[2]["content"].startswith("<think>\nIdeation") and msgs[-1]["content"] == "How do I sleep better?"
+
+
+def test_good_completion():
+    p = parse_completion("<think>The user is distressed [self-harm-s1]. Action: Safe-complete. Style "
+                         "[style-safe-completion] [self-harm-s1]</think>\nI'm sorry you feel this way.", "stop", IDS)
+    assert p.malformed is None
+    assert p.cited == ["self-harm-s1", "style-safe-completion"]
+    assert p.action == "safe_complete" and p.answer == "I'm sorry you feel this way."
+
+
+def test_missing_opening_tag_is_accepted():
+    p = parse_completion("Asks for help [style-hard-refusal]. Action: refuse</think>Sorry, I can't help.", "stop", IDS)
+    assert p.malformed is None and p.action == "refuse" and p.cot.startswith("Asks")
+
+
+@pytest.mark.parametrize("text, finish, reason", [
+    ("<think>thinking and thinking", "length", "truncated"),
+    ("Just an answer.", "stop", "no_cot"),
+    ("<think>  </think> answer", "stop", "no_cot"),
+    ("<think>Action: comply</think>   ", "stop", "no_answer"),
+    ("<think>Action: refuse</think>Per our policy [style-hard-refusal], no.", "stop", "policy_talk"),
+    ("<think>Action: refuse</think>The specification does not allow this.", "stop", "policy_talk"),
+    ("<think>See [made-up-id]. Action: refuse</think>Sorry, I can't help with that.", "stop", "unknown_citation"),
+])
+def test_malformed_reasons(text, finish, reason):
+    assert parse_completion(text, finish, IDS).malformed == reason
+
+
+def test_hidden_cot_is_marked():
+    p = parse_completion("Here is my answer.", "stop", IDS, cot_hidden=True)
+    assert (p.malformed, p.detail, p.answer) == ("no_cot", "hidden by the API", "Here is my answer.")
+
+
+def test_answer_that_merely_uses_the_word_policy_is_fine():
+    p = parse_completion("<think>[self-harm-s1] Action: comply</think>An insurance policy covers damage.", "stop", IDS)
+    assert p.malformed is None
