@@ -49,3 +49,16 @@ def test_hidden_cot_is_marked():
 def test_answer_that_merely_uses_the_word_policy_is_fine():
     p = parse_completion("<think>[self-harm-s1] Action: comply</think>An insurance policy covers damage.", "stop", IDS)
     assert p.malformed is None
+
+
+def test_select_prompts_takes_categories_and_actions_in_turn():
+    import pandas as pd
+
+    from delib.generate import select_prompts
+    rows = [(f"{c}{i}", c, a, "train") for c in "ab" for i, a in enumerate(["comply"] * 3 + ["refuse"] * 2)]
+    df = pd.DataFrame(rows, columns=["id", "category", "expected_action", "split"])
+    df = pd.concat([df, pd.DataFrame([("e1", "a", "comply", "eval")], columns=df.columns)])
+    picked = select_prompts(df, "train", 4)
+    assert picked["category"].value_counts().to_dict() == {"a": 2, "b": 2}
+    assert set(picked["expected_action"]) == {"comply", "refuse"}
+    assert len(select_prompts(df, "train", None)) == 10 and select_prompts(df, "eval", 5)["id"].tolist() == ["e1"]

@@ -9,11 +9,14 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 import yaml
 
 from .spec import Spec
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -141,3 +144,78 @@ def parse_completion(text: Optional[str], finish_reason: Optional[str], spec_ids
             parsed.malformed, parsed.detail = "unknown_citation", f"cites ids the spec lacks: {unknown}"
     return parsed
 
+
+
+def select_prompts(prompts: "pd.DataFrame", split: str, max_prompts: Optional[int]) -> "pd.DataFrame":
+    """The prompts of one split, capped at `max_prompts` by taking categories in turn, so that a small run still
+    covers every category (and, within a category, the actions in turn)."""
+    rows = prompts[prompts["split"] == split]
+    if max_prompts is None or max_prompts >= len(rows):
+        return rows.sort_values(["category", "id"]).reset_index(drop=True)
+    queues = []
+    for _, group in rows.groupby("category", sort=True):
+        by_action = [list(g.index) for _, g in group.groupby("expected_action", sort=True)]
+        queues.append([i for tier in zip_longest_all(by_action) for i in tier])
+    picked = [i for tier in zip_longest_all(queues) for i in tier][:max_prompts]
+    return rows.loc[picked].sort_values(["category", "id"]).reset_index(drop=True)
+
+
+def zip_longest_all(lists: list[list]) -> list[list]:
+    """[[a1, a2], [b1]] -> [[a1, b1], [a2]]: one from each list in turn."""
+    out, i = [], 0
+    while any(i < len(lst) for lst in lists):
+        out.append([lst[i] for lst in lists if i < len(lst)])
+        i += 1
+    return out
+
+
+def pick_examples(examples: list[Example], category: str, k: int) -> list[Example]:
+    """Up to k worked examples, those of the prompt's own category first."""
+    own = [e for e in examples if e.category == category]
+    return (own + [e for e in examples if e.category != category])[:k]
+
+
+def generation_requests(selected: "pd.DataFrame", rendered: dict[str, dict], spec: Spec, examples: list[Example],
+                        k_shot: int, samples_per_prompt: int) -> list:
+    """One ChatRequest per (prompt, sample): the spec for the prompt's category in context, a seed per sample."""
+    from .models import ChatRequest
+
+    requests = []
+    for row in selected.itertuples():
+        cat = spec.categories[row.category]
+        example_id = cat.levels[0]["section"] if cat.levels and cat.levels[0]["section"] else cat.sections[0]
+        messages = generation_messages(row.prompt, rendered[row.category]["text"],
+                                       pick_examples(examples, row.category, k_shot), example_id)
+        for s in range(samples_per_prompt):
+            requests.append(ChatRequest(messages=messages, sample_index=s, meta={"prompt_id": row.id}))
+    return requests
+
+
+def samples_table(selected: "pd.DataFrame", results: list, spec: Spec, cot_hidden: bool = False) -> "pd.DataFrame":
+    """Every sample, usable or not: the prompt's labels, the parsed CoT and answer, and why it is malformed."""
+    import pandas as pd
+
+    by_id = selected.set_index("id")
+    rows = []
+    for res in results:
+        pid = res.meta["prompt_id"]
+        prompt = by_id.loc[pid]
+        if res.error:
+            parsed = ParsedCompletion("", "", malformed="request_failed", detail=res.error)
+        else:
+            parsed = parse_completion(res.text, res.finish_reason, spec.sections, cot_hidden)
+        rows.append({"prompt_id": pid, "sample_index": res.sample_index, "category": prompt.category,
+                     "expected_action": prompt.expected_action, "prompt": prompt.prompt, **parsed.to_dict(),
+                     "completion": res.text, "finish_reason": res.finish_reason,
+                     "completion_tokens": res.usage.get("completion_tokens", 0), "latency_s": res.latency_s,
+                     "cached": res.cached, "cot_hidden": cot_hidden})
+    return pd.DataFrame(rows)
+
+
+def malformed_counts(samples: "pd.DataFrame") -> "pd.DataFrame":
+    """How many samples each malformed reason dropped (and how many are usable)."""
+    import pandas as pd
+
+    reasons = samples["malformed"].fillna("usable")
+    counts = reasons.value_counts().reindex(["usable", *MALFORMED_REASONS], fill_value=0)
+    return pd.DataFrame({"samples": counts, "share": (counts / max(1, len(samples))).round(3)})
