@@ -65,8 +65,9 @@ class Models(_Strict):
     """The model roles of the method: G_base (generator), G_RM (judge) and the policy trained and evaluated."""
 
     generator: ModelRole = ModelRole()
-    judge: ModelRole = ModelRole(sampling=Sampling(temperature=0.0))
+    judge: ModelRole = ModelRole(sampling=Sampling(temperature=0.7))
     policy: ModelRole = ModelRole()
+    second_judge: Optional[ModelRole] = None  # a second judge, to measure agreement between judges
 
 
 class SpecParams(_Strict):
@@ -100,12 +101,32 @@ class StageParams(_Strict):
 
 class GenerateParams(StageParams):
     samples_per_prompt: int = Field(2, ge=1)
+    k_shot: int = Field(1, ge=0)  # worked examples shown before the prompt (helps small generators)
+    examples: Optional[str] = "specs/default/examples.yaml"  # YAML of worked examples; null: none
+
+
+JUDGE_WEIGHT_KEYS = ("judge", "action", "citation", "style")
 
 
 class JudgeParams(StageParams):
     k: int = Field(2, ge=1)  # independent judgements per sample
-    aggregate: Literal["min", "mean"] = "min"
-    threshold: float = Field(6.0, ge=0, le=10)
+    aggregate: Literal["min", "mean"] = "min"  # how the k judgements combine (the paper keeps the minimum)
+    threshold: float = Field(6.0, ge=0, le=10)  # final score a sample needs to enter the SFT set
+    show_expected_action: bool = True  # tell the judge the prompt's expected action (the paper allows it)
+    top_logprobs: Optional[int] = Field(5, ge=1, le=20)  # for the expected score; null: no log-probabilities
+    weights: dict[str, float] = {"judge": 0.5, "action": 0.2, "citation": 0.1, "style": 0.2}
+    best_of_n: bool = True  # keep only the best sample of each prompt
+    max_per_category: Optional[int] = Field(None, ge=1)  # cap per category, to balance the SFT set
+
+    @field_validator("weights")
+    @classmethod
+    def _known_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = set(v) - set(JUDGE_WEIGHT_KEYS)
+        if unknown:
+            raise ValueError(f"unknown weight(s) {sorted(unknown)}; weights are {', '.join(JUDGE_WEIGHT_KEYS)}")
+        if any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
+            raise ValueError("weights must be non-negative with a positive sum")
+        return v
 
 
 class SFTParams(StageParams):

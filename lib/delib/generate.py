@@ -219,3 +219,19 @@ def malformed_counts(samples: "pd.DataFrame") -> "pd.DataFrame":
     reasons = samples["malformed"].fillna("usable")
     counts = reasons.value_counts().reindex(["usable", *MALFORMED_REASONS], fill_value=0)
     return pd.DataFrame({"samples": counts, "share": (counts / max(1, len(samples))).round(3)})
+
+
+def show_samples(samples: "pd.DataFrame", n: int = 3, usable_only: bool = True) -> str:
+    """A few samples as text: the prompt, the sections the CoT cites, the action it decided, and the answer."""
+    rows = samples[samples["malformed"].isna()] if usable_only else samples
+    blocks = []
+    for r in rows.head(n).itertuples():
+        blocks.append(f"[{r.prompt_id} #{r.sample_index}] {r.category}, expected {r.expected_action}\n"
+                      f"  prompt : {r.prompt}\n  cites  : {', '.join(r.cited) or '(none)'}\n"
+                      f"  decided: {r.action or '(not stated)'}\n  cot    : {_clip(r.cot)}\n  answer : {_clip(r.answer)}")
+    return "\n\n".join(blocks) if blocks else "(no usable samples)"
+
+
+def _clip(text: str, width: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

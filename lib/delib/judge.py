@@ -8,9 +8,12 @@ from __future__ import annotations
 import math
 import re
 import statistics
-from typing import Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CRITERIA = ("action_correct", "helpfulness", "style", "cot_quality", "overall")
 ANSWER_CRITERIA = ("action_correct", "helpfulness", "style", "overall")
@@ -162,3 +165,73 @@ def final_score(judge_overall: Optional[float], checks: dict, weights: Optional[
     }
     total = sum(w.values())
     return round(10 * sum(w[k] * parts[k] for k in parts) / total, 3)
+
+
+def judge_requests(samples: "pd.DataFrame", rendered: dict[str, dict], k: int, show_expected_action: bool,
+                   top_logprobs: Optional[int]) -> list:
+    """k independent judgements (seeds 0..k-1) for each usable sample, the CoT shown."""
+    from .models import ChatRequest
+
+    requests = []
+    for row in samples.itertuples():
+        messages = judge_messages(row.prompt, row.answer, rendered[row.category]["text"], cot=row.cot,
+                                  expected_action=row.expected_action if show_expected_action else None)
+        for j in range(k):
+            requests.append(ChatRequest(messages=messages, sample_index=j, response_model=JudgeVerdict,
+                                        logprobs=bool(top_logprobs), top_logprobs=top_logprobs,
+                                        meta={"prompt_id": row.prompt_id, "sample_index": row.sample_index}))
+    return requests
+
+
+def judgements_table(results: list) -> "pd.DataFrame":
+    """One row per judgement: which sample, which of the k, the scores (or the error), the expected overall."""
+    import pandas as pd
+
+    rows = []
+    for res in results:
+        verdict = res.parsed.model_dump() if res.parsed is not None else {}
+        rows.append({"prompt_id": res.meta["prompt_id"], "sample_index": res.meta["sample_index"],
+                     "judgement": res.sample_index, **{c: verdict.get(c) for c in CRITERIA},
+                     "rationale": verdict.get("rationale"), "expected_overall": expected_score(res.logprobs),
+                     "error": res.error, "cached": res.cached})
+    return pd.DataFrame(rows)
+
+
+def score_samples(samples: "pd.DataFrame", judgements: "pd.DataFrame", how: str, weights: Optional[dict],
+                  section_category: dict[str, str]) -> "pd.DataFrame":
+    """Each usable sample with its judge aggregate over k (min by default), the judges' spread, the rule checks
+    and the final score."""
+    import pandas as pd
+
+    rows = []
+    grouped = {key: g for key, g in judgements.groupby(["prompt_id", "sample_index"])}
+    for row in samples.itertuples():
+        g = grouped.get((row.prompt_id, row.sample_index))
+        verdicts = [] if g is None else [r for r in g[list(CRITERIA)].to_dict("records")
+                                         if all(v is not None and v == v for v in r.values())]
+        agg = aggregate(verdicts, how) or {}
+        checks = rule_checks(row.prompt, row.answer, row.category, row.expected_action, row.action, row.cited,
+                             section_category)
+        expected = None if g is None else g["expected_overall"].dropna()
+        rows.append({"prompt_id": row.prompt_id, "sample_index": row.sample_index,
+                     "judged": len(verdicts), **{f"judge_{c}": agg.get(c) for c in CRITERIA},
+                     "judge_spread": consistency(verdicts)["spread"],
+                     "judge_expected_overall": None if expected is None or expected.empty else float(expected.min()),
+                     **{k: v for k, v in checks.items() if k != "propositions"},
+                     "propositions": checks["propositions"],
+                     "final_score": final_score(agg.get("overall"), checks, weights)})
+    return samples.merge(pd.DataFrame(rows), on=["prompt_id", "sample_index"], how="left")
+
+
+def agreement(a: "pd.Series", b: "pd.Series", threshold: float) -> dict:
+    """How two sets of scores of the same samples agree: correlation, mean absolute difference, and how often
+    they make the same keep/drop decision at `threshold`."""
+    import pandas as pd
+
+    both = pd.concat([a.rename("a"), b.rename("b")], axis=1).dropna()
+    if len(both) < 2:
+        return {"n": len(both), "pearson": None, "spearman": None, "mean_abs_diff": None, "same_decision": None}
+    same = ((both.a >= threshold) == (both.b >= threshold)).mean()
+    corr = lambda m: None if both.a.nunique() < 2 or both.b.nunique() < 2 else round(float(both.a.corr(both.b, m)), 3)  # noqa: E731
+    return {"n": len(both), "pearson": corr("pearson"), "spearman": corr("spearman"),
+            "mean_abs_diff": round(float((both.a - both.b).abs().mean()), 3), "same_decision": round(float(same), 3)}

@@ -74,6 +74,8 @@ def model_ids(params: RunParams) -> dict:
     """Each role's backend, model and (for local files) the sha256 of the weights: never a key."""
     out, hashed = {}, {}
     for role_name, role in params.models:
+        if role is None:
+            continue
         entry = {"backend": role.backend, "model": role.model}
         if role.base_url:
             entry["base_url"] = role.base_url

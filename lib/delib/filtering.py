@@ -1,0 +1,105 @@
+"""Stage 03 (filtering) and its hand-off to training: which samples survive, and the SFT and RL sets they make.
+
+The funnel counts samples at each step: generated, answered, well-formed, judged, above the threshold, best of n
+per prompt, balanced across categories. The SFT set drops the spec from the prompt, so the model must recall it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from .generate import THINK_CLOSE, THINK_OPEN, parse_completion
+
+
+def filter_samples(scored: pd.DataFrame, generated: pd.DataFrame, threshold: float, best_of_n: bool = True,
+                   max_per_category: Optional[int] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The samples kept for SFT, and the funnel table (step, samples, prompts, share of generated)."""
+    steps = [("generated", generated),
+             ("answered (request ok)", generated[generated["malformed"] != "request_failed"]),
+             ("well-formed", generated[generated["malformed"].isna()]),
+             ("judged", scored[scored["judged"] > 0])]
+    kept = scored[(scored["judged"] > 0) & (scored["final_score"] >= threshold)]
+    steps.append((f"final score >= {threshold:g}", kept))
+    if best_of_n and not kept.empty:
+        kept = (kept.sort_values(["final_score", "sample_index"], ascending=[False, True])
+                .groupby("prompt_id", sort=False).head(1))
+        steps.append(("best of n per prompt", kept))
+    if max_per_category and not kept.empty:
+        kept = (kept.sort_values("final_score", ascending=False).groupby("category", sort=False)
+                .head(max_per_category))
+        steps.append((f"at most {max_per_category} per category", kept))
+    total = max(1, len(generated))
+    funnel = pd.DataFrame([{"step": name, "samples": len(df), "prompts": df["prompt_id"].nunique(),
+                            "share": round(len(df) / total, 3)} for name, df in steps])
+    return kept.sort_values(["category", "prompt_id"]).reset_index(drop=True), funnel
+
+
+def assistant_text(cot: str, answer: str) -> str:
+    """The trained assistant turn: the chain of thought in <think>, then the answer."""
+    return f"{THINK_OPEN}\n{cot.strip()}\n{THINK_CLOSE}\n{answer.strip()}"
+
+
+def sft_rows(kept: pd.DataFrame) -> list[dict]:
+    """(prompt without the spec, CoT, answer) as chat messages, with the labels kept beside them."""
+    return [{"messages": [{"role": "user", "content": r.prompt},
+                          {"role": "assistant", "content": assistant_text(r.cot, r.answer)}],
+             "prompt_id": r.prompt_id, "category": r.category, "expected_action": r.expected_action,
+             "final_score": float(r.final_score)} for r in kept.itertuples()]
+
+
+def rl_rows(prompts: pd.DataFrame) -> list[dict]:
+    """The RL set: training prompts with their category and expected action (the reward needs both)."""
+    train = prompts[prompts["split"] == "train"]
+    return [{"prompt_id": r.id, "prompt": r.prompt, "category": r.category, "expected_action": r.expected_action}
+            for r in train.itertuples()]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def export_openai_chat(path: Path, rows: list[dict]) -> Path:
+    """OpenAI's chat fine-tuning format: one {"messages": [...]} object per line, nothing else."""
+    return write_jsonl(path, [{"messages": r["messages"]} for r in rows])
+
+
+def export_hf_dataset(folder: Path, rows: list[dict]) -> Path:
+    """A Hugging Face `datasets` folder (load it with datasets.load_from_disk)."""
+    from datasets import Dataset
+
+    Dataset.from_list(rows).save_to_disk(str(folder))
+    return folder
+
+
+def import_deliberative(path: str | Path, spec_ids) -> tuple[list[dict], pd.DataFrame]:
+    """External deliberative data of the same kind (a JSON list of {question, response with <think>, category})
+    as SFT rows; malformed responses are dropped and counted by reason."""
+    path = Path(path)
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: expected a JSON list of objects with question, response and category")
+    rows, reasons = [], {}
+    for i, item in enumerate(items):
+        missing = {"question", "response", "category"} - set(item)
+        if missing:
+            raise ValueError(f"{path}: item {i} lacks {sorted(missing)}")
+        parsed = parse_completion(item["response"], "stop", spec_ids)
+        if parsed.malformed:
+            reasons[parsed.malformed] = reasons.get(parsed.malformed, 0) + 1
+            continue
+        rows.append({"messages": [{"role": "user", "content": item["question"]},
+                                  {"role": "assistant", "content": assistant_text(parsed.cot, parsed.answer)}],
+                     "prompt_id": f"import-{i}", "category": item["category"], "expected_action": parsed.action,
+                     "final_score": None})
+    counts = pd.DataFrame([{"kept": len(rows), **reasons}])
+    return rows, counts
