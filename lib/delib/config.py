@@ -45,7 +45,8 @@ class ModelRole(_Strict):
     adapter: Optional[str] = None  # LoRA adapter (GGUF) to load into the embedded server
     max_concurrency: int = Field(4, ge=1)
     timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(4, ge=0)
+    max_retries: int = Field(4, ge=0)  # retries of 429, 5xx, timeouts and dropped connections
+    parse_retries: int = Field(2, ge=0)  # extra tries for a reply that does not validate as the asked-for JSON
     sampling: Sampling = Sampling()
 
     @model_validator(mode="after")
@@ -97,6 +98,7 @@ class StageParams(_Strict):
     """Settings every stage has."""
 
     max_prompts: Optional[int] = Field(None, ge=1)  # cap for quick runs; null: all
+    batch: bool = False  # send this stage's uncached calls through the OpenAI Batch API (openai backends only)
 
 
 class GenerateParams(StageParams):

@@ -1,0 +1,18 @@
+"""Model access for every stage that calls a model: one client for every role and backend, with a disk cache,
+retries, structured output, log-probabilities, the Batch API and usage accounting.
+
+    from delib.models import ModelClient, ChatRequest, ChatResult
+"""
+from .cache import CallCache, call_key
+from .calls import ChatRequest, ChatResult, TokenLogprob
+from .client import ModelAuthError, ModelClient
+from .fake import scripted_transport
+from .server import EmbeddedServer, ServerError, embedded_model_path
+from .structured import gbnf_for, openai_response_format, parse_reply, response_schema
+from .usage import Usage, add_usage, read_usage
+
+__all__ = [
+    "CallCache", "ChatRequest", "ChatResult", "EmbeddedServer", "ModelAuthError", "ModelClient", "ServerError",
+    "TokenLogprob", "Usage", "add_usage", "call_key", "embedded_model_path", "gbnf_for", "openai_response_format",
+    "parse_reply", "read_usage", "response_schema", "scripted_transport",
+]

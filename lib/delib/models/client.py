@@ -1,0 +1,623 @@
+"""The model client every stage uses (generation, judging, labelling, RL reward, evaluation): one class for every
+role and backend, on the official async `openai` package.
+
+`chat_many` is synchronous and safe to call inside a Jupyter kernel: the async work runs on an event loop in a
+worker thread. It answers from the cache first, sends the rest with a bounded number in flight, retries what is
+worth retrying, records what still fails, and adds its token and time totals to the stage's usage.json.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import random
+import re
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import httpx2
+import openai
+from pydantic import BaseModel
+
+from ..config import CacheParams, ModelRole
+from ..paths import project_root, resolve
+from . import server as embedded
+from .cache import CallCache, NoCache, call_key, file_sha256
+from .calls import ChatRequest, ChatResult, TokenLogprob
+from .structured import (gbnf_for, json_object_response_format, openai_response_format, parse_reply,
+                         response_schema)
+from .usage import Usage, add_usage
+
+RETRY_AFTER_CAP_S = 300.0  # a server asking for a longer wait than this is treated as down
+PARSE_RETRY_SEED_STRIDE = 1_000_003  # a retried invalid reply samples again with seed + k * stride
+# Workers start this far apart. All starting at once keeps their calls in lockstep against a server of steady
+# latency: each wave of answers then queues for the one client thread (measured: 32 in flight at 100 ms took
+# 1.15-1.19x the ideal time; staggered by 4 ms, see bench/bench_client.py). It also spares a real server a burst.
+WORKER_STAGGER_S = 0.004
+REASONING_MODEL = re.compile(r"^(o\d|gpt-5(?!-chat))")
+_KEY_LIKE = re.compile(r"(sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+\S+)")
+
+
+class ModelAuthError(RuntimeError):
+    """The backend refused the API key (401/403) or no key is set: the message says which variable to set."""
+
+
+class _Malformed(Exception):
+    """The body was not a usable chat completion."""
+
+
+@dataclass
+class _Plan:
+    """One distinct call of a chat_many: its key, the request and the JSON body of /chat/completions."""
+
+    key: str
+    request: ChatRequest
+    body: dict
+    seed: int
+    spent: Usage = field(default_factory=Usage)
+
+
+def _scrub(text: str, secret: Optional[str]) -> str:
+    """An error message safe to record: no API key, not even a masked one."""
+    if secret:
+        text = text.replace(secret, "***")
+    return _KEY_LIKE.sub("***", text)
+
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a .env file (quotes stripped, comments and `export` ignored)."""
+    if not path.is_file():
+        return {}
+    values = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        name, value = line.removeprefix("export ").split("=", 1)
+        values[name.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def _retry_after_s(exc: Exception) -> Optional[float]:
+    """Seconds the server asked us to wait (Retry-After or retry-after-ms), if it said."""
+    response = getattr(exc, "response", None)
+    if response is None:
+        return None
+    headers = response.headers
+    try:
+        if headers.get("retry-after-ms"):
+            return float(headers["retry-after-ms"]) / 1000
+        if headers.get("retry-after"):
+            return float(headers["retry-after"])
+    except ValueError:  # an HTTP date: rare enough to fall back on our own backoff
+        return None
+    return None
+
+
+def _classify(exc: Exception) -> tuple[str, bool]:
+    """(error kind, worth retrying) of an exception raised by one call."""
+    if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
+        return "auth", False
+    if isinstance(exc, openai.RateLimitError):
+        return "rate_limited", True
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout", True
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection", True
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code >= 500:
+            return "server_error", True
+        if exc.status_code in (408, 409):
+            return "timeout", True
+        return "bad_request", False
+    if isinstance(exc, httpx2.TimeoutException):
+        return "timeout", True
+    if isinstance(exc, httpx2.HTTPError):
+        return "connection", True
+    if isinstance(exc, (_Malformed, openai.APIResponseValidationError)):
+        return "malformed_response", True
+    raise exc  # a bug of ours: let it surface
+
+
+def _json_body(response: httpx2.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+        raise _Malformed(f"the body is not JSON ({err})") from None
+
+
+def _extract(data: Any) -> dict:
+    """The cacheable part of a chat completion (the JSON body): text, finish reason, logprobs, usage, choices."""
+    try:
+        first = data["choices"][0]
+        message = first["message"]
+        logprobs = None
+        content = (first.get("logprobs") or {}).get("content")
+        if content:
+            logprobs = [[t["token"], t["logprob"], [[a["token"], a["logprob"]] for a in (t.get("top_logprobs") or [])]]
+                        for t in content]
+        usage = data.get("usage") or {}
+        return {
+            "text": message.get("content"),
+            "finish_reason": first.get("finish_reason"),
+            "choices": [(c.get("message") or {}).get("content") for c in data["choices"]],
+            "logprobs": logprobs,
+            "usage": {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                      "completion_tokens": int(usage.get("completion_tokens") or 0)},
+        }
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as err:
+        raise _Malformed(f"not a chat completion ({type(err).__name__}: {err})") from None
+
+
+class _LoopThread:
+    """An asyncio loop in a daemon thread: lets synchronous code (and Jupyter cells) run async calls."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="delib-model-client", daemon=True)
+        self.thread.start()
+
+    def run(self, coro):
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            while not future.done():  # wake up now and then: a signal another thread received is handled here
+                concurrent.futures.wait([future], timeout=0.1)
+            return future.result()
+        except KeyboardInterrupt:  # Ctrl-C / a Jupyter interrupt: stop the calls in flight, keep what finished
+            future.cancel()
+            try:
+                future.result(timeout=10)
+            except BaseException:
+                pass
+            raise
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+class _Tracker:
+    """Progress of one chat_many: the tqdm bar and the counts that go into usage.json."""
+
+    def __init__(self, total: int, desc: str, show: bool) -> None:
+        self.errors = self.cache_hits = 0
+        self.bar = None
+        if show:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="call", dynamic_ncols=True, mininterval=0.2)
+        self._lock = threading.Lock()
+
+    def advance(self, n: int = 1, errors: int = 0, cache_hits: int = 0) -> None:
+        with self._lock:
+            self.errors += errors
+            self.cache_hits += cache_hits
+            if self.bar is not None:
+                self.bar.set_postfix(errors=self.errors, cached=self.cache_hits, refresh=False)
+                self.bar.update(n)
+
+    def note(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"errors={self.errors}, cached={self.cache_hits}, {text}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(errors=self.errors, cached=self.cache_hits, refresh=False)
+            self.bar.close()
+
+
+class ModelClient:
+    """Calls one model role (generator, judge, policy) for a stage; a context manager."""
+
+    def __init__(
+        self,
+        role: ModelRole,
+        role_name: str,
+        cache: Optional[CacheParams] = None,
+        seed: int = 0,
+        run_dir: Optional[str | Path] = None,
+        stage: Optional[str] = None,
+        *,
+        parse_retries: Optional[int] = None,  # extra tries for an invalid structured reply; None: the role's
+        backoff_base_s: float = 0.5,  # first retry waits about this long, doubling each time
+        backoff_max_s: float = 30.0,
+        progress: bool = True,
+        transport: Optional[httpx2.AsyncBaseTransport] = None,  # a scripted fake model; no server, no network
+        env_file: Optional[str | Path] = None,  # where to look for OPENAI_API_KEY etc.; default <root>/.env
+    ) -> None:
+        self.role, self.role_name = role, role_name
+        self.run_seed = seed
+        self.stage_dir = Path(run_dir) / stage if run_dir is not None and stage else (
+            Path(run_dir) if run_dir is not None else None)
+        self.parse_retries = role.parse_retries if parse_retries is None else parse_retries
+        self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
+        self.progress = progress
+        self._transport = transport
+        self._env_file = Path(env_file) if env_file else project_root() / ".env"
+        cache = cache if cache is not None else CacheParams()
+        self.cache = CallCache(resolve(cache.path)) if cache.enabled else NoCache()
+        self._loop: Optional[_LoopThread] = None
+        self._openai: Optional[openai.AsyncOpenAI] = None
+        self._server: Optional[embedded.EmbeddedServer] = None
+        self._secret: Optional[str] = None
+        self._fatal: Optional[str] = None
+        self._structured = {"embedded": "grammar", "openai": "json_schema"}.get(role.backend, "json_schema")
+        self._identity: Optional[str] = None
+        self._closed = False
+        self.last_usage = Usage()  # totals of the latest chat_many
+        if role.backend == "embedded" and role.sampling.n > 1:
+            warnings.warn("the embedded server (llama-cpp-python) ignores n > 1 and returns one sample; "
+                          "ask for several samples with ChatRequest.sample_index instead", stacklevel=2)
+
+    # ---------------------------------------------------------------- public API
+
+    def chat_many(self, requests: Sequence[ChatRequest], desc: Optional[str] = None, *, batch: bool = False,
+                  batch_poll_s: float = 30.0, batch_timeout_s: float = 26 * 3600,
+                  batch_fallback_live: bool = True) -> list[ChatResult]:
+        """Results in the order of `requests`; failed calls carry `error`. batch=True sends the calls that are not
+        cached through the Batch API (openai backends), resuming a batch this stage already created."""
+        if self._closed:
+            raise RuntimeError("this ModelClient is closed")
+        started = time.monotonic()
+        plans = [self._plan(r) for r in requests]
+        unique = {p.key: p for p in plans}  # identical requests make one call
+        results: dict[str, ChatResult] = {}
+        for key, value in self.cache.get_many(unique).items():
+            result = self._result(unique[key], value, cached=True)
+            if result is not None:
+                results[key] = result
+        todo = [p for key, p in unique.items() if key not in results]
+        tracker = _Tracker(len(requests), desc or self.role_name, self.progress)
+        tracker.advance(sum(p.key in results for p in plans), cache_hits=sum(p.key in results for p in plans))
+        try:
+            if todo:
+                if self.role.backend == "embedded" and self._transport is None:
+                    self._ensure_server(logprobs=any(p.body.get("logprobs") for p in todo))
+                self._loop = self._loop or _LoopThread()
+                fresh = self._loop.run(self._run(todo, tracker, batch, batch_poll_s, batch_timeout_s,
+                                                 batch_fallback_live))
+                results.update(fresh)
+        finally:
+            tracker.close()
+        out = [self._for_request(results[p.key], p) for p in plans]
+        self._record_usage(out, todo, time.monotonic() - started)
+        if self._fatal:
+            raise ModelAuthError(self._fatal)
+        return out
+
+    async def achat_many(self, requests: Sequence[ChatRequest], desc: Optional[str] = None, **kw) -> list[ChatResult]:
+        """chat_many for async callers: runs it in a thread so the caller's loop stays free."""
+        return await asyncio.to_thread(self.chat_many, requests, desc, **kw)
+
+    def chat(self, request: ChatRequest) -> ChatResult:
+        """One call; same rules as chat_many."""
+        return self.chat_many([request])[0]
+
+    @property
+    def model_identity(self) -> str:
+        """What the cache key knows of the model: its name, and for embedded models the file and adapter hashes."""
+        if self._identity is None:
+            role, ident = self.role, self.role.model
+            if role.backend == "embedded":
+                ident = f"embedded:{role.model}"
+                if self._transport is None:
+                    ident += f"@sha256:{file_sha256(embedded.embedded_model_path(role.model))[:16]}"
+                if role.adapter:
+                    adapter = resolve(role.adapter)
+                    ident += (f"+lora@sha256:{file_sha256(adapter)[:16]}" if adapter.is_file()
+                              else f"+lora:{role.adapter}")
+            self._identity = ident
+        return self._identity
+
+    def close(self) -> None:
+        """Close the connection pool, stop the embedded server if this was its last client, close the cache."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._loop is not None and self._openai is not None:
+                self._loop.run(self._openai.close())
+        finally:
+            if self._loop is not None:
+                self._loop.close()
+            if self._server is not None:
+                embedded.release(self._server)
+                self._server = None
+            self.cache.close()
+
+    def __enter__(self) -> "ModelClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- building calls
+
+    def is_reasoning_model(self) -> bool:
+        """OpenAI's reasoning models (o-series, gpt-5) or any role with a reasoning_effort."""
+        s = self.role.sampling
+        return self.role.backend == "openai" and (s.reasoning_effort is not None
+                                                  or bool(REASONING_MODEL.match(self.role.model)))
+
+    def _plan(self, req: ChatRequest) -> _Plan:
+        s = self.role.sampling
+        seed = (s.seed if s.seed is not None else self.run_seed) + req.sample_index
+        max_tokens = req.max_tokens if req.max_tokens is not None else s.max_tokens
+        temperature = req.temperature if req.temperature is not None else s.temperature
+        top_logprobs = req.top_logprobs
+        logprobs = bool(req.logprobs or top_logprobs)
+        schema = response_schema(req.response_model) if req.response_model else None
+        material = {
+            "model": self.model_identity,
+            "messages": req.messages,
+            "sampling": {"temperature": temperature, "top_p": s.top_p, "max_tokens": max_tokens, "seed": seed,
+                         "n": s.n, "reasoning_effort": s.reasoning_effort, "stop": req.stop},
+            "sample_index": req.sample_index,
+            "schema": schema,
+            "logprobs": [logprobs, top_logprobs],
+        }
+        body: dict[str, Any] = {"model": self.role.model, "messages": req.messages, "seed": seed}
+        if self.is_reasoning_model():  # they take max_completion_tokens and reject temperature, top_p, logprobs
+            body["max_completion_tokens"] = max_tokens
+            if s.reasoning_effort:
+                body["reasoning_effort"] = s.reasoning_effort
+        else:
+            body["temperature"] = temperature
+            body["top_p"] = s.top_p
+            body["max_completion_tokens" if self.role.backend == "openai" else "max_tokens"] = max_tokens
+            if s.reasoning_effort:  # e.g. a reasoning model behind vLLM
+                body["reasoning_effort"] = s.reasoning_effort
+            if logprobs:
+                body["logprobs"] = True
+                if top_logprobs:
+                    body["top_logprobs"] = top_logprobs
+        if s.n > 1:
+            body["n"] = s.n
+        if req.stop:
+            body["stop"] = req.stop
+        if req.response_model is not None:
+            self._add_structured(body, req.response_model)
+        return _Plan(call_key(material), req, body, seed)
+
+    def _add_structured(self, body: dict, model: type[BaseModel]) -> None:
+        if self._structured == "grammar":  # llama-cpp-python: a grammar keeps the bounds the schema has
+            body["grammar"] = gbnf_for(model)
+        elif self._structured == "json_object":
+            body["response_format"] = json_object_response_format(model)
+        else:
+            body["response_format"] = openai_response_format(model)
+
+    # ---------------------------------------------------------------- running calls
+
+    def _ensure_server(self, logprobs: bool) -> None:
+        """A running embedded server for this role, one that gives logprobs when a request asks for them."""
+        current = self._server
+        if current is not None and current.alive() and (current.logits_all or not logprobs):
+            return
+        role = self.role
+        adapter = resolve(role.adapter) if role.adapter else None
+        self._server = embedded.acquire(embedded.embedded_model_path(role.model), role.model, adapter,
+                                        self.stage_dir, logprobs=logprobs)
+        if current is not None:
+            embedded.release(current)
+        if self._openai is not None and self._loop is not None:  # another server: reconnect
+            self._loop.run(self._openai.close())
+            self._openai = None
+
+    def _api_key(self) -> str:
+        role = self.role
+        if role.backend == "embedded" or self._transport is not None:
+            return "sk-embedded-no-key"
+        var = role.api_key_env or ("OPENAI_API_KEY" if role.backend == "openai" else None)
+        if var is None:
+            return "sk-no-key"  # a local server without auth (vLLM, Ollama, llama.cpp)
+        key = os.environ.get(var) or _read_dotenv(self._env_file).get(var)
+        if not key:
+            raise ModelAuthError(f"no API key for role {self.role_name!r}: set the environment variable {var} "
+                                 f"(or put `{var}=...` in {self._env_file})")
+        return key
+
+    def _auth_message(self, exc: Exception) -> str:
+        var = self.role.api_key_env or ("OPENAI_API_KEY" if self.role.backend == "openai" else None)
+        fix = (f"set the environment variable {var} to a valid key (or put it in {self._env_file})" if var else
+               f"set models.{self.role_name}.api_key_env in params to the name of the variable holding the key")
+        status = getattr(exc, "status_code", "")
+        return _scrub(f"{status} from the {self.role.backend} backend: the API key was refused; {fix}. "
+                      f"Server said: {getattr(exc, 'message', exc)}", self._secret)
+
+    def _openai_client(self) -> openai.AsyncOpenAI:
+        if self._openai is None:
+            role = self.role
+            self._secret = self._api_key()
+            if self._transport is not None:
+                base_url = "http://fake-model.invalid/v1"
+            elif role.backend == "embedded":
+                base_url = self._server.base_url
+            else:
+                base_url = role.base_url  # None for openai: the package's default
+            limit = role.max_concurrency
+            http = httpx2.AsyncClient(
+                transport=self._transport,
+                limits=httpx2.Limits(max_connections=limit + 4, max_keepalive_connections=limit + 4),
+                timeout=httpx2.Timeout(role.timeout_s, connect=min(role.timeout_s, 10.0)),
+            )
+            self._openai = openai.AsyncOpenAI(api_key=self._secret, base_url=base_url, max_retries=0,
+                                              timeout=role.timeout_s, http_client=http)
+        return self._openai
+
+    async def _run(self, plans: list[_Plan], tracker: _Tracker, batch: bool, poll_s: float, timeout_s: float,
+                   fallback_live: bool) -> dict[str, ChatResult]:
+        results: dict[str, ChatResult] = {}
+        self._openai_client()
+        if batch:
+            plans = await self._run_batch(plans, tracker, results, poll_s, timeout_s, fallback_live)
+        pending = iter(plans)
+
+        async def worker(rank: int) -> None:
+            await asyncio.sleep(rank * WORKER_STAGGER_S)
+            for plan in pending:  # a shared iterator: each plan is taken by exactly one worker
+                if self._fatal:
+                    result = self._failure(plan, "auth", f"not sent: {self._fatal}", attempts=0)
+                else:
+                    result = await self._call(plan)
+                results[plan.key] = result
+                tracker.advance(1, errors=int(not result.ok))
+
+        await asyncio.gather(*(worker(rank) for rank in range(min(self.role.max_concurrency, len(plans)))))
+        return results
+
+    async def _call(self, plan: _Plan) -> ChatResult:
+        """One request to its end: retried on 429, 5xx, timeouts, dropped connections and invalid replies."""
+        body = dict(plan.body)
+        model = plan.request.response_model
+        if model is not None and "response_format" in body and self._structured == "json_object":
+            body.pop("response_format")  # planned before the server turned json_schema down
+            self._add_structured(body, model)
+        attempts = retries = parse_failures = 0
+        started = time.monotonic()
+        while True:
+            attempts += 1
+            try:
+                # The client's generic post skips the typed-params transform of chat.completions.create, which
+                # costs about 1 ms of CPU per call (measured): a third of the budget at 32 calls in flight.
+                response = await self._openai.post("/chat/completions", body=body, cast_to=httpx2.Response)
+                value = _extract(_json_body(response))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - classified below; unknown ones re-raised there
+                kind, retryable = _classify(exc)
+                if kind == "auth":
+                    self._fatal = self._auth_message(exc)
+                    return self._failure(plan, kind, self._fatal, attempts)
+                if self._should_downgrade(kind, exc, body):
+                    self._structured = "json_object"
+                    body.pop("response_format", None)
+                    self._add_structured(body, model)
+                    continue
+                if retryable and retries < self.role.max_retries:
+                    retries += 1
+                    await asyncio.sleep(self._backoff_s(retries, _retry_after_s(exc)))
+                    continue
+                message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                return self._failure(plan, kind, f"{message} (after {attempts} attempts)", attempts)
+            plan.spent += Usage(prompt_tokens=value["usage"]["prompt_tokens"],
+                                completion_tokens=value["usage"]["completion_tokens"])
+            value["latency_s"] = time.monotonic() - started
+            if model is not None:
+                try:
+                    parse_reply(model, value["text"])
+                except ValueError as err:
+                    parse_failures += 1
+                    if parse_failures <= self.parse_retries:
+                        body["seed"] = plan.seed + parse_failures * PARSE_RETRY_SEED_STRIDE
+                        continue
+                    failed = self._failure(plan, "parse", f"reply does not fit {model.__name__} after "
+                                           f"{parse_failures} tries: {err}", attempts)
+                    failed.text, failed.finish_reason = value["text"], value["finish_reason"]
+                    return failed
+            self.cache.put(plan.key, value, self.model_identity)  # committed now: a kill loses no finished call
+            result = self._result(plan, value, cached=False)
+            result.attempts = attempts
+            return result
+
+    def _should_downgrade(self, kind: str, exc: Exception, body: dict) -> bool:
+        """A server that rejects `json_schema` (llama.cpp's answers 500 or 400) gets json_object + schema."""
+        if self.role.backend != "openai_compatible" or (body.get("response_format") or {}).get("type") != "json_schema":
+            return False
+        if kind not in ("bad_request", "server_error"):
+            return False
+        return any(word in str(exc).lower() for word in ("json_schema", "response_format", "schema"))
+
+    def _backoff_s(self, retry: int, retry_after: Optional[float]) -> float:
+        """Exponential backoff with jitter, and never shorter than what the server asked for."""
+        delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (retry - 1)) * random.uniform(0.5, 1.0)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, RETRY_AFTER_CAP_S))
+        return delay
+
+    async def _run_batch(self, plans: list[_Plan], tracker: _Tracker, results: dict, poll_s: float,
+                         timeout_s: float, fallback_live: bool) -> list[_Plan]:
+        """Send the plans through the Batch API; returns those that still need a live call."""
+        from .batch import run_batch
+
+        if self.role.backend == "embedded":
+            raise ValueError("the Batch API is for the openai backends, not the embedded server")
+        state_dir = (self.stage_dir or Path(".")) / "batches"
+        lines = {p.key: p.body for p in plans}
+        outputs = await run_batch(self._openai, lines, state_dir, self.role_name, poll_s, timeout_s, tracker.note)
+        leftover = []
+        for plan in plans:
+            out = outputs.get(plan.key)
+            reason = out.get("error") if out else "no line for this request in the batch output"
+            if out and out.get("body") is not None:
+                try:
+                    value = _extract(out["body"])
+                    value["latency_s"] = 0.0
+                    if plan.request.response_model is not None:
+                        parse_reply(plan.request.response_model, value["text"])
+                    plan.spent += Usage(prompt_tokens=value["usage"]["prompt_tokens"],
+                                        completion_tokens=value["usage"]["completion_tokens"])
+                    self.cache.put(plan.key, value, self.model_identity)
+                    result = self._result(plan, value, cached=False)
+                    result.attempts = 1
+                    results[plan.key] = result
+                    tracker.advance(1)
+                    continue
+                except (ValueError, _Malformed) as err:
+                    reason = str(err)
+            if fallback_live:
+                leftover.append(plan)
+            else:
+                results[plan.key] = self._failure(plan, "batch", reason, attempts=1)
+                tracker.advance(1, errors=1)
+        return leftover
+
+    # ---------------------------------------------------------------- results
+
+    def _result(self, plan: _Plan, value: dict, cached: bool) -> Optional[ChatResult]:
+        """A ChatResult from a cached or fresh value; None if a cached reply no longer validates."""
+        parsed = None
+        if plan.request.response_model is not None:
+            try:
+                parsed = parse_reply(plan.request.response_model, value["text"])
+            except ValueError:
+                return None  # the model class changed its validators: call again
+        logprobs = None
+        if value.get("logprobs"):
+            logprobs = [TokenLogprob(t, lp, [(a, alp) for a, alp in top]) for t, lp, top in value["logprobs"]]
+        return ChatResult(
+            key=plan.key, text=value["text"], finish_reason=value.get("finish_reason"), parsed=parsed,
+            logprobs=logprobs, usage=dict(value.get("usage") or {}), latency_s=float(value.get("latency_s", 0.0)),
+            cached=cached, attempts=0, choices=list(value.get("choices") or []),
+            sample_index=plan.request.sample_index, meta=plan.request.meta,
+        )
+
+    def _failure(self, plan: _Plan, kind: str, message: str, attempts: int) -> ChatResult:
+        return ChatResult(key=plan.key, error=_scrub(f"{kind}: {message}", self._secret), attempts=attempts,
+                          sample_index=plan.request.sample_index, meta=plan.request.meta)
+
+    @staticmethod
+    def _for_request(result: ChatResult, plan: _Plan) -> ChatResult:
+        """The shared result of a key, with this request's own meta (two requests may share one call)."""
+        if result.meta is plan.request.meta:
+            return result
+        copy = ChatResult(**{k: getattr(result, k) for k in result.__dataclass_fields__})
+        copy.meta = plan.request.meta
+        return copy
+
+    def _record_usage(self, results: list[ChatResult], called: Iterable[_Plan], wall_s: float) -> None:
+        usage = Usage(requests=len(results), cache_hits=sum(r.cached for r in results),
+                      failures=sum(not r.ok for r in results), wall_s=wall_s)
+        for plan in called:
+            usage += plan.spent
+        self.last_usage = usage
+        if self.stage_dir is not None:
+            add_usage(self.stage_dir, self.role_name, usage)

@@ -1,0 +1,369 @@
+"""Unit tests of the model client with a scripted fake model: no network, no server."""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sqlite3
+import time
+from pathlib import Path
+from typing import Literal
+
+import httpx2
+import pytest
+from pydantic import BaseModel, Field
+
+from delib.config import CacheParams, ModelRole, Sampling
+from delib.models import ChatRequest, ModelAuthError, ModelClient, read_usage, scripted_transport
+from delib.models.fake import completion_body
+
+
+class Verdict(BaseModel):
+    score: int = Field(ge=0, le=10)
+    label: Literal["comply", "refuse"]
+
+
+def ask(text: str, **kw) -> ChatRequest:
+    return ChatRequest(messages=[{"role": "user", "content": text}], **kw)
+
+
+@pytest.fixture
+def cache(tmp_path) -> CacheParams:
+    return CacheParams(path=str(tmp_path / "cache.sqlite"))
+
+
+def make(script, cache=None, role=None, tmp_path=None, **kw):
+    transport = scripted_transport(script)
+    client = ModelClient(role or ModelRole(), kw.pop("role_name", "generator"),
+                         cache if cache is not None else CacheParams(enabled=False), seed=kw.pop("seed", 7),
+                         run_dir=tmp_path, stage="02_generate" if tmp_path else None, transport=transport,
+                         backoff_base_s=0.001, progress=kw.pop("progress", False), **kw)
+    return client, transport
+
+
+def test_results_keep_order_meta_and_seed(tmp_path):
+    client, transport = make(lambda body: f"answer to {body['messages'][-1]['content']}")
+    requests = [ask(f"q{i}", sample_index=i % 3, meta={"row": i}) for i in range(10)]
+    results = client.chat_many(requests)
+    assert [r.text for r in results] == [f"answer to q{i}" for i in range(10)]
+    assert [r.meta["row"] for r in results] == list(range(10))
+    assert [r.sample_index for r in results] == [i % 3 for i in range(10)]
+    assert all(r.ok and not r.cached and r.attempts == 1 for r in results)
+    seeds = {b["messages"][-1]["content"]: b["seed"] for b in transport.calls}
+    assert seeds["q0"] == 7 and seeds["q1"] == 8 and seeds["q5"] == 9  # run seed + sample index
+    client.close()
+
+
+def test_role_seed_overrides_run_seed():
+    role = ModelRole(sampling=Sampling(seed=100))
+    client, transport = make(lambda body: "x", role=role)
+    client.chat_many([ask("a", sample_index=2)])
+    assert transport.calls[0]["seed"] == 102
+
+
+def test_cache_answers_a_rerun_without_calls(cache, tmp_path):
+    client, transport = make(lambda body: f"reply {body['seed']}", cache=cache)
+    first = client.chat_many([ask("hello", sample_index=i) for i in range(5)])
+    client.close()
+    again, transport2 = make(lambda body: pytest.fail("the model was called for a cached request"), cache=cache)
+    second = again.chat_many([ask("hello", sample_index=i) for i in range(5)])
+    assert [r.text for r in second] == [r.text for r in first] == [f"reply {7 + i}" for i in range(5)]
+    assert all(r.cached and r.attempts == 0 for r in second)
+    assert len(transport.calls) == 5 and transport2.calls == []
+
+
+def test_identical_requests_make_one_call():
+    client, transport = make(lambda body: "same")
+    results = client.chat_many([ask("dup", meta={"i": 1}), ask("dup", meta={"i": 2}), ask("other")])
+    assert len(transport.calls) == 2
+    assert results[0].key == results[1].key != results[2].key
+    assert [r.meta.get("i") for r in results] == [1, 2, None]
+
+
+def test_cache_key_is_what_determines_the_answer(tmp_path, monkeypatch):
+    def key(role=ModelRole(), request=None, **kw):
+        client, _ = make(lambda body: "x", role=role, **kw)
+        return client._plan(request or ask("hi")).key
+
+    base = key()
+    assert key() == base  # stable
+    assert key(request=ask("hi", sample_index=1)) != base
+    assert key(request=ask("hello")) != base
+    assert key(request=ask("hi", max_tokens=5)) != base
+    assert key(request=ask("hi", response_model=Verdict)) != base
+    assert key(request=ask("hi", logprobs=True)) != base
+    assert key(role=ModelRole(sampling=Sampling(temperature=0.1))) != base
+    assert key(role=ModelRole(model="other.gguf")) != base
+    assert key(seed=8) != base
+    adapter = tmp_path / "lora.gguf"
+    adapter.write_bytes(b"adapter-1")
+    with_adapter = key(role=ModelRole(adapter=str(adapter)))
+    adapter.write_bytes(b"adapter-2")
+    assert with_adapter != base and key(role=ModelRole(adapter=str(adapter))) != with_adapter
+    # not the base URL, not the key
+    monkeypatch.setenv("KEY_A", "sk-aaaaaaaaaaaa")
+    monkeypatch.setenv("KEY_B", "sk-bbbbbbbbbbbb")
+    a = key(role=ModelRole(backend="openai_compatible", model="m", base_url="http://a:1/v1", api_key_env="KEY_A"))
+    b = key(role=ModelRole(backend="openai_compatible", model="m", base_url="http://b:2/v1", api_key_env="KEY_B"))
+    assert a == b
+
+
+def test_no_api_key_in_cache_or_errors(tmp_path, cache, monkeypatch):
+    secret = "sk-secret-0123456789abcdef"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    role = ModelRole(backend="openai", model="gpt-4o-mini")
+    client, transport = make(lambda body: "fine", cache=cache, role=role, tmp_path=tmp_path)
+    client.chat_many([ask("a")])
+    client.close()
+    raw = Path(cache.path).read_bytes() + b"".join(p.read_bytes() for p in Path(cache.path).parent.glob("*-wal"))
+    assert secret.encode() not in raw
+    with sqlite3.connect(cache.path) as db:
+        assert db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 1
+    bad, _ = make([(400, {"error": {"message": f"bad key {secret} echoed"}})], role=role)
+    result = bad.chat_many([ask("b")])[0]
+    assert result.error.startswith("bad_request") and secret not in result.error
+
+
+def test_retries_429_5xx_timeouts_and_dropped_connections():
+    script = [429, 500, 503, httpx2.ReadTimeout("slow"), httpx2.RemoteProtocolError("dropped"),
+              (200, b'{"choices": [', {}), "finally"]
+    role = ModelRole(max_retries=6)
+    client, transport = make(script, role=role)
+    result = client.chat_many([ask("x")])[0]
+    assert result.ok and result.text == "finally" and result.attempts == 7 and len(transport.calls) == 7
+
+
+def test_retry_after_is_honoured():
+    client, _ = make([(429, {"error": {"message": "slow down"}}, {"retry-after": "0.3"}), "ok"])
+    start = time.monotonic()
+    result = client.chat_many([ask("x")])[0]
+    assert result.ok and time.monotonic() - start >= 0.3
+
+
+def test_backoff_grows_exponentially_with_jitter():
+    client, _ = make(lambda body: "x")
+    client.backoff_base_s, client.backoff_max_s = 1.0, 30.0
+    for retry in range(1, 5):
+        delays = [client._backoff_s(retry, None) for _ in range(50)]
+        assert 2 ** (retry - 1) * 0.5 <= min(delays) and max(delays) <= 2 ** (retry - 1)
+        assert len(set(delays)) > 1  # jitter
+    assert client._backoff_s(1, 5.0) >= 5.0  # Retry-After wins when longer
+
+
+def test_failure_after_retries_is_recorded_not_cached(cache, tmp_path):
+    role = ModelRole(max_retries=2)
+    client, transport = make(lambda body: 500 if "bad" in body["messages"][-1]["content"] else "good",
+                             cache=cache, role=role, tmp_path=tmp_path)
+    results = client.chat_many([ask("good one"), ask("bad one"), ask("good two")])
+    assert [r.ok for r in results] == [True, False, True]
+    assert results[1].error.startswith("server_error") and results[1].attempts == 3
+    assert read_usage(tmp_path / "02_generate")["generator"].failures == 1
+    client.close()
+    again, transport2 = make(lambda body: "recovered", cache=cache, role=role)
+    results = again.chat_many([ask("good one"), ask("bad one"), ask("good two")])
+    assert [r.cached for r in results] == [True, False, True] and results[1].text == "recovered"
+    assert len(transport2.calls) == 1  # only the failed one is called again
+
+
+def test_400_fails_fast():
+    client, transport = make(lambda body: 400)
+    result = client.chat_many([ask("x")])[0]
+    assert result.error.startswith("bad_request") and result.attempts == 1 and len(transport.calls) == 1
+
+
+def test_401_stops_the_run_and_names_the_variable(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-0000000000")
+    role = ModelRole(backend="openai", model="gpt-4o-mini", max_concurrency=2)
+    client, transport = make(lambda body: 401, role=role)
+    with pytest.raises(ModelAuthError, match="OPENAI_API_KEY") as err:
+        client.chat_many([ask(f"q{i}") for i in range(50)])
+    assert len(transport.calls) <= 2  # the rest were never sent
+    assert "sk-wrong" not in str(err.value)
+    compat = ModelRole(backend="openai_compatible", model="m", base_url="http://x/v1")
+    client, _ = make(lambda body: 401, role=compat)
+    with pytest.raises(ModelAuthError, match="api_key_env"):
+        client.chat_many([ask("q")])
+
+
+def test_missing_key_names_the_variable_and_dotenv_is_read(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    role = ModelRole(backend="openai", model="gpt-4o-mini")
+    env = tmp_path / ".env"
+    client = ModelClient(role, "judge", CacheParams(enabled=False), env_file=env, progress=False)
+    with pytest.raises(ModelAuthError, match="OPENAI_API_KEY"):
+        client._api_key()
+    env.write_text('# keys\nexport OPENAI_API_KEY="sk-from-dotenv-123"\n')
+    assert client._api_key() == "sk-from-dotenv-123"
+    compat = ModelRole(backend="openai_compatible", model="m", base_url="http://x/v1", api_key_env="MY_VLLM_KEY")
+    client = ModelClient(compat, "judge", CacheParams(enabled=False), env_file=env, progress=False)
+    with pytest.raises(ModelAuthError, match="MY_VLLM_KEY"):
+        client._api_key()
+
+
+def test_structured_output_validates_and_retries_invalid_replies():
+    replies = iter(['{"score": 11, "label": "comply"}', "not json", '{"score": 4, "label": "refuse"}'])
+    client, transport = make(lambda body: next(replies))
+    result = client.chat_many([ask("judge this", response_model=Verdict)])[0]
+    assert result.ok and result.parsed == Verdict(score=4, label="refuse") and result.attempts == 3
+    seeds = [b["seed"] for b in transport.calls]
+    assert len(set(seeds)) == 3  # each retry samples anew
+
+
+def test_structured_output_gives_up_with_a_parse_failure():
+    client, transport = make(lambda body: '{"score": 99, "label": "comply"}', parse_retries=2)
+    result = client.chat_many([ask("judge", response_model=Verdict)])[0]
+    assert result.error.startswith("parse:") and "score" in result.error
+    assert result.parsed is None and result.text == '{"score": 99, "label": "comply"}'
+    assert len(transport.calls) == 3
+
+
+def test_structured_request_shape_per_backend(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-123456789")
+    ok = lambda body: '{"score": 3, "label": "comply"}'
+    embedded, t1 = make(ok)
+    embedded.chat_many([ask("j", response_model=Verdict)])
+    assert "grammar" in t1.calls[0] and "response_format" not in t1.calls[0]
+    assert '"0" | "1"' in t1.calls[0]["grammar"]  # the score's bounds are in the grammar
+    remote, t2 = make(ok, role=ModelRole(backend="openai", model="gpt-4o-mini"))
+    remote.chat_many([ask("j", response_model=Verdict)])
+    fmt = t2.calls[0]["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+    assert fmt["json_schema"]["schema"]["additionalProperties"] is False
+    assert set(fmt["json_schema"]["schema"]["required"]) == {"score", "label"}
+
+
+def test_reasoning_models_take_max_completion_tokens_and_no_temperature(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-123456789")
+    role = ModelRole(backend="openai", model="o3-mini", sampling=Sampling(reasoning_effort="low", max_tokens=500))
+    client, transport = make(lambda body: "thought", role=role)
+    client.chat_many([ask("x", logprobs=True)])
+    body = transport.calls[0]
+    assert body["max_completion_tokens"] == 500 and body["reasoning_effort"] == "low"
+    assert not {"temperature", "top_p", "max_tokens", "logprobs"} & set(body)
+    chat = ModelRole(backend="openai", model="gpt-4o-mini", sampling=Sampling(temperature=0.2, max_tokens=50))
+    client, transport = make(lambda body: "x", role=chat)
+    client.chat_many([ask("x")])
+    assert transport.calls[0]["temperature"] == 0.2 and transport.calls[0]["max_completion_tokens"] == 50
+    compat = ModelRole(backend="openai_compatible", model="m", base_url="http://x/v1",
+                       sampling=Sampling(max_tokens=50))
+    client, transport = make(lambda body: "x", role=compat)
+    client.chat_many([ask("x")])
+    assert transport.calls[0]["max_tokens"] == 50 and "max_completion_tokens" not in transport.calls[0]
+
+
+def test_logprobs_give_an_expected_score():
+    client, transport = make(lambda body: "7")
+    result = client.chat_many([ask("score 0-9", logprobs=True, top_logprobs=3, max_tokens=1)])[0]
+    assert transport.calls[0]["logprobs"] is True and transport.calls[0]["top_logprobs"] == 3
+    token = result.logprobs[0]
+    assert token.token == "7" and token.logprob == -0.5 and len(token.top) == 3
+    probs = {t: math.exp(lp) for t, lp in token.top if t.isdigit()}
+    expected = sum(int(t) * p for t, p in probs.items()) / sum(probs.values())
+    assert expected == pytest.approx(7.0)
+
+
+def test_n_samples_come_back_as_choices():
+    role = ModelRole(backend="openai_compatible", model="m", base_url="http://x/v1", sampling=Sampling(n=2))
+
+    def two(body):
+        out = completion_body("first", body)
+        out["choices"].append({**out["choices"][0], "index": 1, "message": {"role": "assistant", "content": "second"}})
+        return out
+
+    client, transport = make(two, role=role)
+    result = client.chat_many([ask("x")])[0]
+    assert transport.calls[0]["n"] == 2 and result.text == "first" and result.choices == ["first", "second"]
+
+
+def test_concurrency_is_bounded():
+    in_flight, peak = 0, 0
+
+    async def slow(request):
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        return httpx2.Response(200, json=completion_body("x", json.loads(request.content)))
+
+    role = ModelRole(max_concurrency=5)
+    client = ModelClient(role, "generator", CacheParams(enabled=False), transport=httpx2.MockTransport(slow),
+                         progress=False)
+    results = client.chat_many([ask(f"q{i}") for i in range(40)])
+    assert all(r.ok for r in results) and peak == 5
+
+
+def test_works_inside_a_running_event_loop():
+    """As in a Jupyter kernel, where the notebook's own loop is already running."""
+    client, _ = make(lambda body: "from a kernel")
+
+    async def cell():
+        return client.chat_many([ask("x")])[0].text
+
+    assert asyncio.run(cell()) == "from a kernel"
+
+    async def async_cell():
+        return (await client.achat_many([ask("y")]))[0].text
+
+    assert asyncio.run(async_cell()) == "from a kernel"
+
+
+def test_usage_is_merged_per_role_and_written_atomically(tmp_path, cache):
+    gen, _ = make(lambda body: "one two three", cache=cache, tmp_path=tmp_path)
+    gen.chat_many([ask("a b"), ask("c")])
+    gen.chat_many([ask("a b"), ask("d e f")])  # one cache hit
+    judge, _ = make(lambda body: 500, role=ModelRole(max_retries=0), tmp_path=tmp_path, role_name="judge")
+    judge.chat_many([ask("x")])
+    stage = tmp_path / "02_generate"
+    data = json.loads((stage / "usage.json").read_text())
+    assert data["generator"] == {"requests": 4, "cache_hits": 1, "failures": 0, "prompt_tokens": 6,
+                                 "completion_tokens": 9, "wall_s": data["generator"]["wall_s"]}
+    assert data["generator"]["wall_s"] > 0
+    assert data["judge"]["failures"] == 1 and data["judge"]["requests"] == 1
+    assert not list(stage.glob("*.tmp"))
+
+
+def test_progress_bar_shows_errors_and_cache_hits(capsys, cache):
+    client, _ = make(lambda body: 400 if "bad" in body["messages"][-1]["content"] else "ok", cache=cache)
+    client.chat_many([ask("fine")])
+    client.progress = True
+    client.chat_many([ask("fine"), ask("bad"), ask("new")], desc="judge")
+    err = capsys.readouterr().err
+    assert "judge" in err and "3/3" in err and "errors=1" in err and "cached=1" in err
+
+
+def test_no_requests_no_calls():
+    client, transport = make(lambda body: "x")
+    assert client.chat_many([]) == [] and transport.calls == []
+
+
+def test_interrupt_keeps_finished_calls_and_the_client_usable(cache):
+    """Ctrl-C (or a Jupyter interrupt) stops chat_many; the calls that finished are in the cache."""
+    import _thread
+    import threading
+
+    async def slow(request):
+        await asyncio.sleep(0.02)
+        return httpx2.Response(200, json=completion_body("done", json.loads(request.content)))
+
+    client = ModelClient(ModelRole(max_concurrency=2), "generator", cache, transport=httpx2.MockTransport(slow),
+                         progress=False)
+    timer = threading.Timer(0.2, _thread.interrupt_main)
+    start = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        client.chat_many([ask(f"q{i}") for i in range(60)])
+    assert time.monotonic() - start < 0.6  # promptly, though the main thread was waiting on the worker
+    finished = len(client.cache)
+    assert 4 <= finished < 60
+    results = client.chat_many([ask(f"q{i}") for i in range(60)])
+    assert all(r.ok for r in results) and sum(r.cached for r in results) == finished
+    client.close()
+
+
+def test_closed_client_refuses_work():
+    client, _ = make(lambda body: "x")
+    with client:
+        client.chat_many([ask("x")])
+    with pytest.raises(RuntimeError, match="closed"):
+        client.chat_many([ask("x")])

