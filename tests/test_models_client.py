@@ -367,3 +367,26 @@ def test_closed_client_refuses_work():
         client.chat_many([ask("x")])
     with pytest.raises(RuntimeError, match="closed"):
         client.chat_many([ask("x")])
+
+
+def test_prefill_continues_the_reply_over_the_chat_template(tmp_path):
+    from delib.config import CacheParams, ModelRole
+    from delib.models import ChatRequest, ModelClient, scripted_transport
+
+    transport = scripted_transport(lambda body: "I cite [a].\n</think>\nHello.")
+    cache = CacheParams(path=str(tmp_path / "c.sqlite"))
+    with ModelClient(ModelRole(), "generator", cache, transport=transport, progress=False) as client:
+        msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}]
+        res = client.chat(ChatRequest(messages=msgs, prefill="<think>\n"))
+        plain = client.chat(ChatRequest(messages=msgs))
+    body = transport.calls[0]
+    assert "messages" not in body and body["prompt"].endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n")
+    assert "<|im_end|>" in body["stop"]
+    assert res.text == "<think>\nI cite [a].\n</think>\nHello."
+    assert plain.key != res.key and "messages" in transport.calls[1]  # prefill is part of the cache key
+    with ModelClient(ModelRole(backend="openai_compatible", base_url="http://127.0.0.1:9/v1"), "g", cache,
+                     transport=transport, progress=False) as client:
+        res = client.chat(ChatRequest(messages=msgs, prefill="<think>\n"))
+    assert transport.calls[-1]["continue_final_message"] is True
+    assert transport.calls[-1]["messages"][-1] == {"role": "assistant", "content": "<think>\n"}
+    assert res.text.startswith("<think>\nI cite")

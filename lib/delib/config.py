@@ -105,6 +105,8 @@ class GenerateParams(StageParams):
     samples_per_prompt: int = Field(2, ge=1)
     k_shot: int = Field(1, ge=0)  # worked examples shown before the prompt (helps small generators)
     examples: Optional[str] = "specs/default/examples.yaml"  # YAML of worked examples; null: none
+    prestart_think: bool = True  # pre-start the reply with <think>, stop at </think>, then ask for the answer
+    cot_max_tokens: int = Field(192, ge=8)  # cap of the pre-started chain of thought
 
 
 JUDGE_WEIGHT_KEYS = ("judge", "action", "citation", "style")
@@ -132,19 +134,112 @@ class JudgeParams(StageParams):
 
 
 class SFTParams(StageParams):
-    pass
+    """Stage 04: fine-tune the policy on (prompt, CoT, answer) with the spec removed. Defaults fit 2 CPU cores."""
+
+    backend: Literal["trl", "openai"] = "trl"  # trl: open weights here; openai: OpenAI's fine-tuning API
+    base_model: Optional[str] = None  # Hugging Face folder or hub id to train; null: the embedded GGUF, converted
+    lora: bool = True  # LoRA adapter (peft); false: full fine-tuning
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                      "down_proj"]  # or ["all-linear"]
+    max_steps: int = Field(8, ge=-1)  # optimizer steps; -1: num_train_epochs over the SFT set
+    num_train_epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(4e-4, gt=0)
+    lr_scheduler_type: str = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    per_device_train_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=16)  # tokens per example (prompt + CoT + answer); longer ones are truncated
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # fp32 on CPU: bf16 matmuls are far slower there
+    gradient_checkpointing: bool = False  # less memory, ~30% more time
+    num_threads: Optional[int] = None  # torch CPU threads; null: every core this process may use
+    num_processes: int = Field(1, ge=1)  # >1: run under `accelerate launch` with this many processes (GPUs)
+    deepspeed: Optional[str | dict[str, Any]] = None  # DeepSpeed config: a JSON file, or the config itself
+    trl_args: dict[str, Any] = {}  # any other SFTConfig field, passed to TRL as is
+    openai_model: str = "gpt-4.1-nano-2025-04-14"  # what an OpenAI supervised job fine-tunes (backend: openai)
+
+    @field_validator("max_steps")
+    @classmethod
+    def _some_steps(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("max_steps 0 trains nothing: give a number of steps, or -1 for num_train_epochs")
+        return v
 
 
 class RLParams(StageParams):
-    pass
+    """Stage 05: GRPO from the SFT checkpoint, rewarded by the spec-aware judge on the final answer only."""
+
+    backend: Literal["trl", "openai"] = "trl"  # trl: GRPO here; openai: an OpenAI reinforcement fine-tuning job
+    from_sft: bool = True  # start from the SFT checkpoint; false: from the base weights (the "RL only" ablation)
+    max_steps: int = Field(4, ge=1)  # optimizer steps
+    learning_rate: float = Field(1e-4, gt=0)
+    lr_scheduler_type: str = "constant"
+    per_device_train_batch_size: int = Field(4, ge=1)  # completions per step and device
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    num_generations: int = Field(4, ge=2)  # completions per prompt (GRPO's group)
+    max_completion_length: int = Field(96, ge=8)  # tokens per completion (CoT and answer)
+    temperature: float = Field(1.0, gt=0)  # sampling temperature of the completions
+    beta: float = Field(0.04, ge=0)  # KL penalty toward the starting (SFT) model; 0: no KL term, none logged
+    reward_weights: dict[str, float] = {"judge": 0.5, "action": 0.3, "style": 0.2}  # answer-only partial credit
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    gradient_checkpointing: bool = False
+    num_threads: Optional[int] = None  # torch CPU threads; null: every core this process may use
+    num_processes: int = Field(1, ge=1)  # >1: run under `accelerate launch` with this many processes (GPUs)
+    deepspeed: Optional[str | dict[str, Any]] = None  # DeepSpeed config: a JSON file, or the config itself
+    trl_args: dict[str, Any] = {}  # any other GRPOConfig field, passed to TRL as is
+    openai_model: str = "o4-mini-2025-04-16"  # what an OpenAI reinforcement job fine-tunes (backend: openai)
+    openai_grader_model: str = "gpt-4.1-2025-04-14"  # the score_model grader that holds the spec
+
+    @field_validator("reward_weights")
+    @classmethod
+    def _known_reward_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = set(v) - {"judge", "action", "style"}
+        if unknown:
+            raise ValueError(f"unknown reward weight(s) {sorted(unknown)}; they are judge, action, style")
+        if any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
+            raise ValueError("reward weights must be non-negative with a positive sum")
+        return v
+
+    @model_validator(mode="after")
+    def _groups_fit(self) -> "RLParams":
+        if self.per_device_train_batch_size * self.gradient_accumulation_steps % self.num_generations:
+            raise ValueError(f"per_device_train_batch_size x gradient_accumulation_steps "
+                             f"({self.per_device_train_batch_size} x {self.gradient_accumulation_steps}) must be "
+                             f"a multiple of num_generations ({self.num_generations})")
+        return self
 
 
 class EvaluateParams(StageParams):
+    """Stage 06: which variants answer the held-out prompts, how, and how the metrics are bootstrapped."""
+
+    variants: list[Literal["base", "spec_prompt", "sft", "sft_rl"]] = ["base", "spec_prompt", "sft", "sft_rl"]
+    extra_models: dict[str, ModelRole] = {}  # more variants by name, e.g. an OpenAI model or a vLLM endpoint
+    max_tokens: Optional[int] = Field(160, ge=8)  # per answer (CoT included); null: the role's sampling.max_tokens
+    prestart_think: bool = False  # pre-start every reply with <think> (then ask for the answer); false: as is
+    cot_max_tokens: int = Field(128, ge=8)  # cap of a pre-started chain of thought
+    style_threshold: float = Field(0.8, ge=0, le=1)  # style score (rules.style_score) that counts as adherent
     bootstrap_resamples: int = Field(1000, ge=10)
+    confidence: float = Field(0.95, gt=0, lt=1)  # level of every interval
+    baseline: str = "base"  # the variant every other one is compared with (paired differences)
+    benchmark_max_prompts: Optional[int] = Field(50, ge=1)  # cap of XSTest / StrongREJECT prompts, types in turn
+    strongreject_path: Optional[str] = None  # StrongREJECT-style CSV (forbidden_prompt, ...); null: not used
+
+    @field_validator("extra_models")
+    @classmethod
+    def _no_clash(cls, v: dict) -> dict:
+        clash = set(v) & {"base", "spec_prompt", "sft", "sft_rl"}
+        if clash:
+            raise ValueError(f"extra_models names {sorted(clash)} are taken by the built-in variants")
+        return v
 
 
 class AnalysisParams(StageParams):
-    pass
+    """Stage 07: the report, and other runs to compare with this one."""
+
+    compare_runs: list[str] = []  # other run names under outputs_dir (or run folders) to show side by side
+    examples_per_variant: int = Field(2, ge=0)  # answers quoted per variant in the report
 
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")

@@ -176,10 +176,16 @@ def pick_examples(examples: list[Example], category: str, k: int) -> list[Exampl
 
 
 def generation_requests(selected: "pd.DataFrame", rendered: dict[str, dict], spec: Spec, examples: list[Example],
-                        k_shot: int, samples_per_prompt: int) -> list:
-    """One ChatRequest per (prompt, sample): the spec for the prompt's category in context, a seed per sample."""
+                        k_shot: int, samples_per_prompt: int, prestart_think: bool = False,
+                        cot_max_tokens: Optional[int] = None) -> list:
+    """One ChatRequest per (prompt, sample): the spec for the prompt's category in context, a seed per sample.
+
+    With `prestart_think`, the request is the first of two: the reply is pre-started with <think> and stops at
+    </think> (at most `cot_max_tokens`); `finish_answers` then asks for the answer after the closed CoT.
+    """
     from .models import ChatRequest
 
+    phase = {"prefill": THINK_OPEN + "\n", "stop": [THINK_CLOSE], "max_tokens": cot_max_tokens} if prestart_think else {}
     requests = []
     for row in selected.itertuples():
         cat = spec.categories[row.category]
@@ -187,8 +193,24 @@ def generation_requests(selected: "pd.DataFrame", rendered: dict[str, dict], spe
         messages = generation_messages(row.prompt, rendered[row.category]["text"],
                                        pick_examples(examples, row.category, k_shot), example_id)
         for s in range(samples_per_prompt):
-            requests.append(ChatRequest(messages=messages, sample_index=s, meta={"prompt_id": row.id}))
+            requests.append(ChatRequest(messages=messages, sample_index=s, meta={"prompt_id": row.id}, **phase))
     return requests
+
+
+def finish_answers(client, cot_requests: list, cot_results: list, desc: str = "answers") -> list:
+    """The second step of a pre-started generation: the CoT, closed with </think>, is continued by the answer.
+
+    A CoT that failed or ran out of tokens is not continued: its result stays, and parsing marks it."""
+    from dataclasses import replace
+
+    todo = [i for i, r in enumerate(cot_results) if r.ok and r.finish_reason != "length"]
+    follow_ups = [replace(cot_requests[i], prefill=cot_results[i].text.rstrip() + f"\n{THINK_CLOSE}\n",
+                          stop=None, max_tokens=None) for i in todo]
+    answers = client.chat_many(follow_ups, desc=desc) if follow_ups else []
+    out = list(cot_results)
+    for i, answer in zip(todo, answers):
+        out[i] = answer
+    return out
 
 
 def samples_table(selected: "pd.DataFrame", results: list, spec: Spec, cot_hidden: bool = False) -> "pd.DataFrame":

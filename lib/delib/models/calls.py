@@ -24,6 +24,10 @@ class ChatRequest:
     logprobs: bool = False
     top_logprobs: Optional[int] = None  # alternatives per token (0-20); implies logprobs
     meta: dict = field(default_factory=dict)  # carried through to the result untouched
+    # The start of the assistant's reply, which the model continues (e.g. "<think>\n"); the result's text
+    # includes it. Embedded: a completion over the model's chat template; openai_compatible: vLLM's
+    # continue_final_message; OpenAI's API cannot continue a reply.
+    prefill: Optional[str] = None
 
 
 @dataclass

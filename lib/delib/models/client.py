@@ -130,11 +130,20 @@ def _json_body(response: httpx2.Response) -> Any:
         raise _Malformed(f"the body is not JSON ({err})") from None
 
 
-def _extract(data: Any) -> dict:
-    """The cacheable part of a chat completion (the JSON body): text, finish reason, logprobs, usage, choices."""
+def _extract(data: Any, prefill: Optional[str] = None) -> dict:
+    """The cacheable part of a chat completion (the JSON body): text, finish reason, logprobs, usage, choices.
+
+    A text completion (a pre-started reply on the embedded server) reads the same, its text led by `prefill`."""
+    def text_of(choice: dict) -> Optional[str]:
+        if "message" in choice:
+            content = choice["message"].get("content")
+            if prefill is not None and content is not None:
+                content = prefill + content  # vLLM's continue_final_message returns only the continuation
+            return content
+        return (prefill or "") + choice["text"]
+
     try:
         first = data["choices"][0]
-        message = first["message"]
         logprobs = None
         content = (first.get("logprobs") or {}).get("content")
         if content:
@@ -142,9 +151,9 @@ def _extract(data: Any) -> dict:
                         for t in content]
         usage = data.get("usage") or {}
         return {
-            "text": message.get("content"),
+            "text": text_of(first),
             "finish_reason": first.get("finish_reason"),
-            "choices": [(c.get("message") or {}).get("content") for c in data["choices"]],
+            "choices": [text_of(c) for c in data["choices"]],
             "logprobs": logprobs,
             "usage": {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
                       "completion_tokens": int(usage.get("completion_tokens") or 0)},
@@ -364,6 +373,8 @@ class ModelClient:
             "schema": schema,
             "logprobs": [logprobs, top_logprobs],
         }
+        if req.prefill is not None:  # only then, so that every other key stays as it was
+            material["prefill"] = req.prefill
         body: dict[str, Any] = {"model": self.role.model, "messages": req.messages, "seed": seed}
         if self.is_reasoning_model():  # they take max_completion_tokens and reject temperature, top_p, logprobs
             body["max_completion_tokens"] = max_tokens
@@ -385,7 +396,25 @@ class ModelClient:
             body["stop"] = req.stop
         if req.response_model is not None:
             self._add_structured(body, req.response_model)
+        if req.prefill is not None:
+            self._add_prefill(body, req)
         return _Plan(call_key(material), req, body, seed)
+
+    def _add_prefill(self, body: dict, req: ChatRequest) -> None:
+        """Make the model continue `req.prefill` as the start of its reply."""
+        if self.role.backend == "openai":
+            raise ValueError("OpenAI's chat API cannot continue a pre-started reply: set prefill only for the "
+                             "embedded or openai_compatible backends")
+        if self.role.backend == "openai_compatible":  # vLLM's extension of the chat API
+            body["messages"] = [*req.messages, {"role": "assistant", "content": req.prefill}]
+            body["continue_final_message"], body["add_generation_prompt"] = True, False
+            return
+        from .template import render_prompt
+
+        prompt, stop = render_prompt(req.messages, embedded.embedded_model_path(self.role.model))
+        del body["messages"]
+        body["prompt"] = prompt + req.prefill
+        body["stop"] = list(dict.fromkeys([*(req.stop or []), *stop]))
 
     def _add_structured(self, body: dict, model: type[BaseModel]) -> None:
         if self._structured == "grammar":  # llama-cpp-python: a grammar keeps the bounds the schema has
@@ -488,8 +517,9 @@ class ModelClient:
             try:
                 # The client's generic post skips the typed-params transform of chat.completions.create, which
                 # costs about 1 ms of CPU per call (measured): a third of the budget at 32 calls in flight.
-                response = await self._openai.post("/chat/completions", body=body, cast_to=httpx2.Response)
-                value = _extract(_json_body(response))
+                endpoint = "/completions" if "prompt" in body else "/chat/completions"
+                response = await self._openai.post(endpoint, body=body, cast_to=httpx2.Response)
+                value = _extract(_json_body(response), plan.request.prefill)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - classified below; unknown ones re-raised there

@@ -30,7 +30,10 @@ def completion_body(text: str, body: dict, finish_reason: str = "stop") -> dict:
              "top_logprobs": [{"token": w, "logprob": -0.5, "bytes": None}] +
                              [{"token": f"alt{j}", "logprob": -1.0 - j, "bytes": None} for j in range(1, k)]}
             for w in words]}
+    if "prompt" in body:  # a text completion (a pre-started reply on the embedded server)
+        choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
     prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+    prompt_tokens += len(str(body.get("prompt", "")).split())
     return {"id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model", "scripted"), "choices": [choice],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
