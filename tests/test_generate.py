@@ -62,3 +62,14 @@ def test_select_prompts_takes_categories_and_actions_in_turn():
     assert picked["category"].value_counts().to_dict() == {"a": 2, "b": 2}
     assert set(picked["expected_action"]) == {"comply", "refuse"}
     assert len(select_prompts(df, "train", None)) == 10 and select_prompts(df, "eval", 5)["id"].tolist() == ["e1"]
+
+
+def test_small_caps_still_mix_actions_across_categories():
+    import pandas as pd
+
+    from delib.generate import select_prompts
+    rows = [(f"{c}{i}", c, a, "train") for c in "abcd" for i, a in enumerate(["comply", "refuse", "safe_complete"])]
+    df = pd.DataFrame(rows, columns=["id", "category", "expected_action", "split"])
+    picked = select_prompts(df, "train", 4)
+    assert sorted(picked["category"]) == list("abcd")
+    assert set(picked["expected_action"]) == {"comply", "refuse", "safe_complete"}

@@ -153,8 +153,9 @@ def select_prompts(prompts: "pd.DataFrame", split: str, max_prompts: Optional[in
     if max_prompts is None or max_prompts >= len(rows):
         return rows.sort_values(["category", "id"]).reset_index(drop=True)
     queues = []
-    for _, group in rows.groupby("category", sort=True):
+    for c, (_, group) in enumerate(rows.groupby("category", sort=True)):
         by_action = [list(g.index) for _, g in group.groupby("expected_action", sort=True)]
+        by_action = by_action[c % len(by_action):] + by_action[: c % len(by_action)]  # categories start on different actions
         queues.append([i for tier in zip_longest_all(by_action) for i in tier])
     picked = [i for tier in zip_longest_all(queues) for i in tier][:max_prompts]
     return rows.loc[picked].sort_values(["category", "id"]).reset_index(drop=True)
