@@ -10,6 +10,7 @@ import sys
 from typing import Optional, Sequence
 
 from .config import ParamsError
+from .runner import UsageError
 from .spec import SpecError
 
 
@@ -64,6 +65,19 @@ def _cmd_spec(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_label(args: argparse.Namespace) -> int:
+    from .labelling import label_rows, read_rows, summary, write_rows
+
+    try:
+        rows = read_rows(args.input)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    labelled = label_rows(rows, propositions=args.propositions)
+    out = write_rows(labelled, args.output)
+    print(f"labelled {len(labelled)} rows -> {out} ({summary(labelled)})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="delib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,12 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", help="render spec_for_category for this category")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_spec)
+
+    p = sub.add_parser("label", help="label (prompt, completion) rows: refusal class, and propositions if asked")
+    p.add_argument("--input", required=True, help="CSV or JSONL with prompt and completion (text or chat lists)")
+    p.add_argument("--output", required=True, help="where to write the labelled rows (.csv or .jsonl)")
+    p.add_argument("--propositions", action="store_true", help="add one boolean column per proposition")
+    p.set_defaults(func=_cmd_label)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .runner import UsageError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
