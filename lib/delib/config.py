@@ -179,8 +179,8 @@ class RLParams(StageParams):
     per_device_train_batch_size: int = Field(4, ge=1)  # completions per step and device
     gradient_accumulation_steps: int = Field(1, ge=1)
     num_generations: int = Field(4, ge=2)  # completions per prompt (GRPO's group)
-    max_completion_length: int = Field(96, ge=8)  # tokens per completion (CoT and answer)
-    temperature: float = Field(1.0, gt=0)  # sampling temperature of the completions
+    max_completion_length: int = Field(128, ge=8)  # tokens per completion (CoT and answer); longer ones are cut
+    temperature: float = Field(0.7, gt=0)  # sampling temperature (at 1.0 a 135M model writes noise)
     beta: float = Field(0.04, ge=0)  # KL penalty toward the starting (SFT) model; 0: no KL term, none logged
     reward_weights: dict[str, float] = {"judge": 0.5, "action": 0.3, "style": 0.2}  # answer-only partial credit
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

@@ -1,0 +1,131 @@
+"""Stages 04-05: what training leaves in the stage folder: the per-step log, speed, and the start and end values.
+
+`log.jsonl` holds TRL's per-step log (loss; for RL reward, KL, completion lengths) with each step's wall time;
+`training.json` the summary (seconds per step, tokens per second, first and last loss or reward). The speed also
+goes into the stage's usage.json, the file the runner sums into the manifest.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from ..manifest import write_json_atomic
+
+LOG_FILE, SUMMARY_FILE = "log.jsonl", "training.json"
+
+
+def step_clock():
+    """A transformers callback that times each optimizer step (wall seconds, in `.seconds`)."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+            self._t0: Optional[float] = None
+
+        def on_step_begin(self, args, state, control, **kw):
+            self._t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if self._t0 is not None:
+                self.seconds.append(time.perf_counter() - self._t0)
+                self._t0 = None
+
+    return StepClock()
+
+
+def step_log(log_history: list[dict], seconds: list[float]) -> pd.DataFrame:
+    """One row per optimizer step from the trainer's log history, with the step's wall time."""
+    rows = [dict(r) for r in log_history if "step" in r and "train_runtime" not in r and "loss" in r]
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    df = df.drop(columns=[c for c in ("epoch",) if c in df]).reset_index(drop=True)
+    df.insert(1, "seconds", [round(s, 3) for s in seconds[: len(df)]] + [None] * max(0, len(df) - len(seconds)))
+    return df
+
+
+def summarize(stage: str, log: pd.DataFrame, seconds: list[float], wall_s: float, extra: dict) -> dict:
+    """The stage's training summary: steps, speed, and the first and last values of its curves."""
+    tokens = int(log["num_tokens"].iloc[-1]) if "num_tokens" in log and not log.empty else None
+    train_s = sum(seconds)
+    summary = {
+        "stage": stage, "steps": len(log), "train_seconds": round(train_s, 2), "wall_seconds": round(wall_s, 2),
+        "seconds_per_step_median": round(statistics.median(seconds), 3) if seconds else None,
+        "seconds_per_step_mean": round(train_s / len(seconds), 3) if seconds else None,
+        "tokens": tokens,  # tokens the model processed (prompt and completion), as TRL counts them
+        "tokens_per_second": round(tokens / train_s, 1) if tokens and train_s else None,
+    }
+    for col in ("loss", "reward", "kl"):
+        if col in log and log[col].notna().any():
+            values = log[col].dropna()
+            summary[f"{col}_first"], summary[f"{col}_last"] = round(float(values.iloc[0]), 4), round(float(values.iloc[-1]), 4)
+    summary.update(extra)
+    return summary
+
+
+def write(out: Path, log: pd.DataFrame, summary: dict, role_name: str) -> None:
+    """log.jsonl, training.json, and the speed in usage.json under `role_name` (requests: optimizer steps,
+    prompt_tokens: tokens processed, wall_s: training seconds), which the runner adds to the manifest."""
+    from ..models.usage import Usage, add_usage
+
+    log.to_json(out / LOG_FILE, orient="records", lines=True)
+    write_json_atomic(out / SUMMARY_FILE, summary)
+    add_usage(out, role_name, Usage(requests=summary["steps"], prompt_tokens=summary["tokens"] or 0,
+                                    wall_s=summary["train_seconds"]))
+
+
+def read(out: Path) -> tuple[pd.DataFrame, dict]:
+    """What a finished training stage wrote: its per-step log and its summary."""
+    log = pd.read_json(out / LOG_FILE, lines=True) if (out / LOG_FILE).stat().st_size else pd.DataFrame()
+    return log, json.loads((out / SUMMARY_FILE).read_text())
+
+
+def plot_curves(log: pd.DataFrame, panels: dict[str, list[str]], path: Path, title: str = "") -> Path:
+    """One small panel per entry of `panels` ({title: [log columns]}), each column against the step."""
+    from ..plots import plt, save
+
+    panels = {t: [c for c in cols if c in log] for t, cols in panels.items()}
+    panels = {t: cols for t, cols in panels.items() if cols}
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.4 * max(1, len(panels)), 2.6), squeeze=False)
+    for ax, (name, cols) in zip(axes[0], panels.items()):
+        for col in cols:
+            ax.plot(log["step"], log[col], marker="o", markersize=3, label=col)
+        ax.set(title=name, xlabel="step")
+        if len(cols) > 1:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save(fig, path)
+
+
+@contextlib.contextmanager
+def quiet():
+    """Training without progress bars, per-step prints or library warnings in the notebook: the stage shows its
+    own table and plots, and the log file keeps the rest."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # also the warnings raised while importing (tqdm's IProgress, ...)
+        import datasets
+        import transformers
+
+        was_bars = datasets.is_progress_bar_enabled()
+        was_hf_bars = transformers.utils.logging.is_progress_bar_enabled()
+        verbosity = transformers.logging.get_verbosity()
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+        transformers.logging.set_verbosity_error()
+        try:
+            yield
+        finally:
+            if was_bars:
+                datasets.enable_progress_bars()
+            if was_hf_bars:
+                transformers.utils.logging.enable_progress_bar()
+            transformers.logging.set_verbosity(verbosity)

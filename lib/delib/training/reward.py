@@ -1,0 +1,108 @@
+"""Stage 05 (RL): the reward. The same spec-aware judge as stage 03, and rule-based checks, applied to the final
+answer only: the chain of thought is cut off before anything grades the completion, so that the CoT is not optimised
+to look good to the grader (the paper's choice).
+
+The reward is partial credit in [0, 1]: the judge's overall score (0-10, scaled), whether the answer took the
+spec's action for the prompt, and how well it follows the style for that action (`rules.style_score`), weighted by
+`rl.reward_weights`. A small model rarely earns a perfect judge score, but often earns the action or some style.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence
+
+from ..generate import THINK_CLOSE, THINK_OPEN
+from ..judge import AnswerVerdict, judge_messages
+from ..rules import completion_text, grade_propositions, last_user_message, response_type, style_score
+
+if TYPE_CHECKING:
+    from ..models import ModelClient
+
+
+def visible_answer(completion: str) -> str:
+    """What the user would see of a completion: the text after </think>; nothing while the CoT is unfinished
+    (truncated inside <think>); the whole text when the model wrote no CoT at all."""
+    text = completion or ""
+    if THINK_CLOSE in text:
+        return text.rsplit(THINK_CLOSE, 1)[1].replace(THINK_OPEN, "").strip()
+    if THINK_OPEN in text:
+        return ""
+    return text.strip()
+
+
+def answer_reward(verdict: Optional[dict], prompt: str, answer: str, category: str, expected_action: str,
+                  weights: dict[str, float]) -> dict:
+    """The reward of one final answer and its parts. An empty answer earns 0; a missing verdict, no judge share."""
+    if not answer.strip():
+        return {"reward": 0.0, "judge": None, "action": None, "style": 0.0, "answer_action": None}
+    props = grade_propositions(prompt, answer)
+    action = response_type(props)
+    parts = {"judge": (verdict or {}).get("overall", 0) / 10,
+             "action": float(action == expected_action),
+             "style": style_score(expected_action, props, category)}
+    total = sum(weights.values())
+    reward = sum(weights.get(k, 0) * v for k, v in parts.items()) / total
+    return {"reward": round(reward, 4), "judge": (verdict or {}).get("overall"), "action": parts["action"],
+            "style": round(parts["style"], 4), "answer_action": action}
+
+
+class AnswerReward:
+    """A GRPO reward function: `reward(prompts, completions, category, expected_action, ...)` -> list of floats.
+
+    Each completion is cut to its visible answer first (`visible_answer`); only the answer reaches the judge
+    (`judge_messages(..., cot=None)`) and the rules. Every graded completion is appended to `log_path` (JSONL).
+    """
+
+    __name__ = "answer_reward"  # TRL names the reward's log columns after it
+
+    def __init__(self, judge: "ModelClient", spec_for_category: dict[str, dict], weights: dict[str, float],
+                 show_expected_action: bool = True, log_path: Optional[Path] = None):
+        self.judge, self.spec_for_category, self.weights = judge, spec_for_category, weights
+        self.show_expected_action = show_expected_action
+        self.log_path = Path(log_path) if log_path else None
+        self.calls = 0
+        self.last_messages: list[list[dict]] = []  # what the judge was shown in the latest call
+        self._lock = threading.Lock()
+
+    def score(self, prompts: Sequence[str], answers: Sequence[str], categories: Sequence[str],
+              expected_actions: Sequence[str]) -> list[dict]:
+        """Grade final answers (no CoT anywhere in the signature): one dict of reward parts per answer."""
+        from ..models import ChatRequest
+
+        requests, index = [], []
+        for i, (prompt, answer, category, expected) in enumerate(zip(prompts, answers, categories, expected_actions)):
+            if answer.strip():
+                messages = judge_messages(prompt, answer, self.spec_for_category[category]["text"], cot=None,
+                                          expected_action=expected if self.show_expected_action else None)
+                requests.append(ChatRequest(messages=messages, response_model=AnswerVerdict,
+                                            meta={"reward_item": i}))
+                index.append(i)
+        verdicts: dict[int, dict] = {}
+        self.last_messages = [r.messages for r in requests]
+        if requests:
+            for i, result in zip(index, self.judge.chat_many(requests, desc="reward judge")):
+                if result.parsed is not None:
+                    verdicts[i] = result.parsed.model_dump()
+        return [answer_reward(verdicts.get(i), p, a, c, e, self.weights)
+                for i, (p, a, c, e) in enumerate(zip(prompts, answers, categories, expected_actions))]
+
+    def __call__(self, prompts, completions, category, expected_action, prompt_id=None, **kwargs) -> list[float]:
+        texts = [completion_text(c) for c in completions]
+        answers = [visible_answer(t) for t in texts]
+        prompt_texts = [last_user_message(p) for p in prompts]
+        scored = self.score(prompt_texts, answers, category, expected_action)
+        with self._lock:
+            self.calls += 1
+            done = getattr(kwargs.get("trainer_state"), "global_step", None)
+            step = None if done is None else done + 1  # the optimizer step these completions feed (as in log.jsonl)
+            if self.log_path is not None:
+                with open(self.log_path, "a", encoding="utf-8") as f:
+                    for j, (text, answer, parts) in enumerate(zip(texts, answers, scored)):
+                        f.write(json.dumps({"call": self.calls, "step": step,
+                                            "prompt_id": prompt_id[j] if prompt_id else None,
+                                            "category": category[j], "expected_action": expected_action[j],
+                                            "answer": answer, "completion": text, **parts},
+                                           ensure_ascii=False) + "\n")
+        return [s["reward"] for s in scored]

@@ -1,0 +1,126 @@
+"""Stage 05 (RL): GRPO (TRL) from the SFT checkpoint, rewarded by the spec-aware judge and rule checks on the final
+answer only (`reward.AnswerReward`), with a KL penalty toward the SFT model.
+
+A LoRA SFT checkpoint is trained on as it is (the same adapter); TRL keeps a frozen copy of it as the reference, so
+the KL is measured against the SFT model. A full SFT checkpoint is trained in full, its copy the reference.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from ..paths import require, run_dir, stage_dir
+from . import logs, recipe, weights
+from .errors import TrainingError, oom_guard
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from ..config import RunParams
+
+STAGE = "05_rl"
+CHECKPOINT = "checkpoint"
+REWARDS_FILE = "rewards.jsonl"  # every graded completion: its visible answer, reward parts, and (for people) the CoT
+
+
+def rl_rows(params: "RunParams") -> list[dict]:
+    """Stage 03's RL set (training prompts with category and expected action), capped at `rl.max_prompts`."""
+    import json
+
+    path = require(params, "03_judge", "rl.jsonl")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if params.rl.max_prompts:
+        rows = rows[: params.rl.max_prompts]
+    if not rows:
+        raise TrainingError(f"{path} has no prompts: the RL stage needs training prompts (prompts.sets with a "
+                            "train split)")
+    return rows
+
+
+def rl_dataset(rows: list[dict]) -> "Dataset":
+    """Conversational prompts (no spec: the policy must recall it) with what the reward needs beside them."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}], "prompt_id": r["prompt_id"],
+                               "category": r["category"], "expected_action": r["expected_action"]} for r in rows])
+
+
+def start_model(params: "RunParams"):
+    """(model, tokenizer, peft_config, lora) to start GRPO from: the SFT checkpoint, or the base weights."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = recipe.torch_dtype(params.rl)
+    base = weights.base_model(params)
+    if not params.rl.from_sft:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        return model, tokenizer, recipe.lora_config(params.sft) if params.sft.lora else None, params.sft.lora
+    checkpoint = require(params, "04_sft", "checkpoint")
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    if (checkpoint / "adapter_config.json").is_file():
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+        return PeftModel.from_pretrained(model, checkpoint, is_trainable=True), tokenizer, None, True
+    return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype), tokenizer, None, False
+
+
+def train(params: "RunParams") -> dict:
+    """GRPO in this process; writes the checkpoint, log.jsonl, rewards.jsonl, training.json and what serving needs."""
+    import torch
+    from transformers.trainer_callback import PrinterCallback
+    from trl import GRPOTrainer
+
+    from .. import serving
+    from ..models import ModelClient
+    from ..policy import read_outputs
+    from .reward import AnswerReward
+
+    t0 = time.perf_counter()
+    r = params.rl
+    out = stage_dir(params, STAGE)
+    n_threads = recipe.threads(r)
+    rows = rl_rows(params)
+    _, _, rendered = read_outputs(params)
+    with logs.quiet():
+        model, tokenizer, peft_config, lora = start_model(params)
+    tokenizer.padding_side = "left"  # generation pads on the left
+    (out / REWARDS_FILE).unlink(missing_ok=True)
+    clock = logs.step_clock()
+    with ModelClient(params.models.judge, "judge", params.cache, params.seed, run_dir(params), STAGE,
+                     progress=False) as judge:
+        reward = AnswerReward(judge, rendered, r.reward_weights, params.judge.show_expected_action,
+                              out / REWARDS_FILE if recipe.is_main_process() else None)
+        with logs.quiet():
+            trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=recipe.grpo_config(params, out / "trainer"),
+                                  train_dataset=rl_dataset(rows), processing_class=tokenizer,
+                                  peft_config=peft_config, callbacks=[clock])
+            trainer.remove_callback(PrinterCallback)
+            device = str(trainer.args.device)
+            with oom_guard("rl", recipe.settings_for_advice(r, lora), device):
+                trainer.train()
+    if not recipe.is_main_process():
+        return {}
+    checkpoint = out / CHECKPOINT
+    trained = trainer.model
+    if lora:
+        trained.save_pretrained(checkpoint, selected_adapters=["default"])  # not TRL's frozen "ref" copy
+    else:
+        trained.save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    log = logs.step_log(trainer.state.log_history, clock.seconds)
+    served = serving.publish(params, STAGE, checkpoint, lora=lora, state_dict=None if lora else trained.state_dict())
+    summary = logs.summarize(STAGE, log, clock.seconds, time.perf_counter() - t0, {
+        "prompts_available": len(rows), "prompts_seen": len(log) * r.per_device_train_batch_size
+        * r.gradient_accumulation_steps // r.num_generations, "from_sft": r.from_sft, "lora": lora,
+        "device": device, "threads": n_threads, "reward_calls": reward.calls, "checkpoint": str(checkpoint),
+        "served": served["route"], "torch": torch.__version__})
+    logs.write(out, log, summary, "rl_trainer")
+    return summary
+
+
+def read_rewards(params: "RunParams"):
+    """Every graded completion of the run (pandas), with its step, answer and reward parts."""
+    import pandas as pd
+
+    path = stage_dir(params, STAGE, create=False) / REWARDS_FILE
+    return pd.read_json(path, lines=True, dtype={"prompt_id": str}) if path.is_file() else pd.DataFrame()

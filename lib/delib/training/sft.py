@@ -1,0 +1,103 @@
+"""Stage 04 (SFT): fine-tune the policy on (prompt, CoT, answer) with the spec removed from the prompt, so that the
+model must recall the spec itself. TRL's SFTTrainer, LoRA by default, loss on the assistant turn only.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from ..paths import require, stage_dir
+from . import logs, recipe, weights
+from .errors import EmptyDatasetError, TrainingError, oom_guard
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from ..config import RunParams
+
+STAGE = "04_sft"
+CHECKPOINT = "checkpoint"  # the LoRA adapter (PEFT folder) or the full model, with its tokenizer
+
+
+def funnel_text(params: "RunParams") -> str:
+    """Stage 03's funnel as a few lines of text (for the empty-dataset error)."""
+    path = stage_dir(params, "03_judge", create=False) / "funnel.csv"
+    if not path.is_file():
+        return "  (no funnel.csv in 03_judge)"
+    funnel = pd.read_csv(path)
+    return "\n".join(f"  {r.step:<28} {r.samples:>5} samples  {r.prompts:>4} prompts" for r in funnel.itertuples())
+
+
+def sft_rows(params: "RunParams") -> list[dict]:
+    """Stage 03's SFT set (prompt without the spec, assistant turn with <think> CoT and answer), capped at
+    `sft.max_prompts`; an empty set stops here with the funnel that emptied it."""
+    path = require(params, "03_judge", "sft.jsonl")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if params.sft.max_prompts:
+        rows = rows[: params.sft.max_prompts]
+    if not rows:
+        raise EmptyDatasetError(
+            f"{path} has no samples: nothing survived filtering, so there is nothing to fine-tune on.\n"
+            f"Stage 03's funnel:\n{funnel_text(params)}\n"
+            "Lower judge.threshold, raise generate.samples_per_prompt or generate.max_prompts, or use a stronger "
+            "generator (models.generator), then re-run stages 02-03.")
+    for i, row in enumerate(rows):
+        roles = [m.get("role") for m in row.get("messages", [])]
+        if roles[-1:] != ["assistant"] or "user" not in roles:
+            raise TrainingError(f"{path}: row {i + 1} is not a user turn followed by an assistant turn: {roles}")
+    return rows
+
+
+def sft_dataset(rows: list[dict]) -> "Dataset":
+    """TRL's conversational prompt-completion form: the loss falls on the completion (CoT and answer) only."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
+
+
+def train(params: "RunParams") -> dict:
+    """Fine-tune in this process and write the checkpoint, log.jsonl, training.json and what serving needs."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTTrainer
+
+    from .. import serving
+
+    t0 = time.perf_counter()
+    s = params.sft
+    out = stage_dir(params, STAGE)
+    n_threads = recipe.threads(s)
+    rows = sft_rows(params)
+    base = weights.base_model(params)
+    with logs.quiet():
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        if not s.trl_args.get("chat_template_path"):
+            weights.check_chat_template(tokenizer, base)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=recipe.torch_dtype(s))
+    clock = logs.step_clock()
+    with logs.quiet():
+        trainer = SFTTrainer(model=model, args=recipe.sft_config(params, out / "trainer"),
+                             train_dataset=sft_dataset(rows), processing_class=tokenizer,
+                             peft_config=recipe.lora_config(s) if s.lora else None, callbacks=[clock])
+        trainer.remove_callback(PrinterCallback)  # the notebook shows the log as a table and a plot
+        device = str(trainer.args.device)
+        with oom_guard("sft", recipe.settings_for_advice(s, s.lora), device):
+            trainer.train()
+    if not recipe.is_main_process():
+        return {}
+    checkpoint = out / CHECKPOINT
+    trainer.model.save_pretrained(checkpoint)
+    (trainer.processing_class or tokenizer).save_pretrained(checkpoint)
+    log = logs.step_log(trainer.state.log_history, clock.seconds)
+    served = serving.publish(params, STAGE, checkpoint, lora=s.lora,
+                             state_dict=None if s.lora else trainer.model.state_dict())
+    summary = logs.summarize(STAGE, log, clock.seconds, time.perf_counter() - t0, {
+        "examples": len(rows), "base_model": base, "lora": s.lora, "device": device, "threads": n_threads,
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "checkpoint": str(checkpoint), "served": served["route"], "torch": torch.__version__})
+    logs.write(out, log, summary, "sft_trainer")
+    return summary

@@ -1,0 +1,49 @@
+"""Stages 06 and 07 end to end: the real notebooks through the runner, the policy served by a deterministic
+OpenAI-compatible server on loopback (tests/fault_server.py), the trained stages absent."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fault_server import FaultConfig, FaultServer  # noqa: E402
+
+from delib.runner import run  # noqa: E402
+
+
+@pytest.mark.pipeline
+def test_evaluate_and_report_with_an_extra_model(tmp_path, root, monkeypatch):
+    monkeypatch.setenv("DELIB_ROOT", str(root))
+    monkeypatch.chdir(root)
+    with FaultServer(FaultConfig()) as server:
+        recipe = {"run_name": "pipe", "outputs_dir": str(tmp_path / "outputs"),
+                  "cache": {"enabled": False},
+                  "evaluate": {"max_prompts": 7, "bootstrap_resamples": 200, "variants": ["base", "sft", "sft_rl"],
+                               "extra_models": {"echo": {"backend": "openai_compatible", "model": "fake",
+                                                         "base_url": server.base_url}}},
+                  "models": {"policy": {"backend": "openai_compatible", "model": "fake",
+                                        "base_url": server.base_url}}}
+        params_file = tmp_path / "p.yaml"
+        params_file.write_text(yaml.safe_dump(recipe))
+        rdir = run(params_file, stages="01,06-07", log=lambda s: None)
+
+    doc = json.loads((rdir / "metrics.json").read_text())
+    assert set(doc["metrics"]) == {"base", "echo"}  # the two served variants, nothing for the untrained ones
+    assert doc["evaluation"]["variants_not_available"] == {"sft": "not available: stage 04 has not run",
+                                                           "sft_rl": "not available: stage 05 has not run"}
+    m = doc["metrics"]["echo"]
+    assert m["format_adherence"] == {"value": 0.0, "lo": 0.0, "hi": 0.0, "n": 7}  # an echo has no <think>
+    assert m["not_unsafe"]["n"] + m["not_overrefuse"]["n"] == 7
+    assert any(f.startswith("Not evaluated: SFT (sft)") for f in doc["findings"])
+    # the same server answered both variants with the same echo: no difference may be called significant
+    assert not any(d["significant"] for d in doc["differences"] if d["kind"] == "rate")
+    page = (rdir / "report.html").read_text()
+    assert "not available: stage 05 has not run" in page and "data:image/png;base64," in page
+    assert "import " not in page
+    manifest = json.loads((rdir / "manifest.json").read_text())
+    assert {s: v["status"] for s, v in manifest["stages"].items()} == {"01_policy": "ok", "06_evaluate": "ok",
+                                                                       "07_analysis": "ok"}

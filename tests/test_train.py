@@ -1,0 +1,194 @@
+"""Stages 04-05 without a model: params onto TRL's configs, the SFT and RL sets, bad input (empty set, no chat
+template, out of memory), and the training log summaries."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from delib.config import ParamsError, validate_params
+from delib.training import recipe, sft, rl, logs
+from delib.training.errors import (ChatTemplateError, EmptyDatasetError, OutOfMemoryError, TrainingError,
+                                   oom_guard)
+from delib.training.weights import check_chat_template
+
+
+def make_params(tmp_path, **sections):
+    return validate_params({"run_name": "t", "outputs_dir": str(tmp_path / "outputs"), **sections})
+
+
+def write_run(params, sft_rows=(), rl_rows=(), funnel=None):
+    judge = Path(params.outputs_dir) / params.run_name / "03_judge"
+    judge.mkdir(parents=True)
+    (judge / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sft_rows))
+    (judge / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rl_rows))
+    if funnel is not None:
+        funnel.to_csv(judge / "funnel.csv", index=False)
+    return judge
+
+
+def sft_row(i: int) -> dict:
+    return {"messages": [{"role": "user", "content": f"question {i}"},
+                         {"role": "assistant", "content": f"<think>\nreason {i}\n</think>\nanswer {i}"}],
+            "prompt_id": f"p{i}", "category": "c", "expected_action": "comply", "final_score": 8.0}
+
+
+# ------------------------------------------------------------------------------------------------ params -> TRL
+
+def test_sft_params_map_onto_trl(tmp_path):
+    params = make_params(tmp_path, seed=7, sft={"max_steps": 3, "learning_rate": 1e-3, "max_length": 256,
+                                                 "per_device_train_batch_size": 2, "gradient_accumulation_steps": 3,
+                                                 "trl_args": {"weight_decay": 0.01}})
+    cfg = recipe.sft_config(params, tmp_path / "trainer")
+    assert (cfg.max_steps, cfg.learning_rate, cfg.max_length, cfg.seed, cfg.data_seed) == (3, 1e-3, 256, 7, 7)
+    assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps) == (2, 3)
+    assert cfg.completion_only_loss is True and cfg.packing is False  # the loss on the assistant turn only
+    assert cfg.logging_steps == 1 and cfg.save_strategy == "no" and cfg.weight_decay == 0.01
+    assert not cfg.bf16 and cfg.deepspeed is None
+
+
+def test_grpo_params_map_onto_trl(tmp_path):
+    params = make_params(tmp_path, rl={"num_generations": 2, "per_device_train_batch_size": 4, "beta": 0.1,
+                                       "max_completion_length": 32, "temperature": 0.7})
+    cfg = recipe.grpo_config(params, tmp_path / "trainer")
+    assert (cfg.num_generations, cfg.beta, cfg.max_completion_length, cfg.temperature) == (2, 0.1, 32, 0.7)
+    assert cfg.remove_unused_columns is False  # the reward reads category and expected_action
+
+
+def test_trl_args_are_checked_by_their_params_key(tmp_path):
+    with pytest.raises(TrainingError, match=r"sft\.trl_args\.no_such_field: SFTConfig has no field"):
+        recipe.sft_config(make_params(tmp_path, sft={"trl_args": {"no_such_field": 1}}), tmp_path)
+    with pytest.raises(TrainingError, match=r"rl\.trl_args\.seed: set by the recipe"):
+        recipe.grpo_config(make_params(tmp_path, rl={"trl_args": {"seed": 3}}), tmp_path)
+
+
+def test_lora_config_from_params(tmp_path):
+    lora = recipe.lora_config(make_params(tmp_path, sft={"lora_r": 4, "lora_alpha": 8,
+                                                         "lora_target_modules": ["q_proj"]}).sft)
+    assert (lora.r, lora.lora_alpha, set(lora.target_modules)) == (4, 8, {"q_proj"})
+    assert recipe.lora_config(make_params(tmp_path, sft={"lora_target_modules": ["all-linear"]}).sft).target_modules == "all-linear"
+
+
+def test_rl_params_refuse_groups_that_do_not_fit(tmp_path):
+    with pytest.raises(ParamsError, match="multiple of num_generations"):
+        make_params(tmp_path, rl={"per_device_train_batch_size": 3, "num_generations": 2})
+    with pytest.raises(ParamsError, match="unknown reward weight"):
+        make_params(tmp_path, rl={"reward_weights": {"cot": 1.0}})
+    with pytest.raises(ParamsError, match="max_steps 0 trains nothing"):
+        make_params(tmp_path, sft={"max_steps": 0})
+
+
+def test_example_gpu_recipe_is_valid(root):
+    from delib.config import load_params
+
+    params = load_params(root / "params" / "gpu_example.yaml")
+    assert params.sft.dtype == "bfloat16" and params.sft.num_processes > 1 and params.rl.num_processes > 1
+    assert params.sft.deepspeed["zero_optimization"]["stage"] == 2 and params.sft.base_model
+    default = load_params(root / "params" / "default.yaml")
+    assert set(params.sft.model_dump()) == set(default.sft.model_dump())  # same keys, bigger settings
+
+
+# ------------------------------------------------------------------------------------------------ datasets
+
+def test_sft_set_is_prompt_completion_without_the_spec(tmp_path):
+    params = make_params(tmp_path, sft={"max_prompts": 2})
+    write_run(params, [sft_row(i) for i in range(3)])
+    rows = sft.sft_rows(params)
+    assert len(rows) == 2
+    ds = sft.sft_dataset(rows)
+    assert ds.column_names == ["prompt", "completion"]
+    assert ds[0]["prompt"] == [{"role": "user", "content": "question 0"}]
+    assert ds[0]["completion"][0]["role"] == "assistant" and "<think>" in ds[0]["completion"][0]["content"]
+
+
+def test_empty_sft_set_shows_the_funnel(tmp_path):
+    params = make_params(tmp_path)
+    funnel = pd.DataFrame([{"step": "generated", "samples": 28, "prompts": 14, "share": 1.0},
+                           {"step": "well-formed", "samples": 3, "prompts": 3, "share": 0.1},
+                           {"step": "final score >= 6", "samples": 0, "prompts": 0, "share": 0.0}])
+    write_run(params, [], funnel=funnel)
+    with pytest.raises(EmptyDatasetError) as err:
+        sft.sft_rows(params)
+    text = str(err.value)
+    assert "nothing survived filtering" in text and "judge.threshold" in text
+    assert "generated" in text and "28 samples" in text and "final score >= 6" in text
+
+
+def test_sft_row_must_end_with_the_assistant(tmp_path):
+    params = make_params(tmp_path)
+    bad = sft_row(0)
+    bad["messages"] = bad["messages"][:1]
+    write_run(params, [bad])
+    with pytest.raises(TrainingError, match="row 1 is not a user turn followed by an assistant turn"):
+        sft.sft_rows(params)
+
+
+def test_rl_set_keeps_what_the_reward_needs(tmp_path):
+    params = make_params(tmp_path, rl={"max_prompts": 1})
+    write_run(params, rl_rows=[{"prompt_id": "a", "prompt": "Q?", "category": "c", "expected_action": "refuse"},
+                               {"prompt_id": "b", "prompt": "R?", "category": "c", "expected_action": "comply"}])
+    rows = rl.rl_rows(params)
+    ds = rl.rl_dataset(rows)
+    assert len(ds) == 1 and ds[0]["prompt"] == [{"role": "user", "content": "Q?"}]
+    assert ds[0]["expected_action"] == "refuse" and ds[0]["category"] == "c"
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+def test_a_model_without_a_chat_template_is_refused():
+    class NoTemplate:
+        chat_template = None
+
+    with pytest.raises(ChatTemplateError, match="no chat template.*chat_template_path"):
+        check_chat_template(NoTemplate(), "some/base-model")
+
+    class WithTemplate:
+        chat_template = "{{ messages }}"
+
+    check_chat_template(WithTemplate(), "ok")
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"),
+                                   RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory")])
+def test_running_out_of_memory_names_the_settings_to_lower(tmp_path, error):
+    params = make_params(tmp_path)
+    with pytest.raises(OutOfMemoryError) as err:
+        with oom_guard("sft", recipe.settings_for_advice(params.sft, lora=True), "cpu"):
+            raise error
+    text = str(err.value)
+    assert "ran out of memory on cpu" in text
+    for key in ("sft.per_device_train_batch_size: 4", "sft.max_length: 512", "sft.gradient_checkpointing"):
+        assert key in text
+
+
+def test_other_errors_pass_through_the_memory_guard(tmp_path):
+    with pytest.raises(ValueError, match="not memory"):
+        with oom_guard("rl", {}):
+            raise ValueError("not memory")
+
+
+# ------------------------------------------------------------------------------------------------ logs
+
+def test_step_log_and_summary():
+    history = [{"loss": 2.0, "num_tokens": 100.0, "step": 1, "epoch": 0.5},
+               {"loss": 1.5, "num_tokens": 200.0, "step": 2, "epoch": 1.0},
+               {"train_runtime": 3.0, "train_loss": 1.75, "step": 2}]
+    log = logs.step_log(history, [1.0, 3.0])
+    assert list(log["step"]) == [1, 2] and list(log["seconds"]) == [1.0, 3.0]
+    s = logs.summarize("04_sft", log, [1.0, 3.0], 10.0, {"examples": 2})
+    assert (s["steps"], s["loss_first"], s["loss_last"], s["tokens"]) == (2, 2.0, 1.5, 200)
+    assert s["seconds_per_step_median"] == 2.0 and s["tokens_per_second"] == 50.0 and s["examples"] == 2
+
+
+def test_speed_goes_to_usage_for_the_manifest(tmp_path):
+    from delib.models.usage import read_usage
+
+    log = logs.step_log([{"loss": 1.0, "num_tokens": 10.0, "step": 1}], [0.5])
+    summary = logs.summarize("04_sft", log, [0.5], 1.0, {})
+    logs.write(tmp_path, log, summary, "sft_trainer")
+    usage = read_usage(tmp_path)["sft_trainer"]
+    assert (usage.requests, usage.prompt_tokens, usage.wall_s) == (1, 10, 0.5)
+    back_log, back = logs.read(tmp_path)
+    assert back["loss_first"] == 1.0 and len(back_log) == 1
