@@ -216,7 +216,7 @@ class EvaluateParams(StageParams):
 
     variants: list[Literal["base", "spec_prompt", "sft", "sft_rl"]] = ["base", "spec_prompt", "sft", "sft_rl"]
     extra_models: dict[str, ModelRole] = {}  # more variants by name, e.g. an OpenAI model or a vLLM endpoint
-    max_tokens: Optional[int] = Field(160, ge=8)  # per answer (CoT included); null: the role's sampling.max_tokens
+    max_tokens: Optional[int] = Field(128, ge=8)  # per answer (CoT included); null: the role's sampling.max_tokens
     prestart_think: bool = False  # pre-start every reply with <think> (then ask for the answer); false: as is
     cot_max_tokens: int = Field(128, ge=8)  # cap of a pre-started chain of thought
     style_threshold: float = Field(0.8, ge=0, le=1)  # style score (rules.style_score) that counts as adherent

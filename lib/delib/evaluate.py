@@ -236,12 +236,17 @@ def _answer_with_transformers(variant: Variant, requests: list, params: RunParam
 
 
 def split_answer(text: Optional[str], finish_reason: Optional[str], spec_ids: Iterable[str]):
-    """parse_completion, except that a reply with no think tag at all is all answer even when it ran out of
-    tokens (a model that does not deliberate still answers)."""
-    parsed = parse_completion(text, finish_reason, spec_ids)
+    """parse_completion, except for replies cut off by max_tokens: one with no think tag at all is all answer
+    (a model that does not deliberate still answers), and one whose CoT closed is parsed as if it had finished
+    (its answer is cut short, but it followed the format); `truncated` says which replies were cut."""
     raw = (text or "").strip()
-    if parsed.malformed == "truncated" and THINK_OPEN not in raw and THINK_CLOSE not in raw:
-        parsed.cot, parsed.answer = "", raw
+    ids = list(spec_ids)
+    if finish_reason == "length" and THINK_CLOSE in raw:
+        parsed = parse_completion(text, "stop", ids)
+    else:
+        parsed = parse_completion(text, finish_reason, ids)
+        if parsed.malformed == "truncated" and THINK_OPEN not in raw:
+            parsed.cot, parsed.answer = "", raw
     return parsed
 
 
@@ -267,7 +272,8 @@ def grade_answer(prompt: str, text: Optional[str], finish_reason: Optional[str],
         "correct_action": None if expected_action is None else action == expected_action,
         "style_ok": None if style is None else style >= style_threshold,
         "cites_right_category": None if category is None else category in cited_categories,
-        "well_formed": parsed.malformed is None, "answered": bool(parsed.answer.strip()), "cot_tokens": count_tokens(parsed.cot) if parsed.cot else 0,
+        "well_formed": parsed.malformed is None, "answered": bool(parsed.answer.strip()),
+        "truncated": finish_reason == "length", "cot_tokens": count_tokens(parsed.cot) if parsed.cot else 0,
         "propositions": props,
     }
 

@@ -84,7 +84,8 @@ def policy_metrics(answers: pd.DataFrame) -> list[MetricDef]:
                        f"as citation_accuracy, on {a} prompts (the paper's policy-retrieval table)") for a in present]
     defs += [
         MetricDef("format_adherence", "all", "well_formed", _all,
-                  "a CoT in <think>, then an answer, no policy talk in the answer, no unknown section id"),
+                  "a CoT in <think> that closes, then an answer (possibly cut by max_tokens), no policy talk in the "
+                  "answer, no unknown section id"),
         MetricDef("answered", "all", "answered", _all,
                   "the reply has an answer at all (not cut off inside its chain of thought; an empty answer counts "
                   "as a refusal above)"),

@@ -13,12 +13,21 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from pydantic import Field
+
 from ..generate import THINK_CLOSE, THINK_OPEN
 from ..judge import AnswerVerdict, judge_messages
 from ..rules import completion_text, grade_propositions, last_user_message, response_type, style_score
 
 if TYPE_CHECKING:
     from ..models import ModelClient
+
+
+class RewardVerdict(AnswerVerdict):
+    """The judge's answer-only verdict with a one-line rationale: the reward is computed every RL step, and on a
+    small CPU judge most of its time goes into writing the rationale (the grammar bounds its length)."""
+
+    rationale: str = Field("", max_length=80)
 
 
 def visible_answer(completion: str) -> str:
@@ -76,7 +85,7 @@ class AnswerReward:
             if answer.strip():
                 messages = judge_messages(prompt, answer, self.spec_for_category[category]["text"], cot=None,
                                           expected_action=expected if self.show_expected_action else None)
-                requests.append(ChatRequest(messages=messages, response_model=AnswerVerdict,
+                requests.append(ChatRequest(messages=messages, response_model=RewardVerdict,
                                             meta={"reward_item": i}))
                 index.append(i)
         verdicts: dict[int, dict] = {}
