@@ -157,5 +157,14 @@ def test_verdict_says_when_nothing_is_reproduced():
     variants = pd.DataFrame([{"variant": "base", "label": "base", "available": True, "reason": ""},
                              {"variant": "sft", "label": "SFT", "available": True, "reason": ""}])
     text = report.verdict(m, d, variants)
-    assert "not reproduced at this scale" in text[-1]
+    assert "does not reproduce the paper's effects" in text[-1]
     assert "not_unsafe +0.00 [+0.00, +0.00] (not significant)" in text[0]
+
+
+def test_the_stated_confidence_level_is_the_one_used(tmp_path):
+    m, d, variants = fake_metrics()
+    info = {"prompts": 20, "prompts_by_action": {"comply": 5, "refuse": 15}, "resamples": 500, "confidence": 0.9}
+    text = report.findings(m, d, variants, info)[0]
+    assert "90% percentile bootstrap" in text and "p < 0.1." in text and "95%" not in text
+    assert set(m["confidence"]) == {0.95} and eval_plots.level(m) == "95%"
+    assert eval_plots.level(m.assign(confidence=0.8)) == "80%"

@@ -161,3 +161,12 @@ def test_cli_lists_sections_and_renders_a_category(root, capsys):
     assert "no category 'arson'" in capsys.readouterr().err
     assert cli.main(["spec", str(root / "nope.md")]) == 2
     assert "spec file not found" in capsys.readouterr().err
+
+
+def test_categories_share_everything_before_their_own_policy(spec, root):
+    """The shared part comes first, so llama.cpp re-reads only a category's own text when the category changes."""
+    for s in (spec, load_spec(root / "specs" / "default" / "spec.md")):
+        texts = [spec_for_category(s, c) for c in s.categories]
+        shared = texts[0][:texts[0].index("## Policy for")]
+        assert all(t.startswith(shared) for t in texts)
+        assert len(shared) > 0.4 * len(texts[0])  # most of the text: summaries and style guidelines

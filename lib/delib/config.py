@@ -95,13 +95,18 @@ class CacheParams(_Strict):
 
 
 class StageParams(_Strict):
-    """Settings every stage has."""
+    """Settings every stage that reads prompts has."""
 
     max_prompts: Optional[int] = Field(None, ge=1)  # cap for quick runs; null: all
+
+
+class CallingStageParams(StageParams):
+    """A stage that sends many model calls at once (generation, judging, evaluation)."""
+
     batch: bool = False  # send this stage's uncached calls through the OpenAI Batch API (openai backends only)
 
 
-class GenerateParams(StageParams):
+class GenerateParams(CallingStageParams):
     samples_per_prompt: int = Field(2, ge=1)
     k_shot: int = Field(1, ge=0)  # worked examples shown before the prompt (helps small generators)
     examples: Optional[str] = "specs/default/examples.yaml"  # YAML of worked examples; null: none
@@ -112,7 +117,7 @@ class GenerateParams(StageParams):
 JUDGE_WEIGHT_KEYS = ("judge", "action", "citation", "style")
 
 
-class JudgeParams(StageParams):
+class JudgeParams(CallingStageParams):
     k: int = Field(2, ge=1)  # independent judgements per sample
     aggregate: Literal["min", "mean"] = "min"  # how the k judgements combine (the paper keeps the minimum)
     threshold: float = Field(6.0, ge=0, le=10)  # final score a sample needs to enter the SFT set
@@ -211,7 +216,7 @@ class RLParams(StageParams):
         return self
 
 
-class EvaluateParams(StageParams):
+class EvaluateParams(CallingStageParams):
     """Stage 06: which variants answer the held-out prompts, how, and how the metrics are bootstrapped."""
 
     variants: list[Literal["base", "spec_prompt", "sft", "sft_rl"]] = ["base", "spec_prompt", "sft", "sft_rl"]
@@ -235,11 +240,10 @@ class EvaluateParams(StageParams):
         return v
 
 
-class AnalysisParams(StageParams):
+class AnalysisParams(_Strict):
     """Stage 07: the report, and other runs to compare with this one."""
 
     compare_runs: list[str] = []  # other run names under outputs_dir (or run folders) to show side by side
-    examples_per_variant: int = Field(2, ge=0)  # answers quoted per variant in the report
 
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")

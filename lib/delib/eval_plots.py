@@ -21,6 +21,12 @@ def _colors(names: Sequence[str]) -> dict[str, tuple]:
     return dict(zip(names, sns.color_palette(PALETTE, max(3, len(names)))))
 
 
+def level(table: pd.DataFrame) -> str:
+    """The intervals' confidence level as a percentage, from the table's `confidence` column (0.95 without one)."""
+    c = table["confidence"].dropna() if "confidence" in table else pd.Series(dtype=float)
+    return f"{(c.iloc[0] if len(c) else 0.95):.0%}"
+
+
 def _empty(path: Path, text: str, size=(6, 1.6)) -> Path:
     fig, ax = plt.subplots(figsize=size)
     ax.axis("off")
@@ -30,7 +36,7 @@ def _empty(path: Path, text: str, size=(6, 1.6)) -> Path:
 
 def metrics_per_variant(metrics: pd.DataFrame, keys: Sequence[str], path: Path, title: str = "",
                         labels: Optional[Mapping[str, str]] = None) -> Path:
-    """Each metric (x) for each variant (colour), point and 95% interval."""
+    """Each metric (x) for each variant (colour), point and bootstrap interval."""
     m = metrics[metrics["key"].isin(keys)]
     keys = [k for k in keys if k in set(m["key"])]
     if m.empty:
@@ -48,7 +54,7 @@ def metrics_per_variant(metrics: pd.DataFrame, keys: Sequence[str], path: Path, 
         ax.errorbar(x, y, yerr=np.nan_to_num(err), fmt="o", capsize=3, color=colors[v],
                     label=(labels or {}).get(v, v))
     ax.set_xticks(range(len(keys)), keys, rotation=30, ha="right")
-    ax.set(ylim=(-0.05, 1.05), ylabel="rate (95% bootstrap CI)", title=title)
+    ax.set(ylim=(-0.05, 1.05), ylabel=f"rate ({level(m)} bootstrap CI)", title=title)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
     return save(fig, path)
 
@@ -75,7 +81,7 @@ def differences(diffs: pd.DataFrame, keys: Sequence[str], path: Path, title: str
     ax.axvline(0, color="grey", lw=1)
     ax.set_yticks(range(len(keys)), keys)
     ax.invert_yaxis()
-    ax.set(xlabel="difference, 95% paired bootstrap CI\n(hollow: not significant)", title=title,
+    ax.set(xlabel=f"difference, {level(d)} paired bootstrap CI\n(hollow: not significant)", title=title,
            xlim=(-1.08, 1.08) if (d["kind"] == "rate").all() else None)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
     return save(fig, path)
@@ -109,7 +115,8 @@ def pareto(metrics: pd.DataFrame, path: Path, x: str = "not_overrefuse", y: str 
                     label=(labels or {}).get(v, v))
     front = pareto_front(pts[[x, y]], x, y)
     ax.plot(front[x], front[y], color="grey", ls="--", lw=1, zorder=0)
-    ax.set(xlim=(-0.05, 1.05), ylim=(-0.05, 1.05), xlabel=f"{x} (95% CI)", ylabel=f"{y} (95% CI)",
+    ax.set(xlim=(-0.05, 1.05), ylim=(-0.05, 1.05), xlabel=f"{x} ({level(metrics)} CI)",
+           ylabel=f"{y} ({level(metrics)} CI)",
            title=title or "safety against over-refusal (up and right is better)")
     ax.legend(fontsize=8, loc="lower left")
     return save(fig, path)

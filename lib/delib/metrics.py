@@ -197,7 +197,8 @@ def bootstrap_metrics(answers: pd.DataFrame, defs: Iterable[MetricDef], resample
             boots[v] = b
             lo, hi = _interval(b, confidence)
             rows.append({"variant": v, "metric": d.name, "group": d.group, "key": d.key, "value": point,
-                         "lo": lo, "hi": hi, "n": int(mask[i].sum()), "kind": d.kind})
+                         "lo": lo, "hi": hi, "n": int(mask[i].sum()), "kind": d.kind,
+                         "confidence": confidence})
         for a, b in pairs:
             if a not in boots or b not in boots:
                 continue
@@ -212,10 +213,11 @@ def bootstrap_metrics(answers: pd.DataFrame, defs: Iterable[MetricDef], resample
             diffs.append({"variant": a, "baseline": b, "metric": d.name, "group": d.group, "key": d.key,
                           "diff": pa - pb, "lo": lo, "hi": hi, "n": int(both.sum()), "kind": d.kind,
                           "better": up, "worse": down, "p_sign": p,
-                          "significant": bool(np.isfinite(lo) and (lo > 0 or hi < 0) and p < 1 - confidence)})
-    cols = ["variant", "metric", "group", "key", "value", "lo", "hi", "n", "kind"]
+                          "significant": bool(np.isfinite(lo) and (lo > 0 or hi < 0) and p < 1 - confidence),
+                          "confidence": confidence})
+    cols = ["variant", "metric", "group", "key", "value", "lo", "hi", "n", "kind", "confidence"]
     dcols = ["variant", "baseline", "metric", "group", "key", "diff", "lo", "hi", "n", "kind", "better", "worse",
-             "p_sign", "significant"]
+             "p_sign", "significant", "confidence"]
     return pd.DataFrame(rows, columns=cols), pd.DataFrame(diffs, columns=dcols)
 
 

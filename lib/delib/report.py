@@ -132,14 +132,16 @@ def findings(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame,
     labels = _labels(variants)
     counts = info.get("prompts_by_action", {})
     n = info.get("prompts")
+    confidence = info.get("confidence", 0.95)
     if n:
         out.append(f"Each variant answered {n} held-out prompts (" + ", ".join(f"{v} {k}" for k, v in counts.items())
-                   + f"). Intervals are 95% percentile bootstrap intervals over prompts ({info.get('resamples')} "
+                   + f"). Intervals are {confidence:.0%} percentile bootstrap intervals over prompts "
+                   f"({info.get('resamples')} "
                    "resamples); with this few prompts an interval is typically several tenths wide, so only large "
                    "effects can show, and an interval of zero width (e.g. [0.00, 0.00]) means that every counted "
                    "answer agreed, not that the value is certain: read it with its n. A difference is called "
                    "significant only when its paired interval excludes 0 and the exact sign test over the prompts "
-                   "where the two variants differ gives p < 0.05.")
+                   f"where the two variants differ gives p < {1 - confidence:.2g}.")
     for line in not_available(variants):
         out.append(f"Not evaluated: {line}. No number is reported for it.")
     out += verdict(metrics, diffs, variants, info.get("baseline", "base"))
@@ -218,8 +220,9 @@ def verdict(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame, 
         if sig.empty:
             out.append("On these prompts no trained variant is significantly better or worse than the untrained "
                        "model on safety, over-refusal, correct action, refusal style, format or policy citation: "
-                       "the paper's effects are not reproduced at this scale (a 135M model, a few training steps, "
-                       f"{int(metrics['n'].max()) if len(metrics) else 0} prompts).")
+                       "this run does not reproduce the paper's effects (on "
+                       f"{int(metrics['n'].max()) if len(metrics) else 0} prompts; see the training section for "
+                       "the model and its steps).")
         else:
             out.append("Significant against the untrained model: " + "; ".join(
                 f"{labels.get(r.variant, r.variant)} {r.key} {fmt_diff(r.diff, r.lo, r.hi)}"
@@ -228,14 +231,16 @@ def verdict(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame, 
 
 
 CAVEATS = [
-    "Grading is rule-based: the refusal classifier (XSTest's three labels; 0.92 binary accuracy measured on XSTest's "
-    "human-labelled dev completions) and rule-decided propositions for the response type and style. not_unsafe "
+    "Grading is rule-based: the refusal classifier (XSTest's three labels; its accuracy against XSTest's "
+    "human-labelled completions is printed by bench/bench_agreement.py and bounded in tests/test_rules.py) and "
+    "rule-decided propositions for the response type and style. not_unsafe "
     "counts an answer as safe when it does not comply; it does not read whether complied content is harmful.",
-    "The rules miss some refusals: on XSTest's dev completions they give not_unsafe 0.27 where the human labels give "
-    "0.36, and not_overrefuse 0.95 against 0.98 (tests/test_evaluate.py). XSTest figures here read a little low.",
-    "StrongREJECT's convincing and specific scores, when present, are graded by the judge model (an LLM), which in the "
-    "default recipe is the 135M embedded model itself: read them as a pipeline check, not a measurement of harm.",
-    "Latency is wall time per answer on a shared 2-core CPU machine: noisy, and not comparable across machines.",
+    "The rules miss some refusals: on XSTest's labelled completions they read not_unsafe and not_overrefuse a little "
+    "lower than the human labels do (tests/test_evaluate.py compares the two).",
+    "StrongREJECT's convincing and specific scores, when present, are graded by the judge model (an LLM); with the "
+    "default recipe's small embedded judge, read them as a pipeline check, not a measurement of harm.",
+    "Latency is wall time per answer on the machine that ran the evaluation: noisy, and not comparable across "
+    "machines.",
 ]
 
 
@@ -392,6 +397,7 @@ def report_sections(run: str, ev: dict, figures: dict[str, Path], found: Sequenc
     """The report's sections, in the order a reader asks: what was measured, what it showed, how the data and
     the models were made, what it cost, and what to keep in mind."""
     m, d, variants, info = ev["metrics"], ev["differences"], ev["variants"], ev["info"]
+    pct = f"{info.get('confidence', 0.95):.0%}"
     paper = pd.DataFrame([{"metric": k, "paper (for scale, not comparable)": v} for k, v in PAPER.items()
                           if k in set(m["key"])])
     shown = variants[["variant", "label", "model", "system_prompt", "available", "reason"]] if not variants.empty \
@@ -403,11 +409,11 @@ def report_sections(run: str, ev: dict, figures: dict[str, Path], found: Sequenc
     sections = [
         Section("What this run measured", [
             f"Run {run}: {info.get('prompts', '?')} held-out prompts answered by each variant; answers graded by "
-            "rules (refusal class, response type, style, cited sections, format). Every number carries its 95% "
-            f"bootstrap interval over prompts ({info.get('resamples', '?')} resamples, seed {info.get('seed', '?')})."],
+            "rules (refusal class, response type, style, cited sections, format). Every number carries its "
+            f"{pct} bootstrap interval over prompts ({info.get('resamples', '?')} resamples, seed {info.get('seed', '?')})."],
             tables=[("Variants", shown), ("What each metric counts", ev["definitions"])]),
         Section("Findings", bullets=list(found)),
-        Section("Headline metrics", tables=[("value [95% interval]", headline_table(m, n=True)),
+        Section("Headline metrics", tables=[(f"value [{pct} interval]", headline_table(m, n=True)),
                                             ("The paper's figures, for scale", paper)],
                 figures=[("Metrics per variant", figures.get("metrics")),
                          ("not_unsafe against not_overrefuse (up and right is better)", figures.get("pareto")),
@@ -415,7 +421,7 @@ def report_sections(run: str, ev: dict, figures: dict[str, Path], found: Sequenc
         Section("Differences between variants", [
             "Paired bootstrap: each variant minus the baseline on the same resampled prompts; * marks an interval "
             "that excludes 0. Anything without * is not shown by this evaluation."],
-            tables=[("difference [95% interval]", differences_table(d))],
+            tables=[(f"difference [{pct} interval]", differences_table(d))],
             figures=[("Paired differences", figures.get("differences"))]),
         Section("Policy retrieval and style", tables=[
             ("Chain of thought cites a section of the prompt's category, by expected action",
@@ -424,14 +430,14 @@ def report_sections(run: str, ev: dict, figures: dict[str, Path], found: Sequenc
                      ("XSTest refusal labels", figures.get("xstest_labels"))]),
         Section("How the training data and models were made", tables=[
             ("Stage 03 funnel: from generated samples to the SFT set", funnel),
-            ("Stage 03 judge scores (mean [95% interval])", judge_rows), ("Training (stages 04-05)", train)],
+            ("Stage 03 judge scores (mean [interval])", judge_rows), ("Training (stages 04-05)", train)],
             figures=[("Funnel", figures.get("funnel")), ("Judge scores", figures.get("judge_scores")),
                      ("Training curves", figures.get("training"))]),
         Section("Cost", tables=[("Per answer: CoT tokens, tokens generated, seconds", cost),
                                 ("Stage times (s), from the manifest", times)]),
     ]
     if comparison is not None and not comparison.empty:
-        sections.append(Section("Runs compared", tables=[("value [95% interval]", comparison)],
+        sections.append(Section("Runs compared", tables=[(f"value [{pct} interval]", comparison)],
                                 figures=[("Runs compared", figures.get("comparison"))]))
     sections.append(Section("Caveats", bullets=CAVEATS))
     return sections

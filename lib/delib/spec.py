@@ -303,24 +303,26 @@ def load_spec(path: str | Path, mapping: Optional[str | Path] = None) -> Spec:
 
 def spec_for_category(spec: Spec, category: str) -> str:
     """What the generator and judge see for a prompt of `category`: every category's summary, the style
-    guidelines, and the full text of the category's own sections, each labelled with its citable id."""
+    guidelines, and the full text of the category's own sections, each labelled with its citable id.
+
+    What every category shares comes first and the category's own text last: llama.cpp reuses the KV cache of the
+    longest prefix a request shares with the one before, so moving to another category re-reads only its part."""
     if category not in spec.categories:
         known = ", ".join(spec.categories) or "none: the spec has no category mapping"
         raise KeyError(f"category {category!r} is not in the spec {spec.source} (categories: {known})")
     cat = spec.categories[category]
-    out = [f"# Safety specification (excerpt for the category: {cat.title})", "",
-           "## All categories, in brief"]
+    out = ["# Safety specification (excerpt)", "", "## All categories, in brief"]
     for c in spec.categories.values():
         out.append(f"- {c.title} [{c.sections[0]}]: {c.summary}")
     out += ["", "## Style guidelines"]
     shown = set()
     for action in ACTIONS:
-        for sid in spec.style.get(action, []) + (cat.style if action == "safe_complete" else []):
+        for sid in spec.style.get(action, []):
             if sid not in shown:
                 shown.add(sid)
                 out += [spec.full_text(sid), ""]
     out += [f"## Policy for {cat.title} (full text)", ""]
-    for sid in cat.sections:
+    for sid in [s for s in cat.style if s not in shown] + list(cat.sections):
         out += [spec.full_text(sid), ""]
     if cat.levels:
         out.append("Levels and actions: " + "; ".join(
