@@ -73,3 +73,30 @@ def test_small_caps_still_mix_actions_across_categories():
     picked = select_prompts(df, "train", 4)
     assert sorted(picked["category"]) == list("abcd")
     assert set(picked["expected_action"]) == {"comply", "refuse", "safe_complete"}
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_prestarted_generation_finishes_each_spec_before_the_next(concurrency):
+    """One call at a time: CoT and answer calls of one category's spec go together (llama.cpp reads the spec
+    excerpt once); with concurrency, each phase goes out whole. Either way every sample gets CoT and answer."""
+    from delib.config import CacheParams, ModelRole
+    from delib.generate import run_generation
+    from delib.models import ChatRequest, ModelClient, scripted_transport
+
+    def model(body):
+        return "The answer." if "</think>" in body["prompt"] else "Reason [a]. Action: comply\n</think>"
+
+    transport = scripted_transport(model)
+    role = ModelRole(backend="embedded", max_concurrency=concurrency)
+    requests = [ChatRequest(messages=[{"role": "system", "content": f"spec {'AB'[i % 2]}"},
+                                      {"role": "user", "content": f"q{i}"}], prefill="<think>\n",
+                            stop=["</think>"], max_tokens=32, meta={"i": i}) for i in range(4)]
+    with ModelClient(role, "generator", CacheParams(enabled=False), transport=transport, progress=False) as client:
+        results = run_generation(client, requests, prestart_think=True)
+    assert [r.meta["i"] for r in results] == [0, 1, 2, 3]
+    assert all(r.text.endswith("</think>\nThe answer.") for r in results)
+    phases = [("answer" if "</think>" in b["prompt"] else "cot", "spec A" in b["prompt"]) for b in transport.calls]
+    if concurrency == 1:
+        assert phases == [("cot", True)] * 2 + [("answer", True)] * 2 + [("cot", False)] * 2 + [("answer", False)] * 2
+    else:
+        assert [p for p, _ in phases] == ["cot"] * 4 + ["answer"] * 4

@@ -214,6 +214,40 @@ def finish_answers(client, cot_requests: list, cot_results: list, desc: str = "a
     return out
 
 
+def run_generation(client, requests: list, prestart_think: bool, batch: bool = False, desc: str = "generate") -> list:
+    """Every request's result, in order; with `prestart_think`, the answer after each closed CoT (finish_answers).
+
+    A model that answers one call at a time (the embedded server, `max_concurrency: 1`) gets the CoT and the answer
+    calls of one system prompt (one category's spec) before the next: llama.cpp then reads each spec excerpt once
+    rather than once per phase. Otherwise each phase goes out whole, as concurrently as the role allows."""
+    if not prestart_think:
+        return client.chat_many(requests, desc=desc, batch=batch)
+    if batch or client.role.max_concurrency > 1:
+        return finish_answers(client, requests, client.chat_many(requests, desc=desc, batch=batch))
+    import warnings
+
+    with warnings.catch_warnings():  # without ipywidgets tqdm.auto warns once and draws text bars: fine
+        warnings.simplefilter("ignore")
+        from tqdm.auto import tqdm
+
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(repr(r.messages[:1]), []).append(i)
+    out: list = [None] * len(requests)
+    shown, client.progress = client.progress, False
+    try:
+        with tqdm(total=len(requests), desc=f"{desc} (CoT, then answer)", unit="sample", disable=not shown,
+                  mininterval=0.2) as bar:
+            for idx in groups.values():
+                part = [requests[i] for i in idx]
+                for i, result in zip(idx, finish_answers(client, part, client.chat_many(part, desc=desc))):
+                    out[i] = result
+                bar.update(len(idx))
+    finally:
+        client.progress = shown
+    return out
+
+
 def samples_table(selected: "pd.DataFrame", results: list, spec: Spec, cot_hidden: bool = False) -> "pd.DataFrame":
     """Every sample, usable or not: the prompt's labels, the parsed CoT and answer, and why it is malformed."""
     import pandas as pd

@@ -345,7 +345,8 @@ class TransformersServer:
 def ask(params: RunParams, roles: dict[str, ModelRole], prompts, stage: str, spec_ids=()) -> "pd.DataFrame":
     """Each served model's reply to each prompt (no spec in the prompt), through ModelClient as any model is
     queried; one row per (model, prompt) with the reply split into CoT and answer. A role that is None (a model
-    only stage 06 can serve) is skipped with a note."""
+    only stage 06 can serve) is skipped with a note. Replies are capped at `evaluate.max_tokens`, as stage 06
+    asks (the same call there is then answered by the cache)."""
     import pandas as pd
 
     from .generate import parse_completion
@@ -357,8 +358,8 @@ def ask(params: RunParams, roles: dict[str, ModelRole], prompts, stage: str, spe
         if role is None:  # trained but not servable in place (e.g. a hub model: stage 06 starts transformers serve)
             print(f"{name}: not served here; stage 06 evaluates it")
             continue
-        requests = [ChatRequest(messages=[{"role": "user", "content": p.prompt}], meta={"prompt_id": p.id})
-                    for p in prompts.itertuples()]
+        requests = [ChatRequest(messages=[{"role": "user", "content": p.prompt}], max_tokens=params.evaluate.max_tokens,
+                                meta={"prompt_id": p.id}) for p in prompts.itertuples()]
         with ModelClient(role, f"policy_{name}", params.cache, params.seed, run_dir(params), stage,
                          progress=False) as client:
             results = client.chat_many(requests)
