@@ -99,6 +99,10 @@ def model_ids(params: RunParams) -> dict:
     return out
 
 
+TRAINING_KEYS = ("steps", "train_seconds", "seconds_per_step_median", "tokens", "tokens_per_second", "loss_first",
+                 "loss_last", "reward_first", "reward_last", "kl_last", "device")
+
+
 class Manifest:
     """`outputs/<run>/manifest.json`, updated in place as the run goes."""
 
@@ -137,6 +141,12 @@ class Manifest:
                     if isinstance(value, (int, float)):
                         role_total[key] = role_total.get(key, 0) + value
         self.data["usage"] = {"per_stage": per_stage, "per_role": totals}
+        training = {}
+        for summary_file in sorted(run_dir.glob("*/training.json")):  # stages 04 and 05: the trainer's speed
+            summary = json.loads(summary_file.read_text())
+            training[summary_file.parent.name] = {k: summary.get(k) for k in TRAINING_KEYS if k in summary}
+        if training:
+            self.data["training"] = training
 
     def finish(self, status: str) -> None:
         self.data["finished"] = now()
