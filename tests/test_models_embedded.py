@@ -176,7 +176,8 @@ def test_lora_adapter_is_loaded_and_applied(client, tmp_path):
 
 
 CHILD = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a foreground process (a background job ignores it)
 sys.path.insert(0, {lib!r})
 from delib.config import CacheParams, ModelRole, Sampling
 from delib.models import ChatRequest, ModelClient

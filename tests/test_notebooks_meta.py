@@ -56,3 +56,12 @@ def test_stored_outputs_are_from_a_whole_run(nb):
     """nbval compares against the stored outputs: every code cell must have run (`make notebooks`)."""
     unrun = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and c.get("execution_count") is None]
     assert not unrun, f"cells {unrun} have no stored outputs: run `make notebooks`"
+
+
+def test_no_cell_relies_on_a_trailing_semicolon(nb):
+    """nbval executes cells with store_history=False, and IPython then cannot see a trailing ";": the value is
+    displayed under nbval but not in Jupyter or papermill, so the stored outputs never match."""
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            code = [l for l in "".join(cell["source"]).splitlines() if l.strip() and not l.strip().startswith("#")]
+            assert not (code and code[-1].split("#")[0].rstrip().endswith(";")), code[-1]
