@@ -358,7 +358,7 @@ def test_interrupt_keeps_finished_calls_and_the_client_usable(cache):
     finally:
         signal.signal(signal.SIGINT, previous)
     finished = len(client.cache)
-    assert finished < 60  # stopped early, though the main thread was waiting on the worker
+    assert 1 <= finished < 60  # stopped early, though the main thread was waiting on the worker; finished calls kept
     results = client.chat_many([ask(f"q{i}") for i in range(60)])
     assert all(r.ok for r in results) and sum(r.cached for r in results) == finished
     client.close()

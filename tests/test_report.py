@@ -168,3 +168,11 @@ def test_the_stated_confidence_level_is_the_one_used(tmp_path):
     assert "90% percentile bootstrap" in text and "p < 0.1." in text and "95%" not in text
     assert set(m["confidence"]) == {0.95} and eval_plots.level(m) == "95%"
     assert eval_plots.level(m.assign(confidence=0.8)) == "80%"
+
+
+def test_judge_summary_interval_follows_the_level():
+    scored = pd.DataFrame({"judge_overall": np.arange(20, dtype=float) % 10, "final_score": np.linspace(2, 8, 20)})
+    wide = report.judge_summary(scored, 5.0, 500, 0, confidence=0.95)["final_score"]
+    narrow = report.judge_summary(scored, 5.0, 500, 0, confidence=0.5)["final_score"]
+    assert wide["lo"] < narrow["lo"] <= narrow["mean"] <= narrow["hi"] < wide["hi"]
+    assert report.percent(0.95) == "95%" and report.percent(0.975) == "97.5%"

@@ -143,3 +143,12 @@ def test_transformers_server_command_and_role(tmp_path):
     params = validate_params({"run_name": "t"})
     role = server.role(params.models.policy)
     assert role.backend == "openai_compatible" and role.base_url == "http://127.0.0.1:1234/v1"
+
+
+def test_show_answers_with_nothing_served_here():
+    """A model only stage 06 can serve (trained from a hub model) leaves the stage 04/05 preview empty."""
+    import pandas as pd
+
+    from delib import serving
+
+    assert "stage 06" in serving.show_answers(pd.DataFrame([]))

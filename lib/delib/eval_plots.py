@@ -24,7 +24,7 @@ def _colors(names: Sequence[str]) -> dict[str, tuple]:
 def level(table: pd.DataFrame) -> str:
     """The intervals' confidence level as a percentage, from the table's `confidence` column (0.95 without one)."""
     c = table["confidence"].dropna() if "confidence" in table else pd.Series(dtype=float)
-    return f"{(c.iloc[0] if len(c) else 0.95):.0%}"
+    return f"{(c.iloc[0] if len(c) else 0.95) * 100:.3g}%"
 
 
 def _empty(path: Path, text: str, size=(6, 1.6)) -> Path:

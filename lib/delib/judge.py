@@ -10,7 +10,7 @@ import re
 import statistics
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -21,7 +21,19 @@ ANSWER_CRITERIA = ("action_correct", "helpfulness", "style", "overall")
 _Score = Field(ge=0, le=10)
 
 
-class JudgeVerdict(BaseModel):
+class _Verdict(BaseModel):
+    """A rationale longer than the model's bound is cut to it rather than refused: the embedded server's grammar
+    enforces the bound while it writes, but OpenAI's strict schemas drop maxLength, so an API judge may overrun."""
+
+    @field_validator("rationale", mode="before", check_fields=False)
+    @classmethod
+    def _clip_rationale(cls, v):
+        limit = next((m.max_length for m in cls.model_fields["rationale"].metadata
+                      if getattr(m, "max_length", None)), None)
+        return v[:limit] if isinstance(v, str) and limit else v
+
+
+class JudgeVerdict(_Verdict):
     """What the judge returns when it sees the chain of thought."""
 
     action_correct: int = _Score
@@ -32,7 +44,7 @@ class JudgeVerdict(BaseModel):
     rationale: str = Field("", max_length=300)
 
 
-class AnswerVerdict(BaseModel):
+class AnswerVerdict(_Verdict):
     """What the judge returns when the chain of thought is hidden from it (the RL reward)."""
 
     action_correct: int = _Score

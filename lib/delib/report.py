@@ -121,6 +121,11 @@ def read_variants(path: Path) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------------------ findings
 
+def percent(confidence: float) -> str:
+    """0.95 -> "95%", 0.975 -> "97.5%"."""
+    return f"{confidence * 100:.3g}%"
+
+
 def _labels(variants: pd.DataFrame) -> dict[str, str]:
     return dict(zip(variants["variant"], variants["label"])) if not variants.empty else {}
 
@@ -135,7 +140,7 @@ def findings(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame,
     confidence = info.get("confidence", 0.95)
     if n:
         out.append(f"Each variant answered {n} held-out prompts (" + ", ".join(f"{v} {k}" for k, v in counts.items())
-                   + f"). Intervals are {confidence:.0%} percentile bootstrap intervals over prompts "
+                   + f"). Intervals are {percent(confidence)} percentile bootstrap intervals over prompts "
                    f"({info.get('resamples')} "
                    "resamples); with this few prompts an interval is typically several tenths wide, so only large "
                    "effects can show, and an interval of zero width (e.g. [0.00, 0.00]) means that every counted "
@@ -288,7 +293,8 @@ def metrics_document(run_dir: Path, ev: dict, funnel: pd.DataFrame, scored: pd.D
     return _clean(doc)
 
 
-def judge_summary(scored: pd.DataFrame, threshold: Optional[float], resamples: int, seed: int) -> dict:
+def judge_summary(scored: pd.DataFrame, threshold: Optional[float], resamples: int, seed: int,
+                  confidence: float = 0.95) -> dict:
     """Mean judge and final scores of stage 03 with bootstrap intervals, and the share above the threshold."""
     from .metrics import bootstrap_weights
 
@@ -297,7 +303,7 @@ def judge_summary(scored: pd.DataFrame, threshold: Optional[float], resamples: i
         if col in scored and scored[col].notna().any():
             x = scored[col].dropna().to_numpy(float)
             boots = bootstrap_weights(len(x), resamples, seed) @ x / len(x)
-            lo, hi = (float(v) for v in pd.Series(boots).quantile([0.025, 0.975]))
+            lo, hi = (float(v) for v in pd.Series(boots).quantile([(1 - confidence) / 2, (1 + confidence) / 2]))
             out[col] = {"mean": float(x.mean()), "lo": lo, "hi": hi, "n": int(len(x))}
     if threshold is not None and "final_score" in scored:
         out["above_threshold"] = float((scored["final_score"] >= threshold).mean()) if len(scored) else None
@@ -397,7 +403,7 @@ def report_sections(run: str, ev: dict, figures: dict[str, Path], found: Sequenc
     """The report's sections, in the order a reader asks: what was measured, what it showed, how the data and
     the models were made, what it cost, and what to keep in mind."""
     m, d, variants, info = ev["metrics"], ev["differences"], ev["variants"], ev["info"]
-    pct = f"{info.get('confidence', 0.95):.0%}"
+    pct = percent(info.get("confidence", 0.95))
     paper = pd.DataFrame([{"metric": k, "paper (for scale, not comparable)": v} for k, v in PAPER.items()
                           if k in set(m["key"])])
     shown = variants[["variant", "label", "model", "system_prompt", "available", "reason"]] if not variants.empty \
@@ -430,7 +436,7 @@ def report_sections(run: str, ev: dict, figures: dict[str, Path], found: Sequenc
                      ("XSTest refusal labels", figures.get("xstest_labels"))]),
         Section("How the training data and models were made", tables=[
             ("Stage 03 funnel: from generated samples to the SFT set", funnel),
-            ("Stage 03 judge scores (mean [interval])", judge_rows), ("Training (stages 04-05)", train)],
+            (f"Stage 03 judge scores (mean [{pct} interval])", judge_rows), ("Training (stages 04-05)", train)],
             figures=[("Funnel", figures.get("funnel")), ("Judge scores", figures.get("judge_scores")),
                      ("Training curves", figures.get("training"))]),
         Section("Cost", tables=[("Per answer: CoT tokens, tokens generated, seconds", cost),

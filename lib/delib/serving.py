@@ -346,7 +346,7 @@ def ask(params: RunParams, roles: dict[str, ModelRole], prompts, stage: str, spe
     """Each served model's reply to each prompt (no spec in the prompt), through ModelClient as any model is
     queried; one row per (model, prompt) with the reply split into CoT and answer. A role that is None (a model
     only stage 06 can serve) is skipped with a note. Replies are capped at `evaluate.max_tokens`, as stage 06
-    asks (the same call there is then answered by the cache)."""
+    asks (without `evaluate.prestart_think`, the same call there is then answered by the cache)."""
     import pandas as pd
 
     from .generate import parse_completion
@@ -374,6 +374,8 @@ def ask(params: RunParams, roles: dict[str, ModelRole], prompts, stage: str, spe
 
 def show_answers(table: "pd.DataFrame", width: int = 240) -> str:
     """The replies of `ask` as text, model by model under each prompt."""
+    if table.empty:
+        return "(no model to show here: stage 06 evaluates the trained models)"
     clip = lambda t: (lambda s: s if len(s) <= width else s[: width - 1] + "…")(" ".join((t or "").split()))  # noqa: E731
     blocks = []
     for pid, group in table.groupby("prompt_id", sort=False):

@@ -64,7 +64,7 @@ class _Plan:
 def _grouped_by_first_message(plans: list[_Plan]) -> list[_Plan]:
     """The same calls, those that share their first message (a spec in the system prompt) one after another, groups
     in order of first appearance. llama.cpp's server keeps the KV cache of its previous request and reads only what
-    comes after the common prefix: a 2,000-token spec is then read once per group rather than once per call."""
+    comes after the common prefix: a ~1,800-token spec excerpt is then read once per group, not once per call."""
     first = [repr(p.request.messages[:1]) for p in plans]  # the request's, also when the body is a raw prompt
     rank: dict[str, int] = {}
     for f in first:
