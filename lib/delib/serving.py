@@ -117,12 +117,7 @@ def export_lora_gguf(adapter_dir: str | Path, out_path: str | Path, base_gguf: s
         written += 1
     if not written:
         raise ExportError(f"{adapter_dir}: no LoRA tensors in the adapter")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return out_path
+    return _write_gguf(writer, out_path)
 
 
 def export_model_gguf(state_dict: dict, out_path: str | Path, base_gguf: str | Path) -> Path:
@@ -165,7 +160,11 @@ def export_model_gguf(state_dict: dict, out_path: str | Path, base_gguf: str | P
         wanted.discard(name)
     if wanted:
         raise ExportError(f"the state dict lacks {len(wanted)} tensors of the base GGUF, e.g. {sorted(wanted)[:3]}")
-    out_path = Path(out_path)
+    return _write_gguf(writer, Path(out_path))
+
+
+def _write_gguf(writer, out_path: Path) -> Path:
+    """Write a filled GGUFWriter's header, metadata and tensors to `out_path` (its folder made if missing)."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
