@@ -209,3 +209,29 @@ def test_no_orphan_server_when_the_stage_is_stopped(tmp_path, sig):
     finally:
         if child.poll() is None:
             child.kill()
+
+
+def test_a_server_stop_ends_its_whole_process_group(tmp_path):
+    """stop_process_group, which both the llama.cpp and the `transformers serve` servers stop with, ends the
+    server and what it started."""
+    from delib import serving
+
+    server = serving.TransformersServer(tmp_path, log_dir=tmp_path)
+    script = "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
+    server.proc = proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+
+    def members() -> list[int]:
+        out = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        return [int(p) for p in out if alive(int(p))]
+
+    deadline = time.monotonic() + 10
+    while len(members()) < 2 and time.monotonic() < deadline:  # until the child has started its own child
+        time.sleep(0.1)
+    assert len(members()) == 2
+    server.stop()
+    assert proc.poll() is not None and server.proc is None
+    deadline = time.monotonic() + 5
+    while members() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert members() == []
+    server.stop()  # a second stop does nothing

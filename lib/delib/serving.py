@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +21,7 @@ import numpy as np
 
 from .config import ModelRole, RunParams
 from .manifest import write_json_atomic
+from .models import server as embedded
 from .paths import require
 
 if TYPE_CHECKING:
@@ -248,12 +247,6 @@ def served_roles(params: RunParams) -> dict[str, ModelRole]:
 
 # ------------------------------------------------------------------------------------------------ transformers serve
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def merged_folder(checkpoint: Path, base_model: str, out: Path) -> Path:
     """A LoRA checkpoint merged into its base weights as a plain Hugging Face folder (what `transformers serve`
     loads); a full checkpoint is returned as it is."""
@@ -294,7 +287,7 @@ class TransformersServer:
 
     def start(self) -> "TransformersServer":
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = embedded.free_port()
         self.log_path = self.log_dir / f"transformers_serve-{self.port}.log"
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # a local folder: never reach for the hub
         with open(self.log_path, "ab") as log:
@@ -322,17 +315,7 @@ class TransformersServer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=10)
-                return
-            except ProcessLookupError:
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        embedded.stop_process_group(proc)
 
     def __enter__(self) -> "TransformersServer":
         return self.start()

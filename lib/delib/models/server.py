@@ -78,7 +78,8 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port free now (a server started on it may still lose it to another process)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -120,7 +121,7 @@ class EmbeddedServer:
         """Start on a free port and wait until it answers; a port taken meanwhile is retried (3 tries)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
-            port = _free_port()
+            port = free_port()
             self.log_path = self.log_dir / f"llama_server-{self.alias}-{port}.log"
             log = open(self.log_path, "ab")
             try:
@@ -164,18 +165,24 @@ class EmbeddedServer:
         """Stop the server's whole process group: SIGTERM, then SIGKILL after STOP_TIMEOUT_S."""
         proc, self.proc = self.proc, None
         _unregister(self)
-        if proc is None or proc.poll() is not None:
+        stop_process_group(proc)
+
+
+def stop_process_group(proc: Optional[subprocess.Popen], wait_s: float = STOP_TIMEOUT_S) -> None:
+    """Stop a server started with start_new_session=True, its whole process group: SIGTERM, then SIGKILL after
+    `wait_s`. Nothing to do when it is None or has exited."""
+    if proc is None or proc.poll() is not None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
             return
-        for sig, wait_s in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, STOP_TIMEOUT_S)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                proc.wait(timeout=wait_s)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 # ------------------------------------------------------------ shared servers of this process
