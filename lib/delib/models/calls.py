@@ -88,3 +88,13 @@ ERROR_KINDS = (
     "parse",  # the reply did not validate against response_model
     "batch",  # the Batch API gave no usable line and live calls were off
 )
+
+
+def groups_by_first_message(requests: "list[ChatRequest]") -> list[list[int]]:
+    """Indices of the requests, grouped by their first message (a spec in the system prompt), groups in order of
+    first appearance and indices in order within each. llama.cpp's server keeps the KV cache of its previous
+    request and reads only what follows the common prefix: calls sent group by group read each spec once."""
+    groups: dict[str, list[int]] = {}
+    for i, request in enumerate(requests):
+        groups.setdefault(repr(request.messages[:1]), []).append(i)
+    return list(groups.values())

@@ -27,7 +27,7 @@ from ..config import CacheParams, ModelRole
 from ..paths import project_root, resolve
 from . import server as embedded
 from .cache import CallCache, NoCache, call_key, file_sha256
-from .calls import ChatRequest, ChatResult, TokenLogprob
+from .calls import ChatRequest, ChatResult, TokenLogprob, groups_by_first_message
 from .structured import (gbnf_for, json_object_response_format, openai_response_format, parse_reply,
                          response_schema)
 from .usage import Usage, add_usage
@@ -59,18 +59,6 @@ class _Plan:
     body: dict
     seed: int
     spent: Usage = field(default_factory=Usage)
-
-
-def _grouped_by_first_message(plans: list[_Plan]) -> list[_Plan]:
-    """The same calls, those that share their first message (a spec in the system prompt) one after another, groups
-    in order of first appearance. llama.cpp's server keeps the KV cache of its previous request and reads only what
-    comes after the common prefix: a ~1,800-token spec excerpt is then read once per group, not once per call."""
-    first = [repr(p.request.messages[:1]) for p in plans]  # the request's, also when the body is a raw prompt
-    rank: dict[str, int] = {}
-    for f in first:
-        rank.setdefault(f, len(rank))
-    order = sorted(range(len(plans)), key=lambda i: rank[first[i]])  # stable: calls keep their order in a group
-    return [plans[i] for i in order]
 
 
 def _scrub(text: str, secret: Optional[str]) -> str:
@@ -303,7 +291,8 @@ class ModelClient:
         try:
             if todo:
                 if self.role.backend == "embedded":
-                    todo = _grouped_by_first_message(todo)
+                    # one spec after another: llama.cpp then reuses the prompt prefix of the call before
+                    todo = [todo[i] for g in groups_by_first_message([p.request for p in todo]) for i in g]
                     if self._transport is None:
                         self._ensure_server(logprobs=any(p.body.get("logprobs") for p in todo))
                 self._loop = self._loop or _LoopThread()
