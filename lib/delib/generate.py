@@ -224,19 +224,14 @@ def run_generation(client, requests: list, prestart_think: bool, batch: bool = F
         return client.chat_many(requests, desc=desc, batch=batch)
     if batch or client.role.max_concurrency > 1:
         return finish_answers(client, requests, client.chat_many(requests, desc=desc, batch=batch))
-    import warnings
-
     from .models.calls import groups_by_first_message
-
-    with warnings.catch_warnings():  # without ipywidgets tqdm.auto warns once and draws text bars: fine
-        warnings.simplefilter("ignore")
-        from tqdm.auto import tqdm
+    from .models.client import progress_bar
 
     out: list = [None] * len(requests)
     shown, client.progress = client.progress, False
     try:
-        with tqdm(total=len(requests), desc=f"{desc} (CoT, then answer)", unit="sample", disable=not shown,
-                  mininterval=0.2) as bar:
+        with progress_bar()(total=len(requests), desc=f"{desc} (CoT, then answer)", unit="sample",
+                            disable=not shown, mininterval=0.2) as bar:
             for idx in groups_by_first_message(requests):
                 part = [requests[i] for i in idx]
                 for i, result in zip(idx, finish_answers(client, part, client.chat_many(part, desc=desc))):

@@ -193,6 +193,14 @@ class _LoopThread:
             self.loop.close()
 
 
+def progress_bar():
+    """tqdm.auto's bar class: a widget in Jupyter with ipywidgets, else text (tqdm warns once about that: not here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from tqdm.auto import tqdm
+    return tqdm
+
+
 class _Tracker:
     """Progress of one chat_many: the tqdm bar and the counts that go into usage.json."""
 
@@ -200,11 +208,7 @@ class _Tracker:
         self.errors = self.cache_hits = 0
         self.bar = None
         if show:
-            with warnings.catch_warnings():  # without ipywidgets tqdm.auto warns once and draws text bars: fine
-                warnings.simplefilter("ignore")
-                from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="call", dynamic_ncols=True, mininterval=0.2)
+            self.bar = progress_bar()(total=total, desc=desc, unit="call", dynamic_ncols=True, mininterval=0.2)
         self._lock = threading.Lock()
 
     def advance(self, n: int = 1, errors: int = 0, cache_hits: int = 0) -> None:
