@@ -65,6 +65,17 @@ def test_command_binds_loopback_with_threads_and_adapter(tmp_path):
     assert cmd[cmd.index("--lora_path") + 1] == str(tmp_path / "lora.gguf")
 
 
+def test_omp_num_threads_caps_the_threads_of_every_worker(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = embedded.cpu_count()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert embedded.cpu_count() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", str(cores + 8))  # never more than the cores there are
+    assert embedded.cpu_count() == cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "not-a-number")
+    assert embedded.cpu_count() == cores
+
+
 def test_one_server_per_model_shared_and_stopped_by_its_last_client(tmp_path, monkeypatch):
     monkeypatch.setenv("API_KEY", "would-lock-the-server")  # llama_cpp.server reads its settings from env
     role = ModelRole(sampling=Sampling(max_tokens=4, temperature=0.0))

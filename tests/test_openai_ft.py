@@ -8,7 +8,9 @@ import httpx2
 import openai
 import pytest
 
-from delib import openai_ft, serving
+from delib import openai_ft
+from delib import serving
+from delib.io import write_jsonl
 from delib.config import validate_params
 
 
@@ -67,11 +69,11 @@ def test_grader_typos_are_caught():
 
 
 def test_training_files_are_checked(tmp_path):
-    good = openai_ft.write_jsonl(tmp_path / "sft.jsonl", sft_lines(10))
+    good = write_jsonl(tmp_path / "sft.jsonl", sft_lines(10))
     assert openai_ft.validate_training_file(good, "supervised") == (10, [])
-    few = openai_ft.write_jsonl(tmp_path / "few.jsonl", sft_lines(2))
+    few = write_jsonl(tmp_path / "few.jsonl", sft_lines(2))
     assert any("at least 10" in p for p in openai_ft.validate_training_file(few, "supervised")[1])
-    rft = openai_ft.write_jsonl(tmp_path / "rft.jsonl", openai_ft.reinforcement_rows(RL_ROWS, SPEC))
+    rft = write_jsonl(tmp_path / "rft.jsonl", openai_ft.reinforcement_rows(RL_ROWS, SPEC))
     assert openai_ft.validate_training_file(rft, "reinforcement") == (12, [])
     assert any("must end with the user's turn" in p for p in openai_ft.validate_training_file(good, "reinforcement")[1])
 
@@ -89,7 +91,7 @@ def run_params(tmp_path, backend="openai"):
 def test_without_a_key_nothing_is_submitted(tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.setattr(openai_ft, "api_key", lambda *a, **k: None)
-    path = openai_ft.write_jsonl(tmp_path / "sft.jsonl", sft_lines(10))
+    path = write_jsonl(tmp_path / "sft.jsonl", sft_lines(10))
     payload = openai_ft.supervised_job("gpt-4.1-nano-2025-04-14", "<file>", 0)
     record = openai_ft.run_job(run_params(tmp_path), "04_sft", path, payload, tmp_path)
     assert not record["submitted"] and "no API key (OPENAI_API_KEY unset): nothing submitted" == record["reason"]
@@ -129,7 +131,7 @@ def test_submit_poll_and_record_the_fine_tuned_model(tmp_path, monkeypatch):
                            http_client=httpx2.Client(transport=httpx2.MockTransport(fake.handler)))
     params = run_params(tmp_path)
     out = tmp_path / "outputs" / "t" / "04_sft"
-    path = openai_ft.write_jsonl(tmp_path / "sft.jsonl", sft_lines(10))
+    path = write_jsonl(tmp_path / "sft.jsonl", sft_lines(10))
     payload = openai_ft.supervised_job(params.sft.openai_model, "<file>", 0)
     record = openai_ft.run_job(params, "04_sft", path, payload, out, client=client, poll_s=0)
     assert record["submitted"] and record["fine_tuned_model"] == "ft:gpt-4.1-nano-2025-04-14:org::abc"
@@ -147,7 +149,7 @@ def test_the_shutdown_date_is_enforced(tmp_path, monkeypatch):
             return dt.date(2027, 1, 6)
 
     monkeypatch.setattr(openai_ft.dt, "date", Later)
-    path = openai_ft.write_jsonl(tmp_path / "sft.jsonl", sft_lines(10))
+    path = write_jsonl(tmp_path / "sft.jsonl", sft_lines(10))
     payload = openai_ft.supervised_job("gpt-4.1-nano-2025-04-14", "<file>", 0)
     record = openai_ft.run_job(run_params(tmp_path), "04_sft", path, payload, tmp_path, client=object())
     assert not record["submitted"] and "no new fine-tuning jobs since 2027-01-06" in record["reason"]

@@ -15,6 +15,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from .config import ModelRole, RunParams
+from .io import clip
 from .generate import GENERATOR_SYSTEM, THINK_CLOSE, THINK_OPEN, parse_completion
 from .metrics import goodness_at, strongreject_score
 from .paths import resolve, stage_dir
@@ -453,17 +454,13 @@ def citation_counts(answers: pd.DataFrame) -> pd.DataFrame:
 
 def show_answers(answers: pd.DataFrame, n: int = 2, width: int = 220) -> str:
     """A few answers of each variant as text: the prompt, what the CoT cites, the action taken."""
-    def clip(t) -> str:
-        t = " ".join(str(t or "").split())
-        return t if len(t) <= width else t[: width - 1] + "…"
-
     blocks = []
     for variant, g in answers.groupby("variant", sort=False):
         for r in g.head(n).itertuples():
             blocks.append(f"[{variant}] {r.prompt_id} ({r.category}, expected {r.expected_action}; took "
-                          f"{r.answer_action}, {r.refusal})\n  prompt: {clip(r.prompt)}\n  cites : "
+                          f"{r.answer_action}, {r.refusal})\n  prompt: {clip(r.prompt, width)}\n  cites : "
                           f"{', '.join(r.cited) if isinstance(r.cited, list) and r.cited else '(none)'}\n"
-                          f"  cot   : {clip(r.cot)}\n  answer: {clip(r.answer)}")
+                          f"  cot   : {clip(r.cot, width)}\n  answer: {clip(r.answer, width)}")
     return "\n\n".join(blocks)
 
 
@@ -491,9 +488,3 @@ def evaluation_info(selected: pd.DataFrame, variants: Sequence[Variant], params:
             "baseline": ev.baseline, "grading": "rule-based (delib.rules); StrongREJECT rubric LLM-graded by the judge",
             **(benchmarks or {})}
 
-
-def write_json(path: Path, data: dict) -> Path:
-    from .manifest import write_json_atomic
-
-    write_json_atomic(path, data)
-    return path

@@ -12,6 +12,7 @@ from typing import Optional
 import pandas as pd
 
 from .generate import THINK_CLOSE, THINK_OPEN, parse_completion
+from .io import write_jsonl
 
 
 def filter_samples(scored: pd.DataFrame, generated: pd.DataFrame, threshold: float, best_of_n: bool = True,
@@ -57,12 +58,6 @@ def rl_rows(prompts: pd.DataFrame) -> list[dict]:
             for r in train.itertuples()]
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
 
 
 def export_openai_chat(path: Path, rows: list[dict]) -> Path:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Iterable, Optional
 
 import yaml
 
+from .io import clip
 from .spec import Spec
 
 if TYPE_CHECKING:
@@ -279,10 +280,5 @@ def show_samples(samples: "pd.DataFrame", n: int = 3, usable_only: bool = True) 
     for r in rows.head(n).itertuples():
         blocks.append(f"[{r.prompt_id} #{r.sample_index}] {r.category}, expected {r.expected_action}\n"
                       f"  prompt : {r.prompt}\n  cites  : {', '.join(r.cited) or '(none)'}\n"
-                      f"  decided: {r.action or '(not stated)'}\n  cot    : {_clip(r.cot)}\n  answer : {_clip(r.answer)}")
+                      f"  decided: {r.action or '(not stated)'}\n  cot    : {clip(r.cot, 300)}\n  answer : {clip(r.answer, 300)}")
     return "\n\n".join(blocks) if blocks else "(no usable samples)"
-
-
-def _clip(text: str, width: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"

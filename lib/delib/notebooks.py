@@ -1,6 +1,8 @@
-"""Keeps the stage notebooks honest: their parameters cell mirrors `params/default.yaml`, in literals only.
+"""Keeps the stage notebooks honest: their parameters cell mirrors `params/smoke.yaml`, in literals only.
 
-`python -m delib.notebooks sync` rewrites every notebook's parameters cell from the default recipe;
+The notebooks carry the smoke recipe, so that opening one in Jupyter runs in minutes and nbval (`make test`)
+re-runs exactly what the stored outputs came from; `delib run` and papermill inject any other recipe.
+`python -m delib.notebooks sync` rewrites every notebook's parameters cell from the smoke recipe;
 a test checks that nothing has drifted.
 """
 from __future__ import annotations
@@ -13,7 +15,9 @@ from pathlib import Path
 from .config import load_params, as_papermill_parameters
 from .paths import STAGES, project_root
 
-HEADER = "# Parameters (papermill replaces these literals; derived values go in the next cell)\n"
+RECIPE = "params/smoke.yaml"  # what the notebooks carry; their stored outputs come from it
+HEADER = ("# Parameters: the smoke recipe (params/smoke.yaml). papermill and `delib run` replace these literals;\n"
+          "# derived values go in the next cell\n")
 
 
 def parameters_source(parameters: dict) -> str:
@@ -29,9 +33,9 @@ def parameters_cells(nb: dict) -> list[dict]:
 
 
 def sync(root: Path | None = None) -> list[Path]:
-    """Rewrite each stage notebook's parameters cell from params/default.yaml; return those that changed."""
+    """Rewrite each stage notebook's parameters cell from the smoke recipe; return those that changed."""
     root = root or project_root()
-    source = parameters_source(as_papermill_parameters(load_params(root / "params" / "default.yaml")))
+    source = parameters_source(as_papermill_parameters(load_params(root / RECIPE)))
     changed = []
     for stage in STAGES:
         path = root / "notebooks" / f"{stage}.ipynb"

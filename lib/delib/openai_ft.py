@@ -20,7 +20,7 @@ from pathlib import Path
 import typing_extensions
 from typing import Any, Callable, Optional
 
-from .manifest import write_json_atomic
+from .io import write_json_atomic
 
 NEW_JOBS_END = dt.date(2027, 1, 6)  # OpenAI accepts no new fine-tuning jobs from this day
 JOB_FILE = "openai_job.json"
@@ -80,12 +80,6 @@ def reinforcement_rows(rl_rows: list[dict], spec_for_category: dict[str, dict]) 
              "spec_for_category": spec_for_category[r["category"]]["text"]} for r in rl_rows]
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    """One JSON object per line, as the fine-tuning API takes training files."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 # ------------------------------------------------------------------------------------------------ validation

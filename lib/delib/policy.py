@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import RunParams
-from .manifest import write_json_atomic
+from .io import write_json_atomic
 from .paths import require, resolve
 from .prompts import load_prompt_sets, near_duplicates
 from .spec import Spec, count_tokens, load_spec, spec_for_category

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import pandas as pd
 
+from .io import write_json_atomic
 from .metrics import fmt, fmt_diff, wide_table
 
 EVAL = "06_evaluate"
@@ -312,8 +313,8 @@ def judge_summary(scored: pd.DataFrame, threshold: Optional[float], resamples: i
 
 
 def write_json(path: Path, doc: dict) -> Path:
-    path.write_text(json.dumps(_clean(doc), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    """metrics.json: NaN written as null (JSON has no NaN), atomically."""
+    return write_json_atomic(path, _clean(doc))
 
 
 # ------------------------------------------------------------------------------------------------ comparing runs

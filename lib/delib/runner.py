@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .config import ParamsError, RunParams, as_papermill_parameters, load_params
-from .manifest import Manifest, now, sha256_file, write_json_atomic
+from .io import sha256_file, write_json_atomic
+from .manifest import Manifest, now
 from .paths import STAGES, project_root, resolve, run_dir
 
 DONE_MARKER = "_done.json"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from .config import ModelRole, RunParams
-from .manifest import write_json_atomic
+from .io import clip, write_json_atomic
 from .models import server as embedded
 from .paths import require
 
@@ -358,14 +358,13 @@ def show_answers(table: "pd.DataFrame", width: int = 240) -> str:
     """The replies of `ask` as text, model by model under each prompt."""
     if table.empty:
         return "(no model to show here: stage 06 evaluates the trained models)"
-    clip = lambda t: (lambda s: s if len(s) <= width else s[: width - 1] + "…")(" ".join((t or "").split()))  # noqa: E731
     blocks = []
     for pid, group in table.groupby("prompt_id", sort=False):
         first = group.iloc[0]
         lines = [f"[{pid}] {first.category}, expected {first.expected_action}"]
         for r in group.itertuples():
-            lines.append(f"  {r.model:<5} cot   : {clip(r.cot) or '(none)'}")
-            lines.append(f"  {'':<5} answer: {clip(r.answer) or '(none)'}"
+            lines.append(f"  {r.model:<5} cot   : {clip(r.cot, width) or '(none)'}")
+            lines.append(f"  {'':<5} answer: {clip(r.answer, width) or '(none)'}"
                          + (f"   [{r.malformed}]" if r.malformed else ""))
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)

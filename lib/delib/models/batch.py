@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .usage import write_json_atomic
+from ..io import write_json_atomic
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 ENDPOINT = "/v1/chat/completions"

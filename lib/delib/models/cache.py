@@ -27,21 +27,8 @@ def call_key(material: dict) -> str:
     return hashlib.sha256(canonical_json({"v": KEY_VERSION, **material}).encode("utf-8")).hexdigest()
 
 
-_FILE_DIGESTS: dict[tuple, str] = {}
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file (model weights, adapters), remembered per (path, size, mtime) for this process."""
-    p = Path(path).resolve()
-    st = p.stat()
-    memo = (str(p), st.st_size, st.st_mtime_ns)
-    if memo not in _FILE_DIGESTS:
-        h = hashlib.sha256()
-        with p.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        _FILE_DIGESTS[memo] = h.hexdigest()
-    return _FILE_DIGESTS[memo]
 
 
 class CallCache:

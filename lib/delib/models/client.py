@@ -26,7 +26,8 @@ from pydantic import BaseModel
 from ..config import CacheParams, ModelRole
 from ..paths import project_root, resolve
 from . import server as embedded
-from .cache import CallCache, NoCache, call_key, file_sha256
+from ..io import sha256_file
+from .cache import CallCache, NoCache, call_key
 from .calls import ChatRequest, ChatResult, TokenLogprob, groups_by_first_message
 from .structured import (gbnf_for, json_object_response_format, openai_response_format, parse_reply,
                          response_schema)
@@ -327,10 +328,10 @@ class ModelClient:
             if role.backend == "embedded":
                 ident = f"embedded:{role.model}"
                 if self._transport is None:
-                    ident += f"@sha256:{file_sha256(embedded.embedded_model_path(role.model))[:16]}"
+                    ident += f"@sha256:{sha256_file(embedded.embedded_model_path(role.model))[:16]}"
                 if role.adapter:
                     adapter = resolve(role.adapter)
-                    ident += (f"+lora@sha256:{file_sha256(adapter)[:16]}" if adapter.is_file()
+                    ident += (f"+lora@sha256:{sha256_file(adapter)[:16]}" if adapter.is_file()
                               else f"+lora:{role.adapter}")
             self._identity = ident
         return self._identity

@@ -72,10 +72,14 @@ def _gguf_files(folder, depth: int = 0):
 
 
 def cpu_count() -> int:
+    """The cores this process may use, capped by OMP_NUM_THREADS when it is set (torch and llama.cpp both take
+    their thread counts from here, so one variable limits every worker of a run)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    cap = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return max(1, min(cores, int(cap))) if cap.isdigit() and int(cap) > 0 else cores
 
 
 def free_port() -> int:

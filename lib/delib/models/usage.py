@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from ..io import write_json_atomic
 
 USAGE_FILE = "usage.json"
 
@@ -44,21 +44,6 @@ def read_usage(stage_dir: str | Path) -> dict[str, Usage]:
     return {role: Usage(**totals) for role, totals in data.items()}
 
 
-def write_json_atomic(path: str | Path, data) -> None:
-    """Write JSON through a temporary file and os.replace, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def add_usage(stage_dir: str | Path, role_name: str, usage: Usage) -> dict[str, Usage]:

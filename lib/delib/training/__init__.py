@@ -10,7 +10,7 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING, Literal
 
-from ..manifest import write_json_atomic
+from ..io import write_json_atomic
 from ..paths import project_root, stage_dir
 from . import logs
 from .errors import ChatTemplateError, EmptyDatasetError, OutOfMemoryError, TrainingError

@@ -16,7 +16,7 @@ from typing import Optional
 
 import pandas as pd
 
-from ..manifest import write_json_atomic
+from ..io import write_json_atomic
 
 LOG_FILE, SUMMARY_FILE = "log.jsonl", "training.json"
 

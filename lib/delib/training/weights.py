@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from ..models.cache import file_sha256
+from ..io import sha256_file
 from ..paths import resolve
 from .errors import ChatTemplateError, TrainingError
 
@@ -46,7 +46,7 @@ def convert_gguf(gguf_path: Path, cache_dir: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    digest = file_sha256(gguf_path)
+    digest = sha256_file(gguf_path)
     folder = cache_dir / f"{gguf_path.stem}-{digest[:16]}"
     if (folder / SOURCE_FILE).is_file():
         return folder

@@ -1,0 +1,62 @@
+"""Files every stage writes and reads: atomic JSON, JSONL, file hashes, and text clipped for display.
+
+One implementation of each, so that every artifact of a run is written the same way (a reader never sees half a
+file, even when the writer is killed) and every hash of a file is the same hash.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+_FILE_DIGESTS: dict[tuple, str] = {}
+
+
+def _write_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` through a temporary file, fsync and os.replace; the temporary file never outlives a failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """JSON, indented, keys in the order given; values JSON lacks (paths, timestamps) written as strings."""
+    return _write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
+    """One JSON object per line (the form datasets, the fine-tuning APIs and pandas read), written atomically."""
+    return _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+
+
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a file (model weights, adapters, inputs), remembered per (path, size, mtime) for this process."""
+    p = Path(path).resolve()
+    st = p.stat()
+    memo = (str(p), st.st_size, st.st_mtime_ns)
+    if memo not in _FILE_DIGESTS:
+        h = hashlib.sha256()
+        with p.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _FILE_DIGESTS[memo] = h.hexdigest()
+    return _FILE_DIGESTS[memo]
+
+
+def clip(text: Any, width: int) -> str:
+    """`text` on one line (runs of white space folded), cut to `width` characters with an ellipsis."""
+    one_line = " ".join(str(text or "").split())
+    return one_line if len(one_line) <= width else one_line[: width - 1] + "…"
