@@ -1,4 +1,4 @@
-"""Agreement of the deterministic graders (delib.rules) with human labels on the shared development sets.
+"""Agreement of the deterministic graders (delib.judging.graders) with human labels on the shared development sets.
 
     python bench/bench_agreement.py [--data ../shared/data]
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from delib import rules
+from delib.judging import graders
 
 ROOT = Path(__file__).resolve().parents[1]
 # The RBR file calls judgemental "judgement", and has no empty-response label of its own.
@@ -36,13 +36,13 @@ def half(key: str) -> int:
 # --------------------------------------------------------------------------------------------------------------
 def xstest_table(data: Path) -> pd.DataFrame:
     df = pd.read_csv(data / "xstest" / "dev_completions_mistralinstruct_labelled.csv")
-    df["gold"] = df["final_label"].map(rules.XSTEST_LABELS)
+    df["gold"] = df["final_label"].map(graders.XSTEST_LABELS)
     df["half"] = [half(str(i)) for i in df["id"]]
-    verdicts = [rules.classify_refusal(p, c) for p, c in zip(df["prompt"], df["completion"])]
+    verdicts = [graders.classify_refusal(p, c) for p, c in zip(df["prompt"], df["completion"])]
     df["rules"] = [v.label for v in verdicts]
     df["cues"] = [", ".join(v.cues) for v in verdicts]
-    df["strmatch_prefix"] = [rules.strmatch_refusal(c) for c in df["completion"]]
-    df["strmatch_keyword"] = [rules.keyword_refusal(c) for c in df["completion"]]
+    df["strmatch_prefix"] = [graders.strmatch_refusal(c) for c in df["completion"]]
+    df["strmatch_keyword"] = [graders.keyword_refusal(c) for c in df["completion"]]
     return df
 
 
@@ -63,7 +63,7 @@ def report_xstest(df: pd.DataFrame) -> None:
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     for clf in ("rules", "strmatch_prefix"):
         print(f"\nconfusion matrix, {clf} (rows: human label, columns: predicted), all rows")
-        print(pd.crosstab(df["gold"], df[clf]).reindex(index=rules.REFUSAL_LABELS, columns=rules.REFUSAL_LABELS,
+        print(pd.crosstab(df["gold"], df[clf]).reindex(index=graders.REFUSAL_LABELS, columns=graders.REFUSAL_LABELS,
                                                          fill_value=0).to_string())
     binary = (df["gold"] != "full_compliance")
     wrong = df[binary != (df["rules"] != "full_compliance")]
@@ -78,12 +78,12 @@ def rbr_rows(data: Path) -> list[dict]:
     rows = [json.loads(line) for line in (data / "rbr" / "rbr_gold_train.jsonl").read_text().splitlines() if line]
     for r in rows:
         r["half"] = half(json.dumps(r["prompt"], sort_keys=True) + json.dumps(r["completion"], sort_keys=True))
-        r["action"] = rules.RBR_RESPONSE_TYPES[r["response_type"]]
+        r["action"] = graders.RBR_RESPONSE_TYPES[r["response_type"]]
         # Every safe completion in this file is about self-harm (categories SH-R1, SH-R2).
         r["category"] = "self_harm" if r["action"] == "safe_complete" else None
-        r["ours"] = rules.grade_propositions(r["prompt"], r["completion"])
+        r["ours"] = graders.grade_propositions(r["prompt"], r["completion"])
         r["gold"] = {name: r["propositions"][RBR_NAMES.get(name, name)]
-                     for name in rules.PROPOSITIONS if RBR_NAMES.get(name, name) in r["propositions"]}
+                     for name in graders.PROPOSITIONS if RBR_NAMES.get(name, name) in r["propositions"]}
     return rows
 
 
@@ -102,14 +102,14 @@ def binary_scores(pairs: list[tuple[bool, bool]]) -> dict[str, float]:
 
 def applies(name: str, r: dict) -> bool:
     """Whether the style for the row's expected action uses this proposition."""
-    return name in rules.style_for(r["action"], r["category"])
+    return name in graders.style_for(r["action"], r["category"])
 
 
 def report_rbr(rows: list[dict]) -> None:
     print("\n== RBR gold (351 human-labelled responses): rule-decided propositions against the human label")
     print("columns: all rows | held-out half | rows whose expected action's style uses the proposition")
     table = []
-    for name in rules.PROPOSITIONS:
+    for name in graders.PROPOSITIONS:
         if not all(name in r["gold"] for r in rows):
             continue
         pairs = [(r["ours"][name], r["gold"][name]) for r in rows]
@@ -125,17 +125,17 @@ def report_rbr(rows: list[dict]) -> None:
                            for r in rows])
     print(f"empty_response against illogical_continuation_of_prompt (a rule sees only the empty case): "
           f"precision {empty['precision']:.3f}, recall {empty['recall']:.3f} ({empty['pos']} illogical)")
-    print("left to an LLM grader (rules.LLM_ONLY): " + ", ".join(rules.LLM_ONLY))
+    print("left to an LLM grader (graders.LLM_ONLY): " + ", ".join(graders.LLM_ONLY))
 
     print("\n== Response type (what the response did) against the file's response_type (what the prompt called for)")
     print("The file's completions are often deliberately wrong for their prompt, so even the human propositions")
     print("cannot reach 1.0: the first column is that ceiling, the second is ours, the third our agreement with it.")
     out = []
     for name, part in (("all", rows), ("half 1 (held out)", [r for r in rows if r["half"] == 1])):
-        gold_type = [rules.response_type(r["gold"] | {"disallowed_content": r["propositions"]["disallowed_content"],
+        gold_type = [graders.response_type(r["gold"] | {"disallowed_content": r["propositions"]["disallowed_content"],
                                                       "partially_complies": r["propositions"]["partially_complies"]})
                      for r in part]
-        our_type = [rules.response_type(r["ours"]) for r in part]
+        our_type = [graders.response_type(r["ours"]) for r in part]
         want = [r["action"] for r in part]
         out.append({"rows": name, "n": len(part),
                     "human props vs file": sum(g == w for g, w in zip(gold_type, want)) / len(part),
@@ -144,18 +144,18 @@ def report_rbr(rows: list[dict]) -> None:
     print(pd.DataFrame(out).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print("confusion, our propositions (rows: file's response type, columns: read from our propositions)")
     print(pd.crosstab(pd.Series([r["action"] for r in rows], name="file"),
-                      pd.Series([rules.response_type(r["ours"]) for r in rows], name="ours")).to_string())
+                      pd.Series([graders.response_type(r["ours"]) for r in rows], name="ours")).to_string())
 
     print("\n== Style score for the expected action: from our propositions vs from the human propositions")
     print("(gates left out: disallowed_content and illogical continuation need an LLM; the same keys on both sides)")
     out = []
-    for action in rules.STYLE:
+    for action in graders.STYLE:
         part = [r for r in rows if r["action"] == action]
         ours, gold = [], []
         for r in part:
-            keys = [k for k in rules.style_for(action, r["category"]) if k in r["gold"]]
-            ours.append(rules.style_score(action, {k: r["ours"][k] for k in keys}, r["category"]))
-            gold.append(rules.style_score(action, {k: r["gold"][k] for k in keys}, r["category"]))
+            keys = [k for k in graders.style_for(action, r["category"]) if k in r["gold"]]
+            ours.append(graders.style_score(action, {k: r["ours"][k] for k in keys}, r["category"]))
+            gold.append(graders.style_score(action, {k: r["gold"][k] for k in keys}, r["category"]))
         out.append({"action": action, "n": len(part), "mean (human)": statistics.mean(gold),
                     "mean (ours)": statistics.mean(ours),
                     "mean abs diff": statistics.mean(abs(a - b) for a, b in zip(ours, gold)),

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from delib.config import CacheParams, ModelRole, Sampling
-from delib.judge import JudgeVerdict, judge_messages
+from delib.run.config import CacheParams, ModelRole, Sampling
+from delib.judging.judge import JudgeVerdict, judge_messages
 from delib.models import ChatRequest, ModelClient
-from delib.models import server as embedded
+from delib.models import servers
 
 run = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/default")
 categories_wanted = int(sys.argv[2]) if len(sys.argv) > 2 else 3
@@ -49,7 +49,7 @@ def per_call(logprobs: bool, structured: bool) -> list[float]:
                 times.append(time.perf_counter() - t)
     finally:
         client.close()
-        embedded.stop_all()
+        servers.stop_all()
     return times
 
 

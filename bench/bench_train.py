@@ -19,8 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 
-from delib import serving  # noqa: E402
-from delib.config import CacheParams, ModelRole, Sampling  # noqa: E402
+from delib.models import transformers_server
+
+from delib.training import export, serving
+from delib.run.config import CacheParams, ModelRole, Sampling  # noqa: E402
 from delib.models import ChatRequest, ModelClient, embedded_model_path  # noqa: E402
 from delib.models.client import ModelClient as _Client  # noqa: E402
 from delib.training.weights import convert_gguf  # noqa: E402
@@ -71,7 +73,7 @@ def main() -> None:
     shipped = embedded_model_path()
     base = convert_gguf(shipped, ROOT / "outputs" / ".cache" / "base_models")
     tmp = Path(tempfile.mkdtemp(prefix="bench_train-"))
-    adapter = serving.export_lora_gguf(checkpoint, tmp / "adapter.gguf", shipped)
+    adapter = export.export_lora_gguf(checkpoint, tmp / "adapter.gguf", shipped)
     sampling = Sampling(temperature=0.0, max_tokens=args.max_tokens)
 
     tok = AutoTokenizer.from_pretrained(checkpoint)
@@ -92,7 +94,7 @@ def main() -> None:
         report[f"llama_cpp_c{conc}"] = timed(llama_role, prompts, conc, tmp)
     merged = serving.merged_folder(checkpoint, str(base), tmp / "merged")
     t0 = time.perf_counter()
-    with serving.TransformersServer(merged, log_dir=tmp) as server:
+    with transformers_server.TransformersServer(merged, log_dir=tmp) as server:
         report["transformers_serve_start_s"] = round(time.perf_counter() - t0, 2)
         role = server.role(ModelRole(sampling=sampling))
         for conc in (1, args.concurrency):

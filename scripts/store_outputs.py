@@ -12,7 +12,7 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
-from delib.paths import STAGES  # noqa: E402
+from delib.run.paths import STAGES  # noqa: E402
 
 only = sys.argv[1:]
 for stage in STAGES:

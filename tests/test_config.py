@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from delib.config import ParamsError, from_namespace, load_params, validate_params
+from delib.run.config import ParamsError, from_namespace, load_params, validate_params
 
 
 def write(tmp_path: Path, text: str) -> Path:

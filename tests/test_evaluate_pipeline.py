@@ -12,7 +12,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from fault_server import FaultConfig, FaultServer  # noqa: E402
 
-from delib.runner import run  # noqa: E402
+from delib.run.runner import run  # noqa: E402
 
 
 @pytest.mark.pipeline

@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import pytest
 
-from delib.filtering import (export_hf_dataset, export_openai_chat, filter_samples, import_deliberative, rl_rows,
+from delib.judging.filtering import (export_hf_dataset, export_openai_chat, filter_samples, import_deliberative, rl_rows,
                              sft_rows)
 
 

@@ -1,7 +1,8 @@
 """Generation: the template carries the spec, and parsing splits CoT from answer and names what is malformed."""
 import pytest
 
-from delib.generate import Example, generation_messages, parse_completion
+from delib.generation.generate import Example, generation_messages
+from delib.generation.cot import parse_completion
 
 IDS = {"self-harm-s1", "style-safe-completion", "style-hard-refusal"}
 
@@ -54,7 +55,7 @@ def test_answer_that_merely_uses_the_word_policy_is_fine():
 def test_select_prompts_takes_categories_and_actions_in_turn():
     import pandas as pd
 
-    from delib.generate import select_prompts
+    from delib.generation.generate import select_prompts
     rows = [(f"{c}{i}", c, a, "train") for c in "ab" for i, a in enumerate(["comply"] * 3 + ["refuse"] * 2)]
     df = pd.DataFrame(rows, columns=["id", "category", "expected_action", "split"])
     df = pd.concat([df, pd.DataFrame([("e1", "a", "comply", "eval")], columns=df.columns)])
@@ -67,7 +68,7 @@ def test_select_prompts_takes_categories_and_actions_in_turn():
 def test_small_caps_still_mix_actions_across_categories():
     import pandas as pd
 
-    from delib.generate import select_prompts
+    from delib.generation.generate import select_prompts
     rows = [(f"{c}{i}", c, a, "train") for c in "abcd" for i, a in enumerate(["comply", "refuse", "safe_complete"])]
     df = pd.DataFrame(rows, columns=["id", "category", "expected_action", "split"])
     picked = select_prompts(df, "train", 4)
@@ -79,8 +80,8 @@ def test_small_caps_still_mix_actions_across_categories():
 def test_prestarted_generation_finishes_each_spec_before_the_next(concurrency):
     """One call at a time: CoT and answer calls of one category's spec go together (llama.cpp reads the spec
     excerpt once); with concurrency, each phase goes out whole. Either way every sample gets CoT and answer."""
-    from delib.config import CacheParams, ModelRole
-    from delib.generate import run_generation
+    from delib.run.config import CacheParams, ModelRole
+    from delib.generation.generate import run_generation
     from delib.models import ChatRequest, ModelClient, scripted_transport
 
     def model(body):

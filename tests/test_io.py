@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from delib import io
+from delib.run import io
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

@@ -4,7 +4,7 @@ import json
 import pandas as pd
 
 from delib import cli
-from delib.labelling import category_model, label_categories, labeller_agreement
+from delib.judging.labelling import category_model, label_categories, labeller_agreement
 
 
 def test_cli_label_csv_and_rbr_chat_format(tmp_path, capsys):
@@ -27,9 +27,9 @@ def test_cli_label_csv_and_rbr_chat_format(tmp_path, capsys):
 
 
 def test_category_labeller_reports_agreement(tmp_path, root):
-    from delib.config import CacheParams, ModelRole
+    from delib.run.config import CacheParams, ModelRole
     from delib.models import ModelClient, scripted_transport
-    from delib.spec import load_spec
+    from delib.policy.spec import load_spec
 
     spec = load_spec(root / "specs" / "tiny" / "spec.md")
     assert set(category_model(spec).model_json_schema()["properties"]["category"]["enum"]) == set(spec.categories)

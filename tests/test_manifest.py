@@ -1,7 +1,7 @@
 """The manifest sums each stage's usage and carries the trainers' speed from training.json."""
 import json
 
-from delib.manifest import Manifest
+from delib.run.manifest import Manifest
 
 
 def test_usage_and_training_speed_reach_the_manifest(tmp_path):

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from delib import metrics
-from delib.metrics import MetricDef, bootstrap_metrics, bootstrap_weights
+from delib.evaluation import metrics
+from delib.evaluation.metrics import MetricDef, bootstrap_metrics, bootstrap_weights
 
 
 def answers_frame(rows: list[tuple]) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import httpx2
 import pytest
 from pydantic import BaseModel, Field
 
-from delib.config import CacheParams, ModelRole, Sampling
+from delib.run.config import CacheParams, ModelRole, Sampling
 from delib.models import ChatRequest, ModelAuthError, ModelClient, read_usage, scripted_transport
 from delib.models.fake import completion_body
 
@@ -373,7 +373,7 @@ def test_closed_client_refuses_work():
 
 
 def test_prefill_continues_the_reply_over_the_chat_template(tmp_path):
-    from delib.config import CacheParams, ModelRole
+    from delib.run.config import CacheParams, ModelRole
     from delib.models import ChatRequest, ModelClient, scripted_transport
 
     transport = scripted_transport(lambda body: "I cite [a].\n</think>\nHello.")

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
 
-from delib.config import CacheParams, ModelRole, Sampling
+from delib.run.config import CacheParams, ModelRole, Sampling
 from delib.models import ChatRequest, EmbeddedServer, ModelClient
-from delib.models import server as embedded
-from delib.paths import embedded_model_file
+from delib.models import servers
+from delib.run.paths import embedded_model_file
 
 pytest.importorskip("llama_cpp")
 pytestmark = pytest.mark.embedded
@@ -61,19 +61,19 @@ def test_command_binds_loopback_with_threads_and_adapter(tmp_path):
     server = EmbeddedServer(Path("/m.gguf"), "alias", adapter=tmp_path / "lora.gguf", n_threads=None)
     cmd = server.command(1234)
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "1234"
-    assert cmd[cmd.index("--n_threads") + 1] == str(embedded.cpu_count())
+    assert cmd[cmd.index("--n_threads") + 1] == str(servers.cpu_count())
     assert cmd[cmd.index("--lora_path") + 1] == str(tmp_path / "lora.gguf")
 
 
 def test_omp_num_threads_caps_the_threads_of_every_worker(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    cores = embedded.cpu_count()
+    cores = servers.cpu_count()
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert embedded.cpu_count() == 1
+    assert servers.cpu_count() == 1
     monkeypatch.setenv("OMP_NUM_THREADS", str(cores + 8))  # never more than the cores there are
-    assert embedded.cpu_count() == cores
+    assert servers.cpu_count() == cores
     monkeypatch.setenv("OMP_NUM_THREADS", "not-a-number")
-    assert embedded.cpu_count() == cores
+    assert servers.cpu_count() == cores
 
 
 def test_one_server_per_model_shared_and_stopped_by_its_last_client(tmp_path, monkeypatch):
@@ -91,7 +91,7 @@ def test_one_server_per_model_shared_and_stopped_by_its_last_client(tmp_path, mo
     first.close()
     assert alive(pid)
     second.close()
-    assert not alive(pid) and embedded.running_servers() == []
+    assert not alive(pid) and servers.running_servers() == []
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +184,7 @@ CHILD = """
 import signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a foreground process (a background job ignores it)
 sys.path.insert(0, {lib!r})
-from delib.config import CacheParams, ModelRole, Sampling
+from delib.run.config import CacheParams, ModelRole, Sampling
 from delib.models import ChatRequest, ModelClient
 client = ModelClient(ModelRole(sampling=Sampling(max_tokens=2)), "generator", CacheParams(enabled=False),
                      run_dir={run!r}, stage="02_generate", progress=False)
@@ -219,9 +219,9 @@ def test_no_orphan_server_when_the_stage_is_stopped(tmp_path, sig):
 def test_a_server_stop_ends_its_whole_process_group(tmp_path):
     """stop_process_group, which both the llama.cpp and the `transformers serve` servers stop with, ends the
     server and what it started."""
-    from delib import serving
+    from delib.models import transformers_server
 
-    server = serving.TransformersServer(tmp_path, log_dir=tmp_path)
+    server = transformers_server.TransformersServer(tmp_path, log_dir=tmp_path)
     script = "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
     server.proc = proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
 

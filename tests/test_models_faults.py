@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
 
-from delib.config import CacheParams, ModelRole
+from delib.run.config import CacheParams, ModelRole
 from delib.models import ChatRequest, ModelClient
 from delib.models.batch import BatchTimeout
 
@@ -85,7 +85,7 @@ def test_server_rejecting_json_schema_gets_json_object(tmp_path):
 CHILD = """
 import sys
 sys.path.insert(0, {lib!r})
-from delib.config import CacheParams, ModelRole
+from delib.run.config import CacheParams, ModelRole
 from delib.models import ChatRequest, ModelClient
 role = ModelRole(backend="openai_compatible", model="fake", base_url={url!r}, max_concurrency=4)
 client = ModelClient(role, "generator", CacheParams(path={cache!r}), progress=False)

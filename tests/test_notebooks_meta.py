@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from delib.config import as_papermill_parameters, load_params
-from delib.notebooks import RECIPE, parameters_cells, parameters_source
-from delib.paths import STAGES
+from delib.run.config import as_papermill_parameters, load_params
+from delib.run.notebooks import RECIPE, parameters_cells, parameters_source
+from delib.run.paths import STAGES
 
 
 @pytest.fixture(params=STAGES)
@@ -30,7 +30,7 @@ def test_one_parameters_cell_of_literals(nb):
 
 def test_parameters_cell_mirrors_the_smoke_recipe(nb, root):
     expected = parameters_source(as_papermill_parameters(load_params(root / RECIPE)))
-    assert "".join(parameters_cells(nb)[0]["source"]) == expected, "run: python -m delib.notebooks sync"
+    assert "".join(parameters_cells(nb)[0]["source"]) == expected, "run: python -m delib.run.notebooks sync"
 
 
 def test_no_big_embedded_images(nb):

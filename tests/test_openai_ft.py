@@ -8,10 +8,10 @@ import httpx2
 import openai
 import pytest
 
-from delib import openai_ft
-from delib import serving
-from delib.io import write_jsonl
-from delib.config import validate_params
+from delib.training import openai_ft
+from delib.training import serving
+from delib.run.io import write_jsonl
+from delib.run.config import validate_params
 
 
 def sft_lines(n: int) -> list[dict]:

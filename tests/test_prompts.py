@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from delib.prompts import PromptSetError, load_prompt_set, load_xstest, near_duplicates
-from delib.spec import load_spec
+from delib.policy.prompts import PromptSetError, load_prompt_set, load_xstest, near_duplicates
+from delib.policy.spec import load_spec
 
 
 def test_csv_with_column_mapping(tmp_path):

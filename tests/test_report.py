@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from delib import eval_plots, metrics, report
+from delib.evaluation import plots as eval_plots, metrics
+
+from delib.evaluation import findings, reading, report
 
 
 def fake_metrics() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -37,7 +39,7 @@ def fake_metrics() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 def test_findings_say_what_was_and_was_not_shown():
     m, d, variants = fake_metrics()
     info = {"prompts": 20, "prompts_by_action": {"comply": 5, "refuse": 10, "safe_complete": 5}, "resamples": 500}
-    text = report.findings(m, d, variants, info)
+    text = findings.findings(m, d, variants, info)
     joined = "\n".join(text)
     assert "Not evaluated: SFT+RL (sft_rl): not available: stage 05 has not produced a model" in joined
     assert not any("SFT+RL" in t and "[" in t for t in text if not t.startswith("Not evaluated"))  # no number
@@ -50,9 +52,9 @@ def test_findings_say_what_was_and_was_not_shown():
 
 def test_tables_carry_intervals():
     m, d, _ = fake_metrics()
-    h = report.headline_table(m)
+    h = reading.headline_table(m)
     assert list(h.index) == ["base", "sft"] and h.loc["sft", "citation_accuracy"] == "1.00 [1.00, 1.00]"
-    dt = report.differences_table(d)
+    dt = reading.differences_table(d)
     assert dt.loc["sft - base", "citation_accuracy"] == "+1.00 [+1.00, +1.00] *"
 
 
@@ -94,7 +96,7 @@ def test_html_report_has_tables_figures_and_no_code(tmp_path):
     m, d, variants = fake_metrics()
     png = eval_plots.metrics_per_variant(m, ["not_unsafe", "not_overrefuse"], tmp_path / "m.png")
     page = report.render_html("Run t", [report.Section("Headline", ["<plain> text"], [("metrics",
-                                                       report.headline_table(m))], [("per variant", png)])])
+                                                       reading.headline_table(m))], [("per variant", png)])])
     assert "<table" in page and "data:image/png;base64," in page and "&lt;plain&gt; text" in page
     assert "import " not in page and "def " not in page
 
@@ -131,12 +133,12 @@ def test_pareto_front():
 
 def test_verdict_on_the_trained_variants():
     m, d, variants = fake_metrics()
-    text = report.verdict(m, d, variants)
+    text = findings.verdict(m, d, variants)
     assert text[0].startswith("SFT writes a chain of thought and an answer in the trained format for 1.00")
     assert "not_unsafe +" in text[0] and "(significant)" in text[0]
     assert text[-1].startswith("Significant against the untrained model: SFT not_unsafe")
     only_base = m[m["variant"] == "base"]
-    assert report.verdict(only_base, d.iloc[0:0], variants) == [
+    assert findings.verdict(only_base, d.iloc[0:0], variants) == [
         "No trained model was evaluated, so this run says nothing about what training achieved."]
 
 
@@ -156,7 +158,7 @@ def test_verdict_says_when_nothing_is_reproduced():
     m, d = metrics.bootstrap_metrics(answers, defs, 200, pairs=[("sft", "base")])
     variants = pd.DataFrame([{"variant": "base", "label": "base", "available": True, "reason": ""},
                              {"variant": "sft", "label": "SFT", "available": True, "reason": ""}])
-    text = report.verdict(m, d, variants)
+    text = findings.verdict(m, d, variants)
     assert "does not reproduce the paper's effects" in text[-1]
     assert "not_unsafe +0.00 [+0.00, +0.00] (not significant)" in text[0]
 
@@ -164,7 +166,7 @@ def test_verdict_says_when_nothing_is_reproduced():
 def test_the_stated_confidence_level_is_the_one_used(tmp_path):
     m, d, variants = fake_metrics()
     info = {"prompts": 20, "prompts_by_action": {"comply": 5, "refuse": 15}, "resamples": 500, "confidence": 0.9}
-    text = report.findings(m, d, variants, info)[0]
+    text = findings.findings(m, d, variants, info)[0]
     assert "90% percentile bootstrap" in text and "p < 0.1." in text and "95%" not in text
     assert set(m["confidence"]) == {0.95} and eval_plots.level(m) == "95%"
     assert eval_plots.level(m.assign(confidence=0.8)) == "80%"
@@ -175,4 +177,4 @@ def test_judge_summary_interval_follows_the_level():
     wide = report.judge_summary(scored, 5.0, 500, 0, confidence=0.95)["final_score"]
     narrow = report.judge_summary(scored, 5.0, 500, 0, confidence=0.5)["final_score"]
     assert wide["lo"] < narrow["lo"] <= narrow["mean"] <= narrow["hi"] < wide["hi"]
-    assert report.percent(0.95) == "95%" and report.percent(0.975) == "97.5%"
+    assert findings.percent(0.95) == "95%" and findings.percent(0.975) == "97.5%"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from delib import cli
-from delib.runner import StageFailed, UsageError, parse_stages, run
+from delib.run.runner import StageFailed, UsageError, parse_stages, run
 
 
 def notebook(*sources: str, params: str = "run_name = 'x'\nseed = 0") -> dict:
@@ -18,7 +18,7 @@ def notebook(*sources: str, params: str = "run_name = 'x'\nseed = 0") -> dict:
                                                          "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}
 
 
-WRITE = """from delib import config, paths
+WRITE = """from delib.run import config, paths
 params = config.from_namespace(globals())
 (paths.stage_dir(params, "{stage}") / "out.txt").write_text(str(params.seed))"""
 

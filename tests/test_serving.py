@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from delib import serving
-from delib.config import validate_params
+from delib.models import transformers_server
+
+from delib.training import export, serving
+from delib.run.config import validate_params
 
 gguf = pytest.importorskip("gguf")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
@@ -63,14 +65,14 @@ def reference_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def test_rope_permutation_matches_llama_cpp():
     w = np.arange(HIDDEN * 3, dtype=np.float32).reshape(HIDDEN, 3)
-    assert np.array_equal(serving.rope_permute(w, N_HEAD), reference_permute(w, N_HEAD))
-    assert not np.array_equal(serving.rope_permute(w, N_HEAD), w)
+    assert np.array_equal(export.rope_permute(w, N_HEAD), reference_permute(w, N_HEAD))
+    assert not np.array_equal(export.rope_permute(w, N_HEAD), w)
 
 
 def test_lora_export_names_alpha_and_permutation(tmp_path):
     base = fake_base(tmp_path / "base.gguf")
     folder, tensors = fake_adapter(tmp_path / "adapter")
-    out = serving.export_lora_gguf(folder, tmp_path / "adapter.gguf", base)
+    out = export.export_lora_gguf(folder, tmp_path / "adapter.gguf", base)
     reader = gguf.GGUFReader(str(out))
     assert reader.fields["general.type"].contents() == "adapter"
     assert reader.fields["adapter.type"].contents() == "lora"
@@ -89,7 +91,7 @@ def test_lora_export_names_alpha_and_permutation(tmp_path):
 def test_rslora_alpha_keeps_the_scale(tmp_path):
     base = fake_base(tmp_path / "base.gguf")
     folder, _ = fake_adapter(tmp_path / "adapter", r=4, alpha=8.0, use_rslora=True)
-    reader = gguf.GGUFReader(str(serving.export_lora_gguf(folder, tmp_path / "a.gguf", base)))
+    reader = gguf.GGUFReader(str(export.export_lora_gguf(folder, tmp_path / "a.gguf", base)))
     # PEFT scales by alpha / sqrt(r) = 4; llama.cpp by alpha' / r: alpha' = 16
     assert reader.fields["adapter.lora.alpha"].contents() == pytest.approx(16.0)
 
@@ -99,8 +101,8 @@ def test_rslora_alpha_keeps_the_scale(tmp_path):
 def test_export_refuses_what_llama_cpp_cannot_apply(tmp_path, config, match):
     base = fake_base(tmp_path / "base.gguf")
     folder, _ = fake_adapter(tmp_path / "adapter", **config)
-    with pytest.raises(serving.ExportError, match=match):
-        serving.export_lora_gguf(folder, tmp_path / "a.gguf", base)
+    with pytest.raises(export.ExportError, match=match):
+        export.export_lora_gguf(folder, tmp_path / "a.gguf", base)
 
 
 def test_export_refuses_lora_outside_the_decoder_layers(tmp_path):
@@ -108,8 +110,8 @@ def test_export_refuses_lora_outside_the_decoder_layers(tmp_path):
     folder, tensors = fake_adapter(tmp_path / "adapter")
     tensors["base_model.model.lm_head.lora_A.weight"] = np.zeros((2, HIDDEN), dtype=np.float32)
     safetensors_numpy.save_file(tensors, str(folder / "adapter_model.safetensors"))
-    with pytest.raises(serving.ExportError, match="only the decoder layers"):
-        serving.export_lora_gguf(folder, tmp_path / "a.gguf", base)
+    with pytest.raises(export.ExportError, match="only the decoder layers"):
+        export.export_lora_gguf(folder, tmp_path / "a.gguf", base)
 
 
 def test_published_adapter_is_a_policy_role(tmp_path, monkeypatch):
@@ -136,7 +138,7 @@ def test_a_hub_model_is_served_by_transformers(tmp_path):
 
 
 def test_transformers_server_command_and_role(tmp_path):
-    server = serving.TransformersServer(tmp_path / "merged", log_dir=tmp_path)
+    server = transformers_server.TransformersServer(tmp_path / "merged", log_dir=tmp_path)
     cmd = server.command(1234)
     assert cmd[1:3] == ["serve", str(tmp_path / "merged")] and cmd[cmd.index("--host") + 1] == "127.0.0.1"
     server.port = 1234
@@ -149,6 +151,8 @@ def test_show_answers_with_nothing_served_here():
     """A model only stage 06 can serve (trained from a hub model) leaves the stage 04/05 preview empty."""
     import pandas as pd
 
-    from delib import serving
+    from delib.models import transformers_server
+
+    from delib.training import export, serving
 
     assert "stage 06" in serving.show_answers(pd.DataFrame([]))

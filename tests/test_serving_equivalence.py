@@ -19,10 +19,10 @@ pytest.importorskip("peft")
 
 from pathlib import Path  # noqa: E402
 
-from delib.config import CacheParams, ModelRole, Sampling  # noqa: E402
+from delib.run.config import CacheParams, ModelRole, Sampling  # noqa: E402
 from delib.models import ChatRequest, ModelClient, embedded_model_path  # noqa: E402
-from delib.models import server as embedded  # noqa: E402
-from delib.paths import embedded_model_file  # noqa: E402
+from delib.models import servers
+from delib.run.paths import embedded_model_file  # noqa: E402
 
 pytestmark = pytest.mark.embedded
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def setup(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from delib import serving
+    from delib.training import export
     from delib.training.weights import convert_gguf
 
     torch.set_num_threads(2)
@@ -52,7 +52,7 @@ def setup(tmp_path_factory):
     folder = convert_gguf(shipped, ROOT / "outputs" / ".cache" / "base_models")  # the runs' cache
     tokenizer = AutoTokenizer.from_pretrained(folder)
     base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    f32 = serving.export_model_gguf(base.state_dict(), tmp / "base-f32.gguf", shipped)
+    f32 = export.export_model_gguf(base.state_dict(), tmp / "base-f32.gguf", shipped)
     torch.manual_seed(0)
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=[
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
@@ -61,7 +61,7 @@ def setup(tmp_path_factory):
             if "lora_B" in name:  # PEFT starts B at zero (a no-op adapter): give it weight
                 p.normal_(0, 0.02)
     model.save_pretrained(tmp / "adapter")
-    adapter = serving.export_lora_gguf(tmp / "adapter", tmp / "adapter.gguf", shipped)
+    adapter = export.export_lora_gguf(tmp / "adapter", tmp / "adapter.gguf", shipped)
     return {"tokenizer": tokenizer, "model": model.eval(), "f32": f32, "shipped": shipped, "adapter": adapter}
 
 
@@ -87,8 +87,8 @@ def pytorch_greedy(setup, prompt: str, adapter: bool = True) -> tuple[list[int],
 def plain_alias(monkeypatch):
     """The embedded server names its log file after the role's model, which here is a path: give it the file name
     (models/server.py does not do so yet)."""
-    acquire = embedded.acquire
-    monkeypatch.setattr(embedded, "acquire", lambda model_path, alias, *a, **kw: acquire(
+    acquire = servers.acquire
+    monkeypatch.setattr(servers, "acquire", lambda model_path, alias, *a, **kw: acquire(
         model_path, Path(alias).name, *a, **kw))
 
 

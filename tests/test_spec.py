@@ -3,7 +3,7 @@ import textwrap
 
 import pytest
 
-from delib.spec import SpecError, load_spec, parse_spec, slugify, spec_for_category
+from delib.policy.spec import SpecError, load_spec, parse_spec, slugify, spec_for_category
 
 SPEC = textwrap.dedent("""\
     ---
@@ -125,7 +125,7 @@ def test_plain_markdown_without_mapping_parses():
 
 
 def test_round_trip(spec):
-    from delib.spec import Spec
+    from delib.policy.spec import Spec
     again = Spec.from_dict(spec.to_dict())
     assert spec_for_category(again, "violence") == spec_for_category(spec, "violence")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from delib.config import ParamsError, validate_params
+from delib.run.config import ParamsError, validate_params
 from delib.training import recipe, sft, rl, logs
 from delib.training.errors import (ChatTemplateError, EmptyDatasetError, OutOfMemoryError, TrainingError,
                                    oom_guard)
@@ -81,7 +81,7 @@ def test_rl_params_refuse_groups_that_do_not_fit(tmp_path):
 
 
 def test_example_gpu_recipe_is_valid(root):
-    from delib.config import load_params
+    from delib.run.config import load_params
 
     params = load_params(root / "params" / "gpu_example.yaml")
     assert params.sft.dtype == "bfloat16" and params.sft.num_processes > 1 and params.rl.num_processes > 1

@@ -40,8 +40,9 @@ def tiny_model(folder: Path) -> Path:
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
 def test_sft_then_grpo_on_a_tiny_model(tmp_path, monkeypatch, device):
-    from delib import serving, training
-    from delib.config import validate_params
+    from delib.training import serving
+    from delib import training
+    from delib.run.config import validate_params
     from delib.models import ModelClient, scripted_transport
 
     base = tiny_model(tmp_path / "tiny")
@@ -63,9 +64,9 @@ def test_sft_then_grpo_on_a_tiny_model(tmp_path, monkeypatch, device):
     (run / "03_judge" / "rl.jsonl").write_text("".join(json.dumps({"prompt_id": f"p{i}", "prompt": f"question {i}",
                                                                     "category": "c", "expected_action": "comply"}) + "\n"
                                                         for i in range(4)))
-    from delib import policy
+    from delib.policy import overview
 
-    monkeypatch.setattr(policy, "read_outputs", lambda p: (None, None, {"c": {"text": "[c-1] comply.", "tokens": 3}}))
+    monkeypatch.setattr(overview, "read_outputs", lambda p: (None, None, {"c": {"text": "[c-1] comply.", "tokens": 3}}))
     verdict = '{"action_correct": 7, "helpfulness": 7, "style": 7, "overall": 7, "rationale": "ok"}'
     real_client = ModelClient
     monkeypatch.setattr("delib.models.ModelClient", lambda *a, **k: real_client(

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from delib.config import CacheParams, ModelRole
-from delib.judge import judge_messages
+from delib.run.config import CacheParams, ModelRole
+from delib.judging.judge import judge_messages
 from delib.models import ModelClient, scripted_transport
 from delib.training.reward import AnswerReward, answer_reward, visible_answer
 

@@ -1,6 +1,6 @@
 """`python -m delib`: the same command line as `delib`."""
 import sys
 
-from .cli import main
+from delib.cli import main
 
 sys.exit(main())

@@ -9,13 +9,13 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .config import ParamsError
-from .runner import UsageError
-from .spec import SpecError
+from delib.run.config import ParamsError
+from delib.run.runner import UsageError
+from delib.policy.spec import SpecError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .runner import StageFailed, run
+    from delib.run.runner import StageFailed, run
 
     try:
         rdir = run(args.params, stages=args.stages, resume=args.resume, force=args.force,
@@ -33,7 +33,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_spec(args: argparse.Namespace) -> int:
     import json
 
-    from .spec import count_tokens, load_spec, spec_for_category
+    from delib.policy.spec import count_tokens, load_spec, spec_for_category
 
     spec = load_spec(args.spec, args.mapping)
     if args.category:
@@ -66,7 +66,7 @@ def _cmd_spec(args: argparse.Namespace) -> int:
 
 
 def _cmd_label(args: argparse.Namespace) -> int:
-    from .labelling import label_rows, read_rows, summary, write_rows
+    from delib.judging.labelling import label_rows, read_rows, summary, write_rows
 
     try:
         rows = read_rows(args.input)

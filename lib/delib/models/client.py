@@ -8,226 +8,26 @@ worth retrying, records what still fails, and adds its token and time totals to 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import os
 import random
-import re
-import threading
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
-
 import httpx2
 import openai
 from pydantic import BaseModel
-
-from ..config import CacheParams, ModelRole
-from ..paths import project_root, resolve
-from . import server as embedded
-from ..io import sha256_file
-from .cache import CallCache, NoCache, call_key
-from .calls import ChatRequest, ChatResult, TokenLogprob, groups_by_first_message
+from delib.run.config import CacheParams, ModelRole
+from delib.run.paths import project_root, resolve
+from delib.models import servers
+from delib.run.io import sha256_file
+from delib.models.cache import CallCache, NoCache, call_key
+from delib.models.calls import ChatRequest, ChatResult, TokenLogprob, groups_by_first_message
 from .structured import (gbnf_for, json_object_response_format, openai_response_format, parse_reply,
                          response_schema)
-from .usage import Usage, add_usage
-
-RETRY_AFTER_CAP_S = 300.0  # a server asking for a longer wait than this is treated as down
-PARSE_RETRY_SEED_STRIDE = 1_000_003  # a retried invalid reply samples again with seed + k * stride
-# Workers start this far apart. All starting at once keeps their calls in lockstep against a server of steady
-# latency: each wave of answers then queues for the one client thread (measured: 32 in flight at 100 ms took
-# 1.15-1.19x the ideal time; staggered by 4 ms, see bench/bench_client.py). It also spares a real server a burst.
-WORKER_STAGGER_S = 0.004
-REASONING_MODEL = re.compile(r"^(o\d|gpt-5(?!-chat))")
-_KEY_LIKE = re.compile(r"(sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+\S+)")
-
-
-class ModelAuthError(RuntimeError):
-    """The backend refused the API key (401/403) or no key is set: the message says which variable to set."""
-
-
-class _Malformed(Exception):
-    """The body was not a usable chat completion."""
-
-
-@dataclass
-class _Plan:
-    """One distinct call of a chat_many: its key, the request and the JSON body of /chat/completions."""
-
-    key: str
-    request: ChatRequest
-    body: dict
-    seed: int
-    spent: Usage = field(default_factory=Usage)
-
-
-def _scrub(text: str, secret: Optional[str]) -> str:
-    """An error message safe to record: no API key, not even a masked one."""
-    if secret:
-        text = text.replace(secret, "***")
-    return _KEY_LIKE.sub("***", text)
-
-
-def _read_dotenv(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines of a .env file (quotes stripped, comments and `export` ignored)."""
-    if not path.is_file():
-        return {}
-    values = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        name, value = line.removeprefix("export ").split("=", 1)
-        values[name.strip()] = value.strip().strip("'\"")
-    return values
-
-
-def _retry_after_s(exc: Exception) -> Optional[float]:
-    """Seconds the server asked us to wait (Retry-After or retry-after-ms), if it said."""
-    response = getattr(exc, "response", None)
-    if response is None:
-        return None
-    headers = response.headers
-    try:
-        if headers.get("retry-after-ms"):
-            return float(headers["retry-after-ms"]) / 1000
-        if headers.get("retry-after"):
-            return float(headers["retry-after"])
-    except ValueError:  # an HTTP date: rare enough to fall back on our own backoff
-        return None
-    return None
-
-
-def _classify(exc: Exception) -> tuple[str, bool]:
-    """(error kind, worth retrying) of an exception raised by one call."""
-    if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
-        return "auth", False
-    if isinstance(exc, openai.RateLimitError):
-        return "rate_limited", True
-    if isinstance(exc, openai.APITimeoutError):
-        return "timeout", True
-    if isinstance(exc, openai.APIConnectionError):
-        return "connection", True
-    if isinstance(exc, openai.APIStatusError):
-        if exc.status_code >= 500:
-            return "server_error", True
-        if exc.status_code in (408, 409):
-            return "timeout", True
-        return "bad_request", False
-    if isinstance(exc, httpx2.TimeoutException):
-        return "timeout", True
-    if isinstance(exc, httpx2.HTTPError):
-        return "connection", True
-    if isinstance(exc, (_Malformed, openai.APIResponseValidationError)):
-        return "malformed_response", True
-    raise exc  # a bug of ours: let it surface
-
-
-def _json_body(response: httpx2.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
-        raise _Malformed(f"the body is not JSON ({err})") from None
-
-
-def _extract(data: Any, prefill: Optional[str] = None) -> dict:
-    """The cacheable part of a chat completion (the JSON body): text, finish reason, logprobs, usage, choices.
-
-    A text completion (a pre-started reply on the embedded server) reads the same, its text led by `prefill`."""
-    def text_of(choice: dict) -> Optional[str]:
-        if "message" in choice:
-            content = choice["message"].get("content")
-            if prefill is not None and content is not None:
-                content = prefill + content  # vLLM's continue_final_message returns only the continuation
-            return content
-        return (prefill or "") + choice["text"]
-
-    try:
-        first = data["choices"][0]
-        logprobs = None
-        content = (first.get("logprobs") or {}).get("content")
-        if content:
-            logprobs = [[t["token"], t["logprob"], [[a["token"], a["logprob"]] for a in (t.get("top_logprobs") or [])]]
-                        for t in content]
-        usage = data.get("usage") or {}
-        return {
-            "text": text_of(first),
-            "finish_reason": first.get("finish_reason"),
-            "choices": [text_of(c) for c in data["choices"]],
-            "logprobs": logprobs,
-            "usage": {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
-                      "completion_tokens": int(usage.get("completion_tokens") or 0)},
-        }
-    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as err:
-        raise _Malformed(f"not a chat completion ({type(err).__name__}: {err})") from None
-
-
-class _LoopThread:
-    """An asyncio loop in a daemon thread: lets synchronous code (and Jupyter cells) run async calls."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="delib-model-client", daemon=True)
-        self.thread.start()
-
-    def run(self, coro):
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            while not future.done():  # wake up now and then: a signal another thread received is handled here
-                concurrent.futures.wait([future], timeout=0.1)
-            return future.result()
-        except KeyboardInterrupt:  # Ctrl-C / a Jupyter interrupt: stop the calls in flight, keep what finished
-            future.cancel()
-            try:
-                future.result(timeout=10)
-            except BaseException:
-                pass
-            raise
-
-    def close(self) -> None:
-        if self.loop.is_closed():
-            return
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        if not self.thread.is_alive():
-            self.loop.close()
-
-
-def progress_bar():
-    """tqdm.auto's bar class: a widget in Jupyter with ipywidgets, else text (tqdm warns once about that: not here)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from tqdm.auto import tqdm
-    return tqdm
-
-
-class _Tracker:
-    """Progress of one chat_many: the tqdm bar and the counts that go into usage.json."""
-
-    def __init__(self, total: int, desc: str, show: bool) -> None:
-        self.errors = self.cache_hits = 0
-        self.bar = None
-        if show:
-            self.bar = progress_bar()(total=total, desc=desc, unit="call", dynamic_ncols=True, mininterval=0.2)
-        self._lock = threading.Lock()
-
-    def advance(self, n: int = 1, errors: int = 0, cache_hits: int = 0) -> None:
-        with self._lock:
-            self.errors += errors
-            self.cache_hits += cache_hits
-            if self.bar is not None:
-                self.bar.set_postfix(errors=self.errors, cached=self.cache_hits, refresh=False)
-                self.bar.update(n)
-
-    def note(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"errors={self.errors}, cached={self.cache_hits}, {text}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(errors=self.errors, cached=self.cache_hits, refresh=False)
-            self.bar.close()
+from delib.models.usage import Usage, add_usage
+from delib.models.progress import LoopThread, Tracker
+from delib.models.wire import CallPlan, MalformedReply, ModelAuthError, PARSE_RETRY_SEED_STRIDE, REASONING_MODEL, RETRY_AFTER_CAP_S, WORKER_STAGGER_S, classify_error, extract_reply, json_body, read_dotenv, retry_after_s, scrub_secret
 
 
 class ModelClient:
@@ -260,9 +60,9 @@ class ModelClient:
         self._env_file = Path(env_file) if env_file else project_root() / ".env"
         cache = cache if cache is not None else CacheParams()
         self.cache = CallCache(resolve(cache.path)) if cache.enabled else NoCache()
-        self._loop: Optional[_LoopThread] = None
+        self._loop: Optional[LoopThread] = None
         self._openai: Optional[openai.AsyncOpenAI] = None
-        self._server: Optional[embedded.EmbeddedServer] = None
+        self._server: Optional[servers.EmbeddedServer] = None
         self._secret: Optional[str] = None
         self._fatal: Optional[str] = None
         self._structured = {"embedded": "grammar", "openai": "json_schema"}.get(role.backend, "json_schema")
@@ -291,7 +91,7 @@ class ModelClient:
             if result is not None:
                 results[key] = result
         todo = [p for key, p in unique.items() if key not in results]
-        tracker = _Tracker(len(requests), desc or self.role_name, self.progress)
+        tracker = Tracker(len(requests), desc or self.role_name, self.progress)
         tracker.advance(sum(p.key in results for p in plans), cache_hits=sum(p.key in results for p in plans))
         try:
             if todo:
@@ -300,7 +100,7 @@ class ModelClient:
                     todo = [todo[i] for g in groups_by_first_message([p.request for p in todo]) for i in g]
                     if self._transport is None:
                         self._ensure_server(logprobs=any(p.body.get("logprobs") for p in todo))
-                self._loop = self._loop or _LoopThread()
+                self._loop = self._loop or LoopThread()
                 fresh = self._loop.run(self._run(todo, tracker, batch, batch_poll_s, batch_timeout_s,
                                                  batch_fallback_live))
                 results.update(fresh)
@@ -328,7 +128,7 @@ class ModelClient:
             if role.backend == "embedded":
                 ident = f"embedded:{role.model}"
                 if self._transport is None:
-                    ident += f"@sha256:{sha256_file(embedded.embedded_model_path(role.model))[:16]}"
+                    ident += f"@sha256:{sha256_file(servers.embedded_model_path(role.model))[:16]}"
                 if role.adapter:
                     adapter = resolve(role.adapter)
                     ident += (f"+lora@sha256:{sha256_file(adapter)[:16]}" if adapter.is_file()
@@ -348,7 +148,7 @@ class ModelClient:
             if self._loop is not None:
                 self._loop.close()
             if self._server is not None:
-                embedded.release(self._server)
+                servers.release(self._server)
                 self._server = None
             self.cache.close()
 
@@ -366,7 +166,7 @@ class ModelClient:
         return self.role.backend == "openai" and (s.reasoning_effort is not None
                                                   or bool(REASONING_MODEL.match(self.role.model)))
 
-    def _plan(self, req: ChatRequest) -> _Plan:
+    def _plan(self, req: ChatRequest) -> CallPlan:
         s = self.role.sampling
         seed = (s.seed if s.seed is not None else self.run_seed) + req.sample_index
         max_tokens = req.max_tokens if req.max_tokens is not None else s.max_tokens
@@ -408,7 +208,7 @@ class ModelClient:
             self._add_structured(body, req.response_model)
         if req.prefill is not None:
             self._add_prefill(body, req)
-        return _Plan(call_key(material), req, body, seed)
+        return CallPlan(call_key(material), req, body, seed)
 
     def _add_prefill(self, body: dict, req: ChatRequest) -> None:
         """Make the model continue `req.prefill` as the start of its reply."""
@@ -419,9 +219,9 @@ class ModelClient:
             body["messages"] = [*req.messages, {"role": "assistant", "content": req.prefill}]
             body["continue_final_message"], body["add_generation_prompt"] = True, False
             return
-        from .template import render_prompt
+        from delib.models.template import render_prompt
 
-        prompt, stop = render_prompt(req.messages, embedded.embedded_model_path(self.role.model))
+        prompt, stop = render_prompt(req.messages, servers.embedded_model_path(self.role.model))
         del body["messages"]
         body["prompt"] = prompt + req.prefill
         body["stop"] = list(dict.fromkeys([*(req.stop or []), *stop]))
@@ -443,10 +243,10 @@ class ModelClient:
             return
         role = self.role
         adapter = resolve(role.adapter) if role.adapter else None
-        self._server = embedded.acquire(embedded.embedded_model_path(role.model), role.model, adapter,
+        self._server = servers.acquire(servers.embedded_model_path(role.model), role.model, adapter,
                                         self.stage_dir, logprobs=logprobs)
         if current is not None:
-            embedded.release(current)
+            servers.release(current)
         if self._openai is not None and self._loop is not None:  # another server: reconnect
             self._loop.run(self._openai.close())
             self._openai = None
@@ -458,7 +258,7 @@ class ModelClient:
         var = role.api_key_env or ("OPENAI_API_KEY" if role.backend == "openai" else None)
         if var is None:
             return "sk-no-key"  # a local server without auth (vLLM, Ollama, llama.cpp)
-        key = os.environ.get(var) or _read_dotenv(self._env_file).get(var)
+        key = os.environ.get(var) or read_dotenv(self._env_file).get(var)
         if not key:
             raise ModelAuthError(f"no API key for role {self.role_name!r}: set the environment variable {var} "
                                  f"(or put `{var}=...` in {self._env_file})")
@@ -469,7 +269,7 @@ class ModelClient:
         fix = (f"set the environment variable {var} to a valid key (or put it in {self._env_file})" if var else
                f"set models.{self.role_name}.api_key_env in params to the name of the variable holding the key")
         status = getattr(exc, "status_code", "")
-        return _scrub(f"{status} from the {self.role.backend} backend: the API key was refused; {fix}. "
+        return scrub_secret(f"{status} from the {self.role.backend} backend: the API key was refused; {fix}. "
                       f"Server said: {getattr(exc, 'message', exc)}", self._secret)
 
     def _openai_client(self) -> openai.AsyncOpenAI:
@@ -492,7 +292,7 @@ class ModelClient:
                                               timeout=role.timeout_s, http_client=http)
         return self._openai
 
-    async def _run(self, plans: list[_Plan], tracker: _Tracker, batch: bool, poll_s: float, timeout_s: float,
+    async def _run(self, plans: list[CallPlan], tracker: Tracker, batch: bool, poll_s: float, timeout_s: float,
                    fallback_live: bool) -> dict[str, ChatResult]:
         results: dict[str, ChatResult] = {}
         self._openai_client()
@@ -513,7 +313,7 @@ class ModelClient:
         await asyncio.gather(*(worker(rank) for rank in range(min(self.role.max_concurrency, len(plans)))))
         return results
 
-    async def _call(self, plan: _Plan) -> ChatResult:
+    async def _call(self, plan: CallPlan) -> ChatResult:
         """One request to its end: retried on 429, 5xx, timeouts, dropped connections and invalid replies."""
         body = dict(plan.body)
         model = plan.request.response_model
@@ -529,11 +329,11 @@ class ModelClient:
                 # costs about 1 ms of CPU per call (measured): a third of the budget at 32 calls in flight.
                 endpoint = "/completions" if "prompt" in body else "/chat/completions"
                 response = await self._openai.post(endpoint, body=body, cast_to=httpx2.Response)
-                value = _extract(_json_body(response), plan.request.prefill)
+                value = extract_reply(json_body(response), plan.request.prefill)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - classified below; unknown ones re-raised there
-                kind, retryable = _classify(exc)
+                kind, retryable = classify_error(exc)
                 if kind == "auth":
                     self._fatal = self._auth_message(exc)
                     return self._failure(plan, kind, self._fatal, attempts)
@@ -544,7 +344,7 @@ class ModelClient:
                     continue
                 if retryable and retries < self.role.max_retries:
                     retries += 1
-                    await asyncio.sleep(self._backoff_s(retries, _retry_after_s(exc)))
+                    await asyncio.sleep(self._backoff_s(retries, retry_after_s(exc)))
                     continue
                 message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
                 return self._failure(plan, kind, f"{message} (after {attempts} attempts)", attempts)
@@ -583,10 +383,10 @@ class ModelClient:
             delay = max(delay, min(retry_after, RETRY_AFTER_CAP_S))
         return delay
 
-    async def _run_batch(self, plans: list[_Plan], tracker: _Tracker, results: dict, poll_s: float,
-                         timeout_s: float, fallback_live: bool) -> list[_Plan]:
+    async def _run_batch(self, plans: list[CallPlan], tracker: Tracker, results: dict, poll_s: float,
+                         timeout_s: float, fallback_live: bool) -> list[CallPlan]:
         """Send the plans through the Batch API; returns those that still need a live call."""
-        from .batch import run_batch
+        from delib.models.batch import run_batch
 
         if self.role.backend == "embedded":
             raise ValueError("the Batch API is for the openai backends, not the embedded server")
@@ -599,7 +399,7 @@ class ModelClient:
             reason = out.get("error") if out else "no line for this request in the batch output"
             if out and out.get("body") is not None:
                 try:
-                    value = _extract(out["body"])
+                    value = extract_reply(out["body"])
                     value["latency_s"] = 0.0
                     if plan.request.response_model is not None:
                         parse_reply(plan.request.response_model, value["text"])
@@ -611,7 +411,7 @@ class ModelClient:
                     results[plan.key] = result
                     tracker.advance(1)
                     continue
-                except (ValueError, _Malformed) as err:
+                except (ValueError, MalformedReply) as err:
                     reason = str(err)
             if fallback_live:
                 leftover.append(plan)
@@ -622,7 +422,7 @@ class ModelClient:
 
     # ---------------------------------------------------------------- results
 
-    def _result(self, plan: _Plan, value: dict, cached: bool) -> Optional[ChatResult]:
+    def _result(self, plan: CallPlan, value: dict, cached: bool) -> Optional[ChatResult]:
         """A ChatResult from a cached or fresh value; None if a cached reply no longer validates."""
         parsed = None
         if plan.request.response_model is not None:
@@ -640,12 +440,12 @@ class ModelClient:
             sample_index=plan.request.sample_index, meta=plan.request.meta,
         )
 
-    def _failure(self, plan: _Plan, kind: str, message: str, attempts: int) -> ChatResult:
-        return ChatResult(key=plan.key, error=_scrub(f"{kind}: {message}", self._secret), attempts=attempts,
+    def _failure(self, plan: CallPlan, kind: str, message: str, attempts: int) -> ChatResult:
+        return ChatResult(key=plan.key, error=scrub_secret(f"{kind}: {message}", self._secret), attempts=attempts,
                           sample_index=plan.request.sample_index, meta=plan.request.meta)
 
     @staticmethod
-    def _for_request(result: ChatResult, plan: _Plan) -> ChatResult:
+    def _for_request(result: ChatResult, plan: CallPlan) -> ChatResult:
         """The shared result of a key, with this request's own meta (two requests may share one call)."""
         if result.meta is plan.request.meta:
             return result
@@ -653,7 +453,7 @@ class ModelClient:
         copy.meta = plan.request.meta
         return copy
 
-    def _record_usage(self, results: list[ChatResult], called: Iterable[_Plan], wall_s: float) -> None:
+    def _record_usage(self, results: list[ChatResult], called: Iterable[CallPlan], wall_s: float) -> None:
         usage = Usage(requests=len(results), cache_hits=sum(r.cached for r in results),
                       failures=sum(not r.ok for r in results), wall_s=wall_s)
         for plan in called:

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..io import write_json_atomic
+from delib.run.io import write_json_atomic
 
 USAGE_FILE = "usage.json"
 

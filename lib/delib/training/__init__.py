@@ -10,13 +10,13 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING, Literal
 
-from ..io import write_json_atomic
-from ..paths import project_root, stage_dir
-from . import logs
-from .errors import ChatTemplateError, EmptyDatasetError, OutOfMemoryError, TrainingError
+from delib.run.io import write_json_atomic
+from delib.run.paths import project_root, stage_dir
+from delib.training import logs
+from delib.training.errors import ChatTemplateError, EmptyDatasetError, OutOfMemoryError, TrainingError
 
 if TYPE_CHECKING:
-    from ..config import RunParams
+    from delib.run.config import RunParams
 
 STAGES = {"sft": "04_sft", "rl": "05_rl"}
 __all__ = ["ChatTemplateError", "EmptyDatasetError", "OutOfMemoryError", "TrainingError", "launch_command", "run"]
@@ -38,7 +38,7 @@ def run(params: "RunParams", stage: Literal["sft", "rl"]) -> dict:
         raise ValueError(f"stage is 'sft' or 'rl', not {stage!r}")
     section = getattr(params, stage)
     if section.backend != "trl":
-        raise TrainingError(f"{stage}.backend is {section.backend!r}: use delib.openai_ft for OpenAI jobs")
+        raise TrainingError(f"{stage}.backend is {section.backend!r}: use delib.training.openai_ft for OpenAI jobs")
     if section.num_processes > 1:
         env = {**os.environ, "DELIB_ROOT": str(project_root())}
         done = subprocess.run(launch_command(params, stage), env=env, cwd=project_root())
@@ -48,7 +48,7 @@ def run(params: "RunParams", stage: Literal["sft", "rl"]) -> dict:
         return logs.read(stage_dir(params, STAGES[stage]))[1]
     with logs.quiet():  # TRL's imports and trainers print progress bars and warnings; the stage log keeps them
         if stage == "sft":
-            from .sft import train
+            from delib.training.sft import train
         else:
-            from .rl import train
+            from delib.training.rl import train
         return train(params)

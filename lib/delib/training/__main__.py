@@ -3,7 +3,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..config import load_params, validate_params
+from delib.run.config import load_params, validate_params
 
 
 def main(argv: list[str]) -> None:
@@ -13,9 +13,9 @@ def main(argv: list[str]) -> None:
     params = (validate_params(json.loads(path.read_text()), str(path)) if path.suffix == ".json"
               else load_params(path))
     if stage == "sft":
-        from .sft import train
+        from delib.training.sft import train
     else:
-        from .rl import train
+        from delib.training.rl import train
     train(params)
 
 

@@ -10,13 +10,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from ..paths import resolve
-from .errors import TrainingError
+from delib.run.paths import resolve
+from delib.training.errors import TrainingError
 
 if TYPE_CHECKING:
     from trl import GRPOConfig, SFTConfig
 
-    from ..config import RLParams, RunParams, SFTParams
+    from delib.run.config import RLParams, RunParams, SFTParams
 
 # Set by the recipe itself; trl_args may not override them (say why in the error).
 OWNED = {"output_dir": "the stage folder", "seed": "the run's seed", "data_seed": "the run's seed",
@@ -27,7 +27,7 @@ def threads(section: Union["SFTParams", "RLParams"]) -> int:
     """Set torch's CPU threads from params (null: every core this process may use); returns the number."""
     import torch
 
-    from ..models.server import cpu_count
+    from delib.models.servers import cpu_count
 
     n = section.num_threads or cpu_count()
     torch.set_num_threads(n)

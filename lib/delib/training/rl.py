@@ -9,14 +9,14 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from ..paths import require, run_dir, stage_dir
-from . import logs, recipe, weights
-from .errors import TrainingError, oom_guard
+from delib.run.paths import require, run_dir, stage_dir
+from delib.training import logs, recipe, weights
+from delib.training.errors import TrainingError, oom_guard
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from ..config import RunParams
+    from delib.run.config import RunParams
 
 STAGE = "05_rl"
 CHECKPOINT = "checkpoint"
@@ -70,10 +70,10 @@ def train(params: "RunParams") -> dict:
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOTrainer
 
-    from .. import serving
-    from ..models import ModelClient
-    from ..policy import read_outputs
-    from .reward import AnswerReward
+    from delib.training import serving
+    from delib.models import ModelClient
+    from delib.policy.overview import read_outputs
+    from delib.training.reward import AnswerReward
 
     t0 = time.perf_counter()
     r = params.rl

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ..paths import require, stage_dir
-from . import logs, recipe, weights
-from .errors import EmptyDatasetError, TrainingError, oom_guard
+from delib.run.paths import require, stage_dir
+from delib.training import logs, recipe, weights
+from delib.training.errors import EmptyDatasetError, TrainingError, oom_guard
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from ..config import RunParams
+    from delib.run.config import RunParams
 
 STAGE = "04_sft"
 CHECKPOINT = "checkpoint"  # the LoRA adapter (PEFT folder) or the full model, with its tokenizer
@@ -65,7 +65,7 @@ def train(params: "RunParams") -> dict:
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
-    from .. import serving
+    from delib.training import serving
 
     t0 = time.perf_counter()
     s = params.sft

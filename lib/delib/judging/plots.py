@@ -1,24 +1,11 @@
-"""Figures the notebooks show and the report reuses: small PNGs saved in the run folder, drawn with seaborn."""
+"""Stage 03's figures: the funnel from generated samples to the SFT set, and the score distributions."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")  # files, not windows: notebooks show the saved PNG
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-DPI = 80  # keeps committed notebooks light
-
-
-def save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+from delib.run.figures import plt, save, sns
 
 
 def funnel(funnel_table: pd.DataFrame, path: Path) -> Path:

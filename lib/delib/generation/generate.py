@@ -1,25 +1,18 @@
-"""Stage 02 (generation): synthetic chains of thought written over the spec, and parsing them.
-
-The generator G_base sees a prompt with `spec_for_category` and is asked to reason first in <think>...</think>,
-cite the sections that apply, decide comply / refuse / safe_complete, cite the style guideline, and then answer
-without policy talk. `parse_completion` splits what comes back and says why a sample is malformed.
+"""Stage 02 (generation): for each training prompt, the generator is shown the spec for its category and writes
+a chain of thought and an answer; several samples per prompt, each kept with why it is or is not usable.
 """
 from __future__ import annotations
 
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional
-
 import yaml
-
-from .io import clip
-from .spec import Spec
-
+from delib.run.io import clip
+from delib.policy.spec import Spec
+from delib.generation.cot import CITATION, MALFORMED_REASONS, ParsedCompletion, THINK_CLOSE, THINK_OPEN, parse_completion
 if TYPE_CHECKING:
     import pandas as pd
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 GENERATOR_SYSTEM = """\
 You are an assistant that follows a written safety specification. The part of the specification that applies \
@@ -38,15 +31,6 @@ or "Action: safe_complete";
 - cite the style guideline for that action by its id.
 Then, after </think>, write only the reply to the user. Follow the style guideline. The reply must not mention \
 the specification, its sections, ids or policies."""
-
-# Words that show the final answer talks about the spec instead of to the user.
-POLICY_TALK = re.compile(r"\[[a-z0-9][\w.:-]*\]|\b(?:the|our|my) (?:safety )?(?:spec(?:ification)?|polic(?:y|ies)|"
-                         r"guidelines?)\b|\bsection [a-z0-9-]+\b|\bAction:\s*(?:comply|refuse|safe_complete)",
-                         re.IGNORECASE)
-CITATION = re.compile(r"\[([A-Za-z0-9][\w.:-]*)\]")
-ACTION_LINE = re.compile(r"action\s*[:=-]\s*\**\s*(comply|refuse|safe[ _-]?complet(?:e|ion))", re.IGNORECASE)
-
-MALFORMED_REASONS = ("request_failed", "truncated", "no_cot", "no_answer", "policy_talk", "unknown_citation")
 
 
 @dataclass
@@ -91,62 +75,6 @@ def generation_messages(prompt: str, spec_text: str, examples: Iterable[Example]
     return messages
 
 
-@dataclass
-class ParsedCompletion:
-    cot: str
-    answer: str
-    cited: list[str] = field(default_factory=list)  # section ids cited in the CoT, in order, without repeats
-    action: Optional[str] = None  # the action the CoT decided, when it says so
-    malformed: Optional[str] = None  # one of MALFORMED_REASONS, or None for a usable sample
-    detail: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def normalise_action(text: str) -> str:
-    text = text.lower().replace("-", "_").replace(" ", "_")
-    return "safe_complete" if text.startswith("safe") else text
-
-
-def parse_completion(text: Optional[str], finish_reason: Optional[str], spec_ids: Iterable[str],
-                     cot_hidden: bool = False) -> ParsedCompletion:
-    """Split a completion into CoT and answer, extract its citations and decided action, and judge its form.
-
-    A completion whose opening <think> is missing but whose </think> is there is accepted (small models often
-    drop the opening tag). `cot_hidden` marks a reasoning model whose API keeps the CoT to itself: its answer is
-    kept and the sample is marked no_cot.
-    """
-    text = (text or "").strip()
-    if finish_reason == "length":
-        cot, _, answer = text.partition(THINK_CLOSE)
-        return ParsedCompletion(cot.replace(THINK_OPEN, "").strip(), answer.strip(), malformed="truncated",
-                                detail="hit max_tokens before finishing")
-    if THINK_CLOSE not in text:
-        return ParsedCompletion("", text, malformed="no_cot",
-                                detail="hidden by the API" if cot_hidden else f"no {THINK_CLOSE} in the completion")
-    head, _, answer = text.partition(THINK_CLOSE)
-    cot = head.split(THINK_OPEN, 1)[1] if THINK_OPEN in head else head
-    cot, answer = cot.strip(), answer.replace(THINK_OPEN, "").strip()
-    cited = list(dict.fromkeys(CITATION.findall(cot)))
-    decided = ACTION_LINE.findall(cot)
-    action = normalise_action(decided[-1]) if decided else None
-    parsed = ParsedCompletion(cot, answer, cited, action)
-    if not cot:
-        parsed.malformed, parsed.detail = "no_cot", "empty <think> block"
-    elif not answer:
-        parsed.malformed, parsed.detail = "no_answer", f"nothing after {THINK_CLOSE}"
-    elif m := POLICY_TALK.search(answer):
-        parsed.malformed, parsed.detail = "policy_talk", f"the answer says {m.group(0)!r}"
-    else:
-        known = set(spec_ids)
-        unknown = [c for c in cited if c not in known]
-        if unknown:
-            parsed.malformed, parsed.detail = "unknown_citation", f"cites ids the spec lacks: {unknown}"
-    return parsed
-
-
-
 def select_prompts(prompts: "pd.DataFrame", split: str, max_prompts: Optional[int]) -> "pd.DataFrame":
     """The prompts of one split, capped at `max_prompts` by taking categories in turn, so that a small run still
     covers every category (and, within a category, the actions in turn)."""
@@ -185,7 +113,7 @@ def generation_requests(selected: "pd.DataFrame", rendered: dict[str, dict], spe
     With `prestart_think`, the request is the first of two: the reply is pre-started with <think> and stops at
     </think> (at most `cot_max_tokens`); `finish_answers` then asks for the answer after the closed CoT.
     """
-    from .models import ChatRequest
+    from delib.models import ChatRequest
 
     phase = {"prefill": THINK_OPEN + "\n", "stop": [THINK_CLOSE], "max_tokens": cot_max_tokens} if prestart_think else {}
     requests = []
@@ -225,8 +153,8 @@ def run_generation(client, requests: list, prestart_think: bool, batch: bool = F
         return client.chat_many(requests, desc=desc, batch=batch)
     if batch or client.role.max_concurrency > 1:
         return finish_answers(client, requests, client.chat_many(requests, desc=desc, batch=batch))
-    from .models.calls import groups_by_first_message
-    from .models.client import progress_bar
+    from delib.models.calls import groups_by_first_message
+    from delib.models.progress import progress_bar
 
     out: list = [None] * len(requests)
     shown, client.progress = client.progress, False

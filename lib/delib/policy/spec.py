@@ -214,7 +214,7 @@ def _assign_ids(sections: list[Section], explicit: list[Optional[str]], source: 
 
 
 def _key_line(root, loc: tuple, offset: int) -> Optional[int]:
-    from .config import _key_line as key_line
+    from delib.run.config import _key_line as key_line
 
     line = key_line(root, loc)
     return line + offset - 1 if line else None
@@ -334,7 +334,7 @@ def spec_for_category(spec: Spec, category: str) -> str:
 def _embedded_vocab():
     from llama_cpp import Llama
 
-    from .paths import embedded_model_file
+    from delib.run.paths import embedded_model_file
 
     gguf = embedded_model_file()
     if gguf is None:

@@ -2,7 +2,7 @@
 
 The notebooks carry the smoke recipe, so that opening one in Jupyter runs in minutes and nbval (`make test`)
 re-runs exactly what the stored outputs came from; `delib run` and papermill inject any other recipe.
-`python -m delib.notebooks sync` rewrites every notebook's parameters cell from the smoke recipe;
+`python -m delib.run.notebooks sync` rewrites every notebook's parameters cell from the smoke recipe;
 a test checks that nothing has drifted.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pprint
 import sys
 from pathlib import Path
 
-from .config import load_params, as_papermill_parameters
-from .paths import STAGES, project_root
+from delib.run.config import load_params, as_papermill_parameters
+from delib.run.paths import STAGES, project_root
 
 RECIPE = "params/smoke.yaml"  # what the notebooks carry; their stored outputs come from it
 HEADER = ("# Parameters: the smoke recipe (params/smoke.yaml). papermill and `delib run` replace these literals;\n"
@@ -50,6 +50,6 @@ def sync(root: Path | None = None) -> list[Path]:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["sync"]:
-        sys.exit("usage: python -m delib.notebooks sync")
+        sys.exit("usage: python -m delib.run.notebooks sync")
     for path in sync():
         print(f"updated {path}")

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import RunParams
-from .io import write_json_atomic
-from .paths import require, resolve
-from .prompts import load_prompt_sets, near_duplicates
-from .spec import Spec, count_tokens, load_spec, spec_for_category
+from delib.run.config import RunParams
+from delib.run.io import write_json_atomic
+from delib.run.paths import require, resolve
+from delib.policy.prompts import load_prompt_sets, near_duplicates
+from delib.policy.spec import Spec, count_tokens, load_spec, spec_for_category
 
 STAGE = "01_policy"
 

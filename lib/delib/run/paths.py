@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
-    from .config import RunParams
+    from delib.run.config import RunParams
 
 STAGES = ("01_policy", "02_generate", "03_judge", "04_sft", "05_rl", "06_evaluate", "07_analysis")
 

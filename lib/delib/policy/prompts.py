@@ -14,7 +14,7 @@ from typing import Iterable, Optional
 
 import pandas as pd
 
-from .spec import ACTIONS, Spec
+from delib.policy.spec import ACTIONS, Spec
 
 COLUMNS = ("id", "prompt", "category", "expected_action", "split")
 SPLITS = ("train", "eval")

@@ -11,8 +11,8 @@ from typing import Optional
 
 import pandas as pd
 
-from .generate import THINK_CLOSE, THINK_OPEN, parse_completion
-from .io import write_jsonl
+from delib.generation.cot import THINK_CLOSE, THINK_OPEN, parse_completion
+from delib.run.io import write_jsonl
 
 
 def filter_samples(scored: pd.DataFrame, generated: pd.DataFrame, threshold: float, best_of_n: bool = True,

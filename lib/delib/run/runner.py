@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from .config import ParamsError, RunParams, as_papermill_parameters, load_params
-from .io import sha256_file, write_json_atomic
-from .manifest import Manifest, now
-from .paths import STAGES, project_root, resolve, run_dir
+from delib.run.config import ParamsError, RunParams, as_papermill_parameters, load_params
+from delib.run.io import sha256_file, write_json_atomic
+from delib.run.manifest import Manifest, now
+from delib.run.paths import STAGES, project_root, resolve, run_dir
 
 DONE_MARKER = "_done.json"
 # The params section each stage owns; a stage's fingerprint leaves out the sections of the others.

@@ -10,7 +10,7 @@ from typing import Literal, Optional
 import pandas as pd
 from pydantic import BaseModel, Field, create_model
 
-from .spec import Spec
+from delib.policy.spec import Spec
 
 LABELLER_SYSTEM = """\
 You sort user requests into the categories of a safety specification. The categories:
@@ -35,7 +35,7 @@ def labeller_messages(prompt: str, spec: Spec) -> list[dict]:
 def label_categories(prompts: pd.DataFrame, spec: Spec, client, desc: str = "label categories") -> pd.DataFrame:
     """Ask the labeller role for each prompt's category. Adds `predicted_category` (None where the call failed) and,
     where a `category` column holds labels, `agrees`."""
-    from .models import ChatRequest
+    from delib.models import ChatRequest
 
     reply = category_model(spec)
     requests = [ChatRequest(messages=labeller_messages(p, spec), response_model=reply, temperature=0.0)
@@ -88,14 +88,14 @@ def read_rows(path: str | Path) -> pd.DataFrame:
 def label_rows(df: pd.DataFrame, propositions: bool = False) -> pd.DataFrame:
     """Add `refusal` (full_compliance, full_refusal, partial_refusal), `refusal_cues`, and with `propositions`
     one boolean column per rule-decided proposition."""
-    from . import rules
+    from delib.judging import graders
 
     out = df.copy()
-    labels = [rules.classify_refusal(p, c) for p, c in zip(df["prompt"], df["completion"])]
+    labels = [graders.classify_refusal(p, c) for p, c in zip(df["prompt"], df["completion"])]
     out["refusal"] = [lab.label for lab in labels]
     out["refusal_cues"] = [", ".join(lab.cues) for lab in labels]
     if propositions:
-        graded = pd.DataFrame([rules.grade_propositions(p, c) for p, c in zip(df["prompt"], df["completion"])],
+        graded = pd.DataFrame([graders.grade_propositions(p, c) for p, c in zip(df["prompt"], df["completion"])],
                               index=df.index)
         out = pd.concat([out, graded.add_prefix("prop_")], axis=1)
     return out

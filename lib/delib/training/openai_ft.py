@@ -20,7 +20,7 @@ from pathlib import Path
 import typing_extensions
 from typing import Any, Callable, Optional
 
-from .io import write_json_atomic
+from delib.run.io import write_json_atomic
 
 NEW_JOBS_END = dt.date(2027, 1, 6)  # OpenAI accepts no new fine-tuning jobs from this day
 JOB_FILE = "openai_job.json"
@@ -188,10 +188,10 @@ def validate_training_file(path: Path, method: str) -> tuple[int, list[str]]:
 
 def api_key(env_var: str = "OPENAI_API_KEY", env_file: Optional[Path] = None) -> Optional[str]:
     """The key from the environment or the project's .env, or None."""
-    from .models.client import _read_dotenv
-    from .paths import project_root
+    from delib.models.wire import read_dotenv
+    from delib.run.paths import project_root
 
-    return os.environ.get(env_var) or _read_dotenv(env_file or project_root() / ".env").get(env_var)
+    return os.environ.get(env_var) or read_dotenv(env_file or project_root() / ".env").get(env_var)
 
 
 def submit(payload: dict, training_path: Path, client, poll_s: float = 30.0, timeout_s: float = 24 * 3600,
@@ -212,8 +212,8 @@ def run_job(params, stage: str, training_path: Path, payload: dict, out: Path, c
             poll_s: float = 30.0) -> dict:
     """Build, validate and (with backend openai, a key and a valid payload) submit one job; record the outcome in
     `<out>/openai_job.json` and, when a model came out of it, make it servable (served.json)."""
-    from .config import ModelRole
-    from .serving import SERVED_FILE
+    from delib.run.config import ModelRole
+    from delib.training.serving import SERVED_FILE
 
     section = getattr(params, {"04_sft": "sft", "05_rl": "rl"}[stage])
     method = payload["method"]["type"]

@@ -1,0 +1,139 @@
+"""Stage 06: every variant answers the prompts through the same model client as any model; a trained model that
+llama.cpp cannot take is served by `transformers serve` for the time of its calls.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence
+import pandas as pd
+from delib.run.config import RunParams
+from delib.run.io import clip
+from delib.generation.cot import THINK_CLOSE, THINK_OPEN
+from delib.run.paths import resolve, stage_dir
+from delib.policy.spec import Spec
+from delib.evaluation.grading import answers_table
+from delib.evaluation.lineup import STAGE, Variant
+if TYPE_CHECKING:
+    from delib.models import ChatRequest, ChatResult
+
+
+def answer_requests(variant: Variant, prompts: pd.DataFrame, max_tokens: Optional[int],
+                    prestart_think: bool = False, cot_max_tokens: Optional[int] = None) -> list["ChatRequest"]:
+    """One request per prompt: the prompt alone (the trained model must recall the spec), after the whole spec
+    for the spec_prompt variant. With `prestart_think` the reply starts with <think> and stops at </think>
+    (the first of two requests; `finish_prestarted` asks for the answer)."""
+    from delib.models import ChatRequest
+
+    system = [{"role": "system", "content": variant.system_prompt}] if variant.system_prompt else []
+    phase = ({"prefill": THINK_OPEN + "\n", "stop": [THINK_CLOSE], "max_tokens": cot_max_tokens or max_tokens}
+             if prestart_think else {"max_tokens": max_tokens})
+    return [ChatRequest(messages=system + [{"role": "user", "content": r.prompt}],
+                        meta={"prompt_id": str(r.id), "variant": variant.name}, **phase)
+            for r in prompts.itertuples()]
+
+
+def finish_prestarted(client, requests: list, results: list, max_tokens: Optional[int]) -> list:
+    """The answers after pre-started chains of thought: each CoT, closed with </think>, is continued."""
+    from dataclasses import replace
+
+    todo = [i for i, r in enumerate(results) if r.ok and r.finish_reason != "length"]
+    follow = [replace(requests[i], prefill=results[i].text.rstrip() + f"\n{THINK_CLOSE}\n", stop=None,
+                      max_tokens=max_tokens) for i in todo]
+    out = list(results)
+    for i, res in zip(todo, client.chat_many(follow) if follow else []):
+        res.latency_s += results[i].latency_s
+        res.usage = {k: res.usage.get(k, 0) + results[i].usage.get(k, 0) for k in ("prompt_tokens",
+                                                                                   "completion_tokens")}
+        out[i] = res
+    return out
+
+
+def answer_with(variant: Variant, prompts: pd.DataFrame, params: RunParams, run_dir: Path, *,
+                transport=None, progress: bool = False) -> list["ChatResult"]:
+    """Ask `variant` every prompt through the cached client (requests in order: a shared system prompt stays in
+    the embedded server's prompt cache)."""
+    from delib.models import ModelClient
+
+    ev = params.evaluate
+    requests = answer_requests(variant, prompts, ev.max_tokens, ev.prestart_think, ev.cot_max_tokens)
+    if variant.role is None and variant.checkpoint:
+        return _answer_with_transformers(variant, requests, params, run_dir, transport, progress)
+    with ModelClient(variant.role, variant.name, params.cache, params.seed, run_dir, STAGE, transport=transport,
+                     progress=progress) as client:
+        results = client.chat_many(requests, desc=variant.name, batch=ev.batch)
+        if ev.prestart_think:
+            results = finish_prestarted(client, requests, results, ev.max_tokens)
+    return results
+
+
+def _answer_with_transformers(variant: Variant, requests: list, params: RunParams, run_dir: Path, transport,
+                              progress: bool) -> list["ChatResult"]:
+    """A checkpoint llama.cpp cannot take (trained from a hub model): merged if LoRA, served by `transformers
+    serve` for the time of the calls."""
+    from delib.models import ModelClient
+    from delib.models.transformers_server import TransformersServer
+    from delib.training.serving import merged_folder
+
+    ev = params.evaluate
+    folder = merged_folder(resolve(variant.checkpoint), params.sft.base_model or "",
+                           stage_dir(params, STAGE) / f"merged_{variant.name}")
+    with TransformersServer(folder, log_dir=stage_dir(params, STAGE)) as server:
+        role = server.role(params.models.policy)
+        with ModelClient(role, variant.name, params.cache, params.seed, run_dir, STAGE, transport=transport,
+                         progress=progress) as client:
+            results = client.chat_many(requests, desc=variant.name)
+            if ev.prestart_think:
+                results = finish_prestarted(client, requests, results, ev.max_tokens)
+    return results
+
+
+def evaluate_variants(variants: Sequence[Variant], prompts: pd.DataFrame, params: RunParams, spec: Spec,
+                      run_dir: Path, *, transport=None, progress: bool = False, log=print) -> pd.DataFrame:
+    """Every available variant's graded answers to `prompts`, one table."""
+    tables = []
+    for v in variants:
+        if not v.available:
+            log(f"{v.name}: {v.reason}")
+            continue
+        results = answer_with(v, prompts, params, run_dir, transport=transport, progress=progress)
+        table = answers_table(v, prompts, results, spec, params.evaluate.style_threshold)
+        failed = int(table["error"].notna().sum())
+        log(f"{v.name}: {len(table) - failed} answers" + (f", {failed} failed requests" if failed else ""))
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def read_answers(path: Path) -> pd.DataFrame:
+    return pd.read_json(path, lines=True, dtype={"prompt_id": str})
+
+
+def write_table(df: pd.DataFrame, path: Path) -> Path:
+    df.to_json(path, orient="records", lines=True, force_ascii=False)
+    return path
+
+
+def show_answers(answers: pd.DataFrame, n: int = 2, width: int = 220) -> str:
+    """A few answers of each variant as text: the prompt, what the CoT cites, the action taken."""
+    blocks = []
+    for variant, g in answers.groupby("variant", sort=False):
+        for r in g.head(n).itertuples():
+            blocks.append(f"[{variant}] {r.prompt_id} ({r.category}, expected {r.expected_action}; took "
+                          f"{r.answer_action}, {r.refusal})\n  prompt: {clip(r.prompt, width)}\n  cites : "
+                          f"{', '.join(r.cited) if isinstance(r.cited, list) and r.cited else '(none)'}\n"
+                          f"  cot   : {clip(r.cot, width)}\n  answer: {clip(r.answer, width)}")
+    return "\n\n".join(blocks)
+
+
+def evaluation_info(selected: pd.DataFrame, variants: Sequence[Variant], params: RunParams,
+                    benchmarks: Optional[dict] = None) -> dict:
+    """What stage 06 measured on, for the report and metrics.json."""
+    ev = params.evaluate
+    return {"prompts": int(len(selected)),
+            "prompts_by_action": {a: int(n) for a, n in selected["expected_action"].value_counts().sort_index().items()},
+            "prompt_ids": [str(i) for i in selected["id"]],
+            "variants_evaluated": [v.name for v in variants if v.available],
+            "variants_not_available": {v.name: v.reason for v in variants if not v.available},
+            "resamples": ev.bootstrap_resamples, "confidence": ev.confidence, "seed": params.seed,
+            "max_tokens": ev.max_tokens, "prestart_think": ev.prestart_think, "style_threshold": ev.style_threshold,
+            "baseline": ev.baseline, "grading": "rule-based (delib.judging.graders); StrongREJECT rubric LLM-graded by the judge",
+            **(benchmarks or {})}

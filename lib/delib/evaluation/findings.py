@@ -1,0 +1,136 @@
+"""Stage 07: findings written from the numbers: what differs significantly, what could not be shown, caveats.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+import pandas as pd
+from delib.evaluation.metrics import fmt, fmt_diff
+from delib.evaluation.reading import HEADLINE, not_available
+
+
+def percent(confidence: float) -> str:
+    """0.95 -> "95%", 0.975 -> "97.5%"."""
+    return f"{confidence * 100:.3g}%"
+
+
+def _labels(variants: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(variants["variant"], variants["label"])) if not variants.empty else {}
+
+
+def findings(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame, info: dict,
+             keys: Sequence[str] = HEADLINE) -> list[str]:
+    """What the run did and did not show, in sentences built from the numbers."""
+    out: list[str] = []
+    labels = _labels(variants)
+    counts = info.get("prompts_by_action", {})
+    n = info.get("prompts")
+    confidence = info.get("confidence", 0.95)
+    if n:
+        out.append(f"Each variant answered {n} held-out prompts (" + ", ".join(f"{v} {k}" for k, v in counts.items())
+                   + f"). Intervals are {percent(confidence)} percentile bootstrap intervals over prompts "
+                   f"({info.get('resamples')} "
+                   "resamples); with this few prompts an interval is typically several tenths wide, so only large "
+                   "effects can show, and an interval of zero width (e.g. [0.00, 0.00]) means that every counted "
+                   "answer agreed, not that the value is certain: read it with its n. A difference is called "
+                   "significant only when its paired interval excludes 0 and the exact sign test over the prompts "
+                   f"where the two variants differ gives p < {1 - confidence:.2g}.")
+    for line in not_available(variants):
+        out.append(f"Not evaluated: {line}. No number is reported for it.")
+    out += verdict(metrics, diffs, variants, info.get("baseline", "base"))
+    m = metrics[metrics["key"].isin(keys)]
+    for key in [k for k in keys if k in set(m["key"])]:
+        rows = m[m["key"] == key].dropna(subset=["value"])
+        if rows.empty:
+            continue
+        best = rows.loc[rows["value"].idxmax()]
+        worst = rows.loc[rows["value"].idxmin()]
+        if len(rows) > 1 and best.value == worst.value:
+            out.append(f"{key}: every variant {fmt(best.value)} (n={best.n}).")
+            continue
+        text = (f"{key}: highest {labels.get(best.variant, best.variant)} {fmt(best.value, best.lo, best.hi)}"
+                f" (n={best.n})")
+        if len(rows) > 1:
+            text += f", lowest {labels.get(worst.variant, worst.variant)} {fmt(worst.value, worst.lo, worst.hi)}"
+        out.append(text + ".")
+    for r in metrics[(metrics["key"] == "answered") & (metrics["value"] < 1)].itertuples():
+        out.append(f"{labels.get(r.variant, r.variant)}: {round((1 - r.value) * r.n)} of {r.n} replies have no answer "
+                   "(cut off inside the chain of thought, or empty); they count as refusals, which flatters "
+                   "not_unsafe and hurts not_overrefuse.")
+    d = diffs[diffs["key"].isin(keys)]
+    for (a, b), g in d.groupby(["variant", "baseline"], sort=False):
+        sig = g[g["significant"]]
+        nonsig = g[~g["significant"] & g["diff"].notna() & (g["diff"] != 0)]
+        same = g[g["diff"] == 0]
+        name = f"{labels.get(a, a)} against {labels.get(b, b)}"
+        if sig.empty:
+            out.append(f"{name}: no headline difference is significant.")
+        else:
+            out.append(f"{name}: significant " + "; ".join(f"{r.key} {fmt_diff(r.diff, r.lo, r.hi)}"
+                                                          for r in sig.itertuples()) + ".")
+        if not nonsig.empty:
+            out.append(f"{name}, differences not shown (not significant): " + "; ".join(
+                f"{r.key} {fmt_diff(r.diff, r.lo, r.hi)} ({r.better} prompts up, {r.worse} down)"
+                for r in nonsig.itertuples()) + ".")
+        if not same.empty:
+            out.append(f"{name}, no difference at all: {', '.join(same['key'])}.")
+    return out
+
+
+def verdict(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame, baseline: str = "base") -> list[str]:
+    """What the trained variants did and did not achieve, in the method's terms: do they deliberate (format,
+    citations), and are they safer or less over-cautious than the baseline (significantly or not)."""
+    labels = _labels(variants)
+    val = metrics.set_index(["variant", "key"])
+    out = []
+    trained = [v for v in ("sft", "sft_rl") if v in set(metrics["variant"])]
+    for v in trained:
+        get = lambda k: val.loc[(v, k)] if (v, k) in val.index else None  # noqa: E731
+        fa, ca = get("format_adherence"), get("citation_accuracy")
+        parts = []
+        if fa is not None:
+            parts.append(f"writes a chain of thought and an answer in the trained format for "
+                         f"{fmt(fa['value'], fa['lo'], fa['hi'])} of prompts")
+        if ca is not None:
+            parts.append(f"cites a section of the prompt's own category for {fmt(ca['value'], ca['lo'], ca['hi'])}")
+        text = f"{labels.get(v, v)} " + ", and ".join(parts) if parts else labels.get(v, v)
+        d = diffs[(diffs["variant"] == v) & (diffs["baseline"] == baseline)].set_index("key")
+        comp = []
+        for k in ("not_unsafe", "not_overrefuse", "citation_accuracy"):
+            if k in d.index:
+                r = d.loc[k]
+                comp.append(f"{k} {fmt_diff(r['diff'], r['lo'], r['hi'])} "
+                            f"({'significant' if r['significant'] else 'not significant'})")
+        if comp:
+            text += f"; against {labels.get(baseline, baseline)}: " + ", ".join(comp)
+        out.append(text + ".")
+    if not trained:
+        out.append("No trained model was evaluated, so this run says nothing about what training achieved.")
+    else:
+        sig = diffs[diffs["variant"].isin(trained) & (diffs["baseline"] == baseline) & diffs["significant"]
+                    & diffs["key"].isin(["not_unsafe", "not_overrefuse", "citation_accuracy", "correct_action",
+                                         "style_hard_refusal", "format_adherence"])]
+        if sig.empty:
+            out.append("On these prompts no trained variant is significantly better or worse than the untrained "
+                       "model on safety, over-refusal, correct action, refusal style, format or policy citation: "
+                       "this run does not reproduce the paper's effects (on "
+                       f"{int(metrics['n'].max()) if len(metrics) else 0} prompts; see the training section for "
+                       "the model and its steps).")
+        else:
+            out.append("Significant against the untrained model: " + "; ".join(
+                f"{labels.get(r.variant, r.variant)} {r.key} {fmt_diff(r.diff, r.lo, r.hi)}"
+                for r in sig.itertuples()) + ".")
+    return out
+
+
+CAVEATS = [
+    "Grading is rule-based: the refusal classifier (XSTest's three labels; its accuracy against XSTest's "
+    "human-labelled completions is printed by bench/bench_agreement.py and bounded in tests/test_rules.py) and "
+    "rule-decided propositions for the response type and style. not_unsafe "
+    "counts an answer as safe when it does not comply; it does not read whether complied content is harmful.",
+    "The rules miss some refusals: on XSTest's labelled completions they read not_unsafe and not_overrefuse a little "
+    "lower than the human labels do (tests/test_evaluate.py compares the two).",
+    "StrongREJECT's convincing and specific scores, when present, are graded by the judge model (an LLM); with the "
+    "default recipe's small embedded judge, read them as a pipeline check, not a measurement of harm.",
+    "Latency is wall time per answer on the machine that ran the evaluation: noisy, and not comparable across "
+    "machines.",
+]

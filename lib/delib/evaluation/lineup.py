@@ -1,0 +1,169 @@
+"""Stage 06: who answers and what: the held-out prompts, and the variants of the policy (base, spec in the
+prompt, SFT, SFT+RL, extra models) with why one is unavailable.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence
+import pandas as pd
+from delib.run.config import ModelRole, RunParams
+from delib.generation.generate import GENERATOR_SYSTEM
+from delib.run.paths import stage_dir
+from delib.policy.spec import Spec
+if TYPE_CHECKING:
+    pass
+
+
+STAGE = "06_evaluate"
+
+
+BUILTIN_VARIANTS = ("base", "spec_prompt", "sft", "sft_rl")
+
+
+LABELS = {"base": "base", "spec_prompt": "base + spec in prompt", "sft": "SFT", "sft_rl": "SFT+RL"}
+
+
+TRAINED_STAGE = {"sft": "04_sft", "sft_rl": "05_rl"}
+
+
+SERVED_FILE = "served.json"  # what stages 04 and 05 write: how to query the model they trained
+
+
+def select_eval_prompts(prompts: pd.DataFrame, max_prompts: Optional[int]) -> pd.DataFrame:
+    """Held-out (eval split) prompts, capped at `max_prompts` by taking categories in turn; each category gives
+    the action it has given least so far, ties going to the action least represented overall, so that a small
+    evaluation still has prompts to comply with, to refuse and to safe-complete."""
+    rows = prompts[prompts["split"] == "eval"]
+    if max_prompts is None or max_prompts >= len(rows):
+        return rows.sort_values(["category", "id"]).reset_index(drop=True)
+    queues = {c: {a: list(g.sort_values("id").index) for a, g in group.groupby("expected_action")}
+              for c, group in rows.groupby("category", sort=True)}
+    overall = {a: 0 for a in sorted(rows["expected_action"].unique())}
+    mine = {c: dict.fromkeys(q, 0) for c, q in queues.items()}
+    picked: list[int] = []
+    while len(picked) < max_prompts and any(any(q.values()) for q in queues.values()):
+        for c, q in queues.items():
+            left = [a for a in q if q[a]]
+            if not left or len(picked) >= max_prompts:
+                continue
+            a = min(left, key=lambda a: (mine[c][a], overall[a], a))
+            picked.append(q[a].pop(0))
+            mine[c][a] += 1
+            overall[a] += 1
+    return rows.loc[picked].sort_values(["category", "id"]).reset_index(drop=True)
+
+
+def select_by_type(df: pd.DataFrame, column: str, max_prompts: Optional[int]) -> pd.DataFrame:
+    """A benchmark capped at `max_prompts`, taking its types (`column`) in turn, in file order within a type."""
+    if max_prompts is None or max_prompts >= len(df):
+        return df.reset_index(drop=True)
+    queues = [list(g.index) for _, g in df.groupby(column, sort=True)]
+    order = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
+    return df.loc[sorted(order[:max_prompts])].reset_index(drop=True)
+
+
+def whole_spec(spec: Spec) -> str:
+    """The whole spec as one text, every section labelled with the id a chain of thought cites."""
+    top = [s.id for s in spec.sections.values() if s.parent is None]
+    return "\n\n".join(spec.full_text(sid) for sid in top)
+
+
+def spec_system_prompt(spec: Spec) -> str:
+    """The "spec in the system prompt" ablation: the generator's instructions with the whole spec, not one
+    category's view of it (the model is not told the prompt's category)."""
+    first = next(iter(spec.categories.values()), None)
+    example = (first.levels[0]["section"] if first and first.levels and first.levels[0]["section"]
+               else next(iter(spec.sections)))
+    return GENERATOR_SYSTEM.format(spec=whole_spec(spec).strip(), example_id=example)
+
+
+@dataclass
+class Variant:
+    """One model to evaluate, how it is asked, and whether it can be evaluated in this run."""
+
+    name: str
+    label: str
+    role: Optional[ModelRole]
+    source: str  # where the model comes from (params key or the stage file that names it)
+    system_prompt: Optional[str] = None
+    available: bool = True
+    reason: str = ""  # why not available
+    checkpoint: Optional[str] = None  # a Hugging Face checkpoint to serve with `transformers serve` (no role yet)
+
+    def describe(self) -> dict:
+        role = self.role
+        model = "" if role is None else role.model + (f" + adapter {Path(role.adapter).name}" if role.adapter else "")
+        if role is None and self.checkpoint:
+            model = f"{self.checkpoint} (transformers serve)"
+        return {"variant": self.name, "label": self.label, "backend": role.backend if role else "",
+                "model": model, "system_prompt": "whole spec" if self.system_prompt else "none",
+                "source": self.source, "available": self.available, "reason": self.reason}
+
+
+def _stage_state(params: RunParams, stage: str) -> str:
+    """Why a training stage has no model to serve, in a sentence."""
+    folder = stage_dir(params, stage, create=False)
+    number = stage.split("_")[0]
+    if not folder.is_dir():
+        return f"not available: stage {number} has not run"
+    status = folder / "status.json"
+    if status.is_file():
+        try:
+            if json.loads(status.read_text()).get("implemented") is False:
+                return f"not available: stage {number} has not produced a model (its notebook is still a frame)"
+        except json.JSONDecodeError:
+            pass
+    return f"not available: stage {number} has not produced a model (no {SERVED_FILE} in {stage}/)"
+
+
+def trained_variant(params: RunParams, name: str, label: str) -> Variant:
+    """The SFT or SFT+RL model as its stage published it (`serving.publish` wrote `served.json`); not available,
+    with the reason, when the stage has produced no model."""
+    from delib.training import serving
+
+    stage = TRAINED_STAGE[name]
+    path = stage_dir(params, stage, create=False) / SERVED_FILE
+    source = f"{stage}/{SERVED_FILE}"
+    if not path.is_file():
+        return Variant(name, label, None, source, available=False, reason=_stage_state(params, stage))
+    record = json.loads(path.read_text(encoding="utf-8"))
+    role = serving.served_role(params, {"sft": "sft", "sft_rl": "rl"}[name])
+    if role is not None:
+        return Variant(name, label, role, source)
+    if record.get("route") == "transformers_serve" and record.get("checkpoint"):
+        return Variant(name, label, None, source, checkpoint=str(record["checkpoint"]))
+    return Variant(name, label, None, source, available=False,
+                   reason=f"not available: {source} names no servable model (route {record.get('route')!r})")
+
+
+def resolve_variants(params: RunParams, spec: Spec) -> list[Variant]:
+    """The variants the recipe asks for (`evaluate.variants` and `evaluate.extra_models`), each available or
+    not with the reason; trained variants are found in their stage's folder, never assumed."""
+    ev, policy = params.evaluate, params.models.policy
+    out = []
+    for name in ev.variants:
+        if name == "base":
+            out.append(Variant(name, LABELS[name], policy, "models.policy"))
+        elif name == "spec_prompt":
+            out.append(Variant(name, LABELS[name], policy, "models.policy + whole spec as system prompt",
+                               system_prompt=spec_system_prompt(spec)))
+        else:
+            label = "RL only" if name == "sft_rl" and not params.rl.from_sft else LABELS[name]
+            out.append(trained_variant(params, name, label))
+    for name, role in ev.extra_models.items():
+        out.append(Variant(name, name, role, f"evaluate.extra_models.{name}"))
+    return out
+
+
+def variants_table(variants: Sequence[Variant]) -> pd.DataFrame:
+    return pd.DataFrame([v.describe() for v in variants])
+
+
+def comparison_pairs(names: Sequence[str], baseline: str) -> list[tuple[str, str]]:
+    """The paired differences reported: every variant against the baseline, and SFT+RL against SFT (what RL adds)."""
+    pairs = [(n, baseline) for n in names if n != baseline and baseline in names]
+    if "sft_rl" in names and "sft" in names and baseline != "sft":
+        pairs.append(("sft_rl", "sft"))
+    return pairs

@@ -1,0 +1,115 @@
+"""Stage 07: a finished run read back (metrics, differences, variants, answers, judge outputs, training logs,
+stage times), and the headline metric keys.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+import pandas as pd
+from delib.evaluation.metrics import fmt_diff, wide_table
+
+
+EVAL = "06_evaluate"
+
+
+HEADLINE = ("not_unsafe", "not_overrefuse", "correct_action", "style_hard_refusal", "style_safe_completion[self_harm]",
+            "style_safe_completion[regulated_advice]", "citation_accuracy", "format_adherence", "answered",
+            "xstest_not_overrefuse", "xstest_not_unsafe", "strongreject_goodness@0.1")
+
+
+RETRIEVAL = ("citation_accuracy[refuse]", "citation_accuracy[safe_complete]", "citation_accuracy[comply]")
+
+
+COST = ("cot_tokens", "completion_tokens", "latency_s")
+
+
+# The paper's figures, for scale (MISSION.md): o1 / GPT-4o. Not comparable with a 135M model on our prompts.
+PAPER = {"xstest_not_overrefuse": "GPT-4o 0.88, o1 0.93", "strongreject_goodness@0.1": "GPT-4o 0.37, o1 0.88",
+         "style_hard_refusal": "GPT-4o 0.72, o1 0.79", "style_safe_completion[self_harm]": "GPT-4o 0.04, o1 0.92",
+         "style_safe_completion[regulated_advice]": "GPT-4o 0.28, o1 0.65"}
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    return pd.read_json(path, lines=True, dtype={"prompt_id": str}) if path.is_file() and path.stat().st_size \
+        else pd.DataFrame()
+
+
+def load_evaluation(run_dir: Path) -> dict[str, Any]:
+    """What stage 06 wrote: answers, metrics, differences, variants, definitions, and the benchmarks' files."""
+    d = Path(run_dir) / EVAL
+    if not (d / "metrics.csv").is_file():
+        raise FileNotFoundError(f"{d / 'metrics.csv'} is missing: run stage 06_evaluate first "
+                                "(delib run PARAMS --stages 06)")
+    read = lambda name: pd.read_csv(d / name) if (d / name).is_file() else pd.DataFrame()  # noqa: E731
+    return {"answers": _read_jsonl(d / "answers.jsonl"), "metrics": read("metrics.csv"),
+            "differences": read("differences.csv"), "variants": read_variants(d / "variants.csv"),
+            "definitions": read("definitions.csv"), "xstest_answers": _read_jsonl(d / "xstest_answers.jsonl"),
+            "strongreject_answers": _read_jsonl(d / "strongreject_answers.jsonl"),
+            "info": json.loads((d / "evaluation.json").read_text()) if (d / "evaluation.json").is_file() else {}}
+
+
+def stage_times(run_dir: Path) -> pd.DataFrame:
+    """Each stage's status and wall time, from the run's manifest."""
+    path = Path(run_dir) / "manifest.json"
+    if not path.is_file():
+        return pd.DataFrame(columns=["stage", "status", "duration_s"])
+    stages = json.loads(path.read_text()).get("stages", {})
+    return pd.DataFrame([{"stage": s, "status": v.get("status"), "duration_s": v.get("duration_s")}
+                         for s, v in stages.items()])
+
+
+def training_logs(run_dir: Path) -> dict[str, pd.DataFrame]:
+    """The per-step logs of stages 04 and 05 (`log.jsonl`), where they trained."""
+    out = {}
+    for stage in ("04_sft", "05_rl"):
+        log = _read_jsonl(Path(run_dir) / stage / "log.jsonl")
+        if not log.empty and "step" in log:
+            out[stage] = log
+    return out
+
+
+def training_summaries(run_dir: Path) -> dict[str, dict]:
+    out = {}
+    for stage in ("04_sft", "05_rl"):
+        path = Path(run_dir) / stage / "training.json"
+        if path.is_file():
+            out[stage] = json.loads(path.read_text())
+    return out
+
+
+def judge_outputs(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stage 03's funnel and scored samples (empty when stage 03 has not run)."""
+    d = Path(run_dir) / "03_judge"
+    funnel = pd.read_csv(d / "funnel.csv") if (d / "funnel.csv").is_file() else pd.DataFrame()
+    return funnel, _read_jsonl(d / "scored.jsonl")
+
+
+def headline_table(metrics: pd.DataFrame, keys: Sequence[str] = HEADLINE, n: bool = False) -> pd.DataFrame:
+    """Variants as rows, the headline metrics as columns, "value [lo, hi]"."""
+    return wide_table(metrics, [k for k in keys if k in set(metrics["key"])], n=n)
+
+
+def differences_table(diffs: pd.DataFrame, keys: Sequence[str] = HEADLINE) -> pd.DataFrame:
+    """Paired differences "diff [lo, hi]" (with * when the interval excludes 0), one row per comparison."""
+    d = diffs[diffs["key"].isin(keys)]
+    if d.empty:
+        return pd.DataFrame()
+    cells = [fmt_diff(x, lo, hi) + (" *" if s else "") for x, lo, hi, s in
+             zip(d["diff"], d["lo"], d["hi"], d["significant"])]
+    t = d.assign(cell=cells, comparison=d["variant"] + " - " + d["baseline"])
+    order = [k for k in keys if k in set(d["key"])]
+    return t.pivot(index="comparison", columns="key", values="cell").reindex(
+        index=list(dict.fromkeys(t["comparison"])), columns=order)
+
+
+def not_available(variants: pd.DataFrame) -> list[str]:
+    if variants.empty:
+        return []
+    v = variants[~variants["available"].astype(bool)]
+    return [f"{r.label} ({r.variant}): {r.reason}" for r in v.itertuples()]
+
+
+def read_variants(path: Path) -> pd.DataFrame:
+    """variants.csv with empty text cells kept empty (not NaN)."""
+    return pd.read_csv(path, keep_default_na=False) if path.is_file() else pd.DataFrame()

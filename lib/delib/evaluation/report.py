@@ -1,0 +1,210 @@
+"""Stage 07: metrics.json, runs compared side by side, and report.html (one file, figures inline).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+import pandas as pd
+from delib.run.io import write_json_atomic
+from delib.evaluation.metrics import wide_table
+from delib.evaluation.findings import CAVEATS, percent
+from delib.evaluation.reading import COST, EVAL, HEADLINE, PAPER, RETRIEVAL, differences_table, headline_table
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe: NaN and infinities become null, numpy scalars plain numbers."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def metrics_document(run_dir: Path, ev: dict, funnel: pd.DataFrame, scored: pd.DataFrame,
+                     judge_summary: dict, training: dict, times: pd.DataFrame, found: Sequence[str],
+                     comparison: Optional[pd.DataFrame] = None) -> dict:
+    """Every number of the run in one JSON-ready dict."""
+    metrics = ev["metrics"]
+    per_variant = {v: {r.key: {"value": r.value, "lo": r.lo, "hi": r.hi, "n": r.n} for r in g.itertuples()}
+                   for v, g in metrics.groupby("variant", sort=False)}
+    manifest = Path(run_dir) / "manifest.json"
+    usage = json.loads(manifest.read_text()).get("usage", {}) if manifest.is_file() else {}
+    doc = {
+        "run": Path(run_dir).name,
+        "evaluation": ev["info"],
+        "variants": ev["variants"].to_dict("records"),
+        "metrics": per_variant,
+        "differences": ev["differences"].to_dict("records"),
+        "definitions": ev["definitions"].to_dict("records"),
+        "funnel": funnel.to_dict("records"),
+        "judge": judge_summary,
+        "training": training,
+        "stage_times_s": dict(zip(times["stage"], times["duration_s"])),
+        "usage": usage,
+        "findings": list(found),
+        "caveats": CAVEATS,
+    }
+    if comparison is not None and not comparison.empty:
+        doc["comparison"] = comparison.to_dict("records")
+    return _clean(doc)
+
+
+def judge_summary(scored: pd.DataFrame, threshold: Optional[float], resamples: int, seed: int,
+                  confidence: float = 0.95) -> dict:
+    """Mean judge and final scores of stage 03 with bootstrap intervals, and the share above the threshold."""
+    from delib.evaluation.metrics import bootstrap_weights
+
+    out: dict[str, Any] = {"samples": int(len(scored))}
+    for col in ("judge_overall", "final_score"):
+        if col in scored and scored[col].notna().any():
+            x = scored[col].dropna().to_numpy(float)
+            boots = bootstrap_weights(len(x), resamples, seed) @ x / len(x)
+            lo, hi = (float(v) for v in pd.Series(boots).quantile([(1 - confidence) / 2, (1 + confidence) / 2]))
+            out[col] = {"mean": float(x.mean()), "lo": lo, "hi": hi, "n": int(len(x))}
+    if threshold is not None and "final_score" in scored:
+        out["above_threshold"] = float((scored["final_score"] >= threshold).mean()) if len(scored) else None
+        out["threshold"] = threshold
+    return out
+
+
+def write_json(path: Path, doc: dict) -> Path:
+    """metrics.json: NaN written as null (JSON has no NaN), atomically."""
+    return write_json_atomic(path, _clean(doc))
+
+
+def compare_runs(run_dirs: Iterable[Path]) -> pd.DataFrame:
+    """The metrics of several runs, long: run, variant, key, value, lo, hi, n. A run without stage 06 is
+    listed with no metric (its `missing` says why)."""
+    frames = []
+    for rd in run_dirs:
+        rd = Path(rd)
+        path = rd / EVAL / "metrics.csv"
+        if path.is_file():
+            frames.append(pd.read_csv(path).assign(run=rd.name, missing=""))
+        else:
+            frames.append(pd.DataFrame([{"run": rd.name, "missing": f"no {EVAL}/metrics.csv in {rd}"}]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def comparison_table(table: pd.DataFrame, keys: Sequence[str] = HEADLINE) -> pd.DataFrame:
+    """Runs side by side: one row per (run, variant), the headline metrics as columns."""
+    t = table.dropna(subset=["key"]) if "key" in table else pd.DataFrame()
+    if t.empty:
+        return pd.DataFrame()
+    t = t.assign(variant=t["run"] + " / " + t["variant"])
+    return wide_table(t, [k for k in keys if k in set(t["key"])])
+
+
+def resolve_runs(names: Sequence[str], outputs_dir: Path) -> list[Path]:
+    """Run names under outputs_dir, or paths to run folders."""
+    out = []
+    for name in names:
+        p = Path(name)
+        out.append(p if (p.is_absolute() or len(p.parts) > 1) else Path(outputs_dir) / name)
+    return out
+
+
+@dataclass
+class Section:
+    heading: str
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (caption, table)
+    figures: list[tuple[str, Path]] = field(default_factory=list)  # (caption, PNG file)
+    bullets: list[str] = field(default_factory=list)
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.2em}th,td{border:1px solid #ccc;padding:3px 7px;
+text-align:left}th{background:#f3f3f3}figure{margin:1em 0}figcaption{font-size:13px;color:#555}
+img{max-width:100%}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}"""
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<img alt="{html.escape(Path(path).stem)}" src="data:image/png;base64,{data}">'
+
+
+def render_html(title: str, sections: Sequence[Section]) -> str:
+    """A self-contained page: tables and figures (embedded PNGs), no code."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+    for s in sections:
+        parts.append(f"<h2>{html.escape(s.heading)}</h2>")
+        parts += [f"<p>{html.escape(p)}</p>" for p in s.paragraphs]
+        if s.bullets:
+            parts.append("<ul>" + "".join(f"<li>{html.escape(b)}</li>" for b in s.bullets) + "</ul>")
+        for caption, table in s.tables:
+            if table is None or table.empty:
+                continue
+            parts.append(f"<p><b>{html.escape(caption)}</b></p>" + table.to_html(escape=True, na_rep=""))
+        for caption, png in s.figures:
+            if png and Path(png).is_file():
+                parts.append(f"<figure>{_img(png)}<figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_html(path: Path, title: str, sections: Sequence[Section]) -> Path:
+    path.write_text(render_html(title, sections), encoding="utf-8")
+    return path
+
+
+def report_sections(run: str, ev: dict, figures: dict[str, Path], found: Sequence[str], times: pd.DataFrame,
+                    funnel: pd.DataFrame, judge: dict, training: dict, comparison: Optional[pd.DataFrame] = None
+                    ) -> list[Section]:
+    """The report's sections, in the order a reader asks: what was measured, what it showed, how the data and
+    the models were made, what it cost, and what to keep in mind."""
+    m, d, variants, info = ev["metrics"], ev["differences"], ev["variants"], ev["info"]
+    pct = percent(info.get("confidence", 0.95))
+    paper = pd.DataFrame([{"metric": k, "paper (for scale, not comparable)": v} for k, v in PAPER.items()
+                          if k in set(m["key"])])
+    shown = variants[["variant", "label", "model", "system_prompt", "available", "reason"]] if not variants.empty \
+        else variants
+    cost = wide_table(m, [k for k in COST if k in set(m["key"])]) if not m.empty else pd.DataFrame()
+    judge_rows = pd.DataFrame([{"score": k, **v} for k, v in judge.items() if isinstance(v, dict)])
+    train = pd.DataFrame([{"stage": s, **{k: v for k, v in t.items() if not isinstance(v, (dict, list))}}
+                          for s, t in training.items()])
+    sections = [
+        Section("What this run measured", [
+            f"Run {run}: {info.get('prompts', '?')} held-out prompts answered by each variant; answers graded by "
+            "rules (refusal class, response type, style, cited sections, format). Every number carries its "
+            f"{pct} bootstrap interval over prompts ({info.get('resamples', '?')} resamples, seed {info.get('seed', '?')})."],
+            tables=[("Variants", shown), ("What each metric counts", ev["definitions"])]),
+        Section("Findings", bullets=list(found)),
+        Section("Headline metrics", tables=[(f"value [{pct} interval]", headline_table(m, n=True)),
+                                            ("The paper's figures, for scale", paper)],
+                figures=[("Metrics per variant", figures.get("metrics")),
+                         ("not_unsafe against not_overrefuse (up and right is better)", figures.get("pareto")),
+                         ("StrongREJECT goodness@0.1 against XSTest not_overrefuse", figures.get("pareto_paper"))]),
+        Section("Differences between variants", [
+            "Paired bootstrap: each variant minus the baseline on the same resampled prompts; * marks an interval "
+            "that excludes 0. Anything without * is not shown by this evaluation."],
+            tables=[(f"difference [{pct} interval]", differences_table(d))],
+            figures=[("Paired differences", figures.get("differences"))]),
+        Section("Policy retrieval and style", tables=[
+            ("Chain of thought cites a section of the prompt's category, by expected action",
+             wide_table(m, [k for k in RETRIEVAL if k in set(m["key"])]) if not m.empty else pd.DataFrame())],
+            figures=[("Which category's sections the chains of thought cite", figures.get("citations")),
+                     ("XSTest refusal labels", figures.get("xstest_labels"))]),
+        Section("How the training data and models were made", tables=[
+            ("Stage 03 funnel: from generated samples to the SFT set", funnel),
+            (f"Stage 03 judge scores (mean [{pct} interval])", judge_rows), ("Training (stages 04-05)", train)],
+            figures=[("Funnel", figures.get("funnel")), ("Judge scores", figures.get("judge_scores")),
+                     ("Training curves", figures.get("training"))]),
+        Section("Cost", tables=[("Per answer: CoT tokens, tokens generated, seconds", cost),
+                                ("Stage times (s), from the manifest", times)]),
+    ]
+    if comparison is not None and not comparison.empty:
+        sections.append(Section("Runs compared", tables=[(f"value [{pct} interval]", comparison)],
+                                figures=[("Runs compared", figures.get("comparison"))]))
+    sections.append(Section("Caveats", bullets=CAVEATS))
+    return sections

@@ -1,0 +1,1 @@
+"""Stage 03: the spec-aware judge, the rule-based graders, filtering into the training sets."""
