@@ -20,10 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from delib.run.config import CacheParams, ModelRole, Sampling  # noqa: E402
+from fault_server import fetch_stats  # noqa: E402
+
 from delib.models import ChatRequest, ModelClient  # noqa: E402
 from delib.models.servers import cpu_count, embedded_model_path  # noqa: E402
-from fault_server import fetch_stats  # noqa: E402
+from delib.run.config import CacheParams, ModelRole, Sampling  # noqa: E402
 
 
 class LoopbackServer:

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from delib.run.config import CacheParams, ModelRole, Sampling
 from delib.judging.judge import JudgeVerdict, judge_messages
-from delib.models import ChatRequest, ModelClient
-from delib.models import servers
+from delib.models import ChatRequest, ModelClient, servers
+from delib.run.config import CacheParams, ModelRole, Sampling
 
 run = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/default")
 categories_wanted = int(sys.argv[2]) if len(sys.argv) > 2 else 3

@@ -19,12 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 
-from delib.models import transformers_server
-
-from delib.training import export, serving
-from delib.run.config import CacheParams, ModelRole, Sampling  # noqa: E402
-from delib.models import ChatRequest, ModelClient, embedded_model_path  # noqa: E402
+from delib.models import ChatRequest, ModelClient, embedded_model_path, transformers_server  # noqa: E402
 from delib.models.client import ModelClient as _Client  # noqa: E402
+from delib.run.config import CacheParams, ModelRole, Sampling  # noqa: E402
+from delib.training import export, serving
 from delib.training.weights import convert_gguf  # noqa: E402
 
 

@@ -67,3 +67,27 @@ def test_from_namespace_takes_only_param_names():
     assert params.seed == 3
     with pytest.raises(ParamsError, match="notebook parameters: seed"):
         from_namespace({"run_name": "x", "seed": "three"})
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def test_schema_defaults_are_the_default_recipe(root):
+    """One source of defaults: a key left out of any recipe takes the value params/default.yaml gives it."""
+    recipe = _leaves(load_params(root / "params" / "default.yaml").model_dump(mode="json"))
+    schema = _leaves(validate_params({"run_name": "default"}).model_dump(mode="json"))
+    assert {k for k in recipe if recipe[k] != schema.get(k)} == set()
+    assert recipe.keys() == schema.keys()
+
+
+@pytest.mark.parametrize("old, new", [("judge:\n  weights: {judge: 1.0}\n", "judge.score_weights"),
+                                      ("evaluate:\n  strongreject_path: x.csv\n", "prompts.strongreject_path")])
+def test_a_renamed_key_names_its_new_name(tmp_path, old, new):
+    p = write(tmp_path, "run_name: x\n" + old)
+    with pytest.raises(ParamsError) as e:
+        load_params(p)
+    assert str(e.value).startswith(f"{p}:3: ") and str(e.value).endswith(f"renamed: use {new}")

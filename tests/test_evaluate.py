@@ -8,12 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from delib.evaluation import metrics
-
-from delib.evaluation import answering, benchmarks, grading, lineup
-from delib.run.config import validate_params
+from delib.evaluation import answering, benchmarks, grading, lineup, metrics
 from delib.models import scripted_transport
 from delib.policy.overview import load_inputs
+from delib.run.config import validate_params
 
 
 @pytest.fixture

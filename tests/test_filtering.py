@@ -4,8 +4,14 @@ import json
 import pandas as pd
 import pytest
 
-from delib.judging.filtering import (export_hf_dataset, export_openai_chat, filter_samples, import_deliberative, rl_rows,
-                             sft_rows)
+from delib.judging.filtering import (
+    export_hf_dataset,
+    export_openai_chat,
+    filter_samples,
+    import_deliberative,
+    rl_rows,
+    sft_rows,
+)
 
 
 @pytest.fixture

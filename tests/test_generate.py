@@ -1,8 +1,8 @@
 """Generation: the template carries the spec, and parsing splits CoT from answer and names what is malformed."""
 import pytest
 
-from delib.generation.generate import Example, generation_messages
 from delib.generation.cot import parse_completion
+from delib.generation.generate import Example, generation_messages
 
 IDS = {"self-harm-s1", "style-safe-completion", "style-hard-refusal"}
 
@@ -80,9 +80,9 @@ def test_small_caps_still_mix_actions_across_categories():
 def test_prestarted_generation_finishes_each_spec_before_the_next(concurrency):
     """One call at a time: CoT and answer calls of one category's spec go together (llama.cpp reads the spec
     excerpt once); with concurrency, each phase goes out whole. Either way every sample gets CoT and answer."""
-    from delib.run.config import CacheParams, ModelRole
     from delib.generation.generate import run_generation
     from delib.models import ChatRequest, ModelClient, scripted_transport
+    from delib.run.config import CacheParams, ModelRole
 
     def model(body):
         return "The answer." if "</think>" in body["prompt"] else "Reason [a]. Action: comply\n</think>"

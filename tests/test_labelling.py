@@ -27,9 +27,9 @@ def test_cli_label_csv_and_rbr_chat_format(tmp_path, capsys):
 
 
 def test_category_labeller_reports_agreement(tmp_path, root):
-    from delib.run.config import CacheParams, ModelRole
     from delib.models import ModelClient, scripted_transport
     from delib.policy.spec import load_spec
+    from delib.run.config import CacheParams, ModelRole
 
     spec = load_spec(root / "specs" / "tiny" / "spec.md")
     assert set(category_model(spec).model_json_schema()["properties"]["category"]["enum"]) == set(spec.categories)

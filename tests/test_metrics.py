@@ -1,8 +1,6 @@
 """The evaluation metrics and their bootstrap: masks, point values, interval coverage, paired differences."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest

@@ -14,9 +14,9 @@ import httpx2
 import pytest
 from pydantic import BaseModel, Field
 
-from delib.run.config import CacheParams, ModelRole, Sampling
 from delib.models import ChatRequest, ModelAuthError, ModelClient, read_usage, scripted_transport
 from delib.models.fake import completion_body
+from delib.run.config import CacheParams, ModelRole, Sampling
 
 
 class Verdict(BaseModel):
@@ -373,8 +373,8 @@ def test_closed_client_refuses_work():
 
 
 def test_prefill_continues_the_reply_over_the_chat_template(tmp_path):
-    from delib.run.config import CacheParams, ModelRole
     from delib.models import ChatRequest, ModelClient, scripted_transport
+    from delib.run.config import CacheParams, ModelRole
 
     transport = scripted_transport(lambda body: "I cite [a].\n</think>\nHello.")
     cache = CacheParams(path=str(tmp_path / "c.sqlite"))

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
 
+from delib.models import ChatRequest, EmbeddedServer, ModelClient, servers
 from delib.run.config import CacheParams, ModelRole, Sampling
-from delib.models import ChatRequest, EmbeddedServer, ModelClient
-from delib.models import servers
 from delib.run.paths import embedded_model_file
 
 pytest.importorskip("llama_cpp")
@@ -219,9 +218,9 @@ def test_no_orphan_server_when_the_stage_is_stopped(tmp_path, sig):
 def test_a_server_stop_ends_its_whole_process_group(tmp_path):
     """stop_process_group, which both the llama.cpp and the `transformers serve` servers stop with, ends the
     server and what it started."""
-    from delib.models import transformers_server
+    from delib.models import servers
 
-    server = transformers_server.TransformersServer(tmp_path, log_dir=tmp_path)
+    server = servers.TransformersServer(tmp_path, log_dir=tmp_path)
     script = "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
     server.proc = proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
 

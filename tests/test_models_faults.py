@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
 
-from delib.run.config import CacheParams, ModelRole
 from delib.models import ChatRequest, ModelClient
 from delib.models.batch import BatchTimeout
+from delib.run.config import CacheParams, ModelRole
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fault_server import FaultConfig, FaultServer  # noqa: E402

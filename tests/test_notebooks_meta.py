@@ -28,6 +28,10 @@ def test_one_parameters_cell_of_literals(nb):
         ast.literal_eval(stmt.value)  # raises on anything computed
 
 
+def test_parameters_cell_is_collapsed_so_the_story_comes_first(nb):
+    assert parameters_cells(nb)[0]["metadata"].get("jupyter", {}).get("source_hidden") is True
+
+
 def test_parameters_cell_mirrors_the_smoke_recipe(nb, root):
     expected = parameters_source(as_papermill_parameters(load_params(root / RECIPE)))
     assert "".join(parameters_cells(nb)[0]["source"]) == expected, "run: python -m delib.run.notebooks sync"

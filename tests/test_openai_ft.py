@@ -8,10 +8,9 @@ import httpx2
 import openai
 import pytest
 
-from delib.training import openai_ft
-from delib.training import serving
-from delib.run.io import write_jsonl
 from delib.run.config import validate_params
+from delib.run.io import write_jsonl
+from delib.training import openai_ft, serving
 
 
 def sft_lines(n: int) -> list[dict]:

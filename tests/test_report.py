@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
-from delib.evaluation import plots as eval_plots, metrics
-
-from delib.evaluation import findings, reading, report
+from delib.evaluation import findings, metrics
+from delib.evaluation import plots as eval_plots
+from delib.evaluation import reading, report
 
 
 def fake_metrics() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

@@ -1,7 +1,5 @@
 """The runner and the `delib` command line, on tiny real notebooks executed by papermill."""
 import json
-import os
-from pathlib import Path
 
 import pytest
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from delib.models import transformers_server
-
-from delib.training import export, serving
+from delib.models import servers
 from delib.run.config import validate_params
+from delib.training import export, serving
 
 gguf = pytest.importorskip("gguf")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
@@ -118,7 +117,7 @@ def test_published_adapter_is_a_policy_role(tmp_path, monkeypatch):
     base = fake_base(tmp_path / "base.gguf")
     folder, _ = fake_adapter(tmp_path / "adapter")
     params = validate_params({"run_name": "t", "outputs_dir": str(tmp_path / "outputs")})
-    monkeypatch.setattr("delib.training.weights.served_base_gguf", lambda p: base)
+    monkeypatch.setattr("delib.training.serving.served_base_gguf", lambda p: base)
     record = serving.publish(params, "04_sft", folder, lora=True)
     assert record["route"] == "gguf_lora"
     role = serving.served_role(params, "sft")
@@ -138,7 +137,7 @@ def test_a_hub_model_is_served_by_transformers(tmp_path):
 
 
 def test_transformers_server_command_and_role(tmp_path):
-    server = transformers_server.TransformersServer(tmp_path / "merged", log_dir=tmp_path)
+    server = servers.TransformersServer(tmp_path / "merged", log_dir=tmp_path)
     cmd = server.command(1234)
     assert cmd[1:3] == ["serve", str(tmp_path / "merged")] and cmd[cmd.index("--host") + 1] == "127.0.0.1"
     server.port = 1234
@@ -151,8 +150,6 @@ def test_show_answers_with_nothing_served_here():
     """A model only stage 06 can serve (trained from a hub model) leaves the stage 04/05 preview empty."""
     import pandas as pd
 
-    from delib.models import transformers_server
-
-    from delib.training import export, serving
+    from delib.training import serving
 
     assert "stage 06" in serving.show_answers(pd.DataFrame([]))

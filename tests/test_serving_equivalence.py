@@ -19,9 +19,8 @@ pytest.importorskip("peft")
 
 from pathlib import Path  # noqa: E402
 
+from delib.models import ChatRequest, ModelClient, embedded_model_path, servers  # noqa: E402
 from delib.run.config import CacheParams, ModelRole, Sampling  # noqa: E402
-from delib.models import ChatRequest, ModelClient, embedded_model_path  # noqa: E402
-from delib.models import servers
 from delib.run.paths import embedded_model_file  # noqa: E402
 
 pytestmark = pytest.mark.embedded

@@ -9,9 +9,8 @@ import pandas as pd
 import pytest
 
 from delib.run.config import ParamsError, validate_params
-from delib.training import recipe, sft, rl, logs
-from delib.training.errors import (ChatTemplateError, EmptyDatasetError, OutOfMemoryError, TrainingError,
-                                   oom_guard)
+from delib.training import logs, recipe, rl, sft
+from delib.training.errors import ChatTemplateError, EmptyDatasetError, OutOfMemoryError, TrainingError, oom_guard
 from delib.training.weights import check_chat_template
 
 

@@ -40,10 +40,10 @@ def tiny_model(folder: Path) -> Path:
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
 def test_sft_then_grpo_on_a_tiny_model(tmp_path, monkeypatch, device):
-    from delib.training import serving
     from delib import training
-    from delib.run.config import validate_params
     from delib.models import ModelClient, scripted_transport
+    from delib.run.config import validate_params
+    from delib.training import serving
 
     base = tiny_model(tmp_path / "tiny")
     gpu = device == "cuda"
@@ -64,12 +64,11 @@ def test_sft_then_grpo_on_a_tiny_model(tmp_path, monkeypatch, device):
     (run / "03_judge" / "rl.jsonl").write_text("".join(json.dumps({"prompt_id": f"p{i}", "prompt": f"question {i}",
                                                                     "category": "c", "expected_action": "comply"}) + "\n"
                                                         for i in range(4)))
-    from delib.policy import overview
-
-    monkeypatch.setattr(overview, "read_outputs", lambda p: (None, None, {"c": {"text": "[c-1] comply.", "tokens": 3}}))
+    monkeypatch.setattr("delib.training.rl.read_outputs",
+                        lambda p: (None, None, {"c": {"text": "[c-1] comply.", "tokens": 3}}))
     verdict = '{"action_correct": 7, "helpfulness": 7, "style": 7, "overall": 7, "rationale": "ok"}'
-    real_client = ModelClient
-    monkeypatch.setattr("delib.models.ModelClient", lambda *a, **k: real_client(
+    real_for_run = ModelClient.for_run  # the reward's judge: a scripted model
+    monkeypatch.setattr(ModelClient, "for_run", lambda *a, **k: real_for_run(
         *a, **{**k, "transport": scripted_transport(lambda body: verdict)}))
 
     sft = training.run(params, "sft")

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from delib.run.config import CacheParams, ModelRole
 from delib.judging.judge import judge_messages
 from delib.models import ModelClient, scripted_transport
+from delib.run.config import CacheParams, ModelRole
 from delib.training.reward import AnswerReward, answer_reward, visible_answer
 
 SPEC = {"violence_weapons": {"text": "[violence-weapons] Weapons: refuse instructions for making weapons.", "tokens": 9}}

@@ -9,9 +9,9 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from delib.policy.spec import SpecError
 from delib.run.config import ParamsError
 from delib.run.runner import UsageError
-from delib.policy.spec import SpecError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -5,16 +5,22 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
+
 import pandas as pd
-from delib.run.config import RunParams
-from delib.run.io import clip
-from delib.generation.cot import THINK_CLOSE, THINK_OPEN
-from delib.run.paths import resolve, stage_dir
-from delib.policy.spec import Spec
+
 from delib.evaluation.grading import answers_table
 from delib.evaluation.lineup import STAGE, Variant
+from delib.generation.cot import THINK_CLOSE, THINK_OPEN
+from delib.models import ChatRequest, ModelClient
+from delib.models.servers import TransformersServer
+from delib.policy.spec import Spec
+from delib.run.config import RunParams
+from delib.run.io import clip
+from delib.run.paths import resolve, stage_dir
+from delib.training.serving import merged_folder
+
 if TYPE_CHECKING:
-    from delib.models import ChatRequest, ChatResult
+    from delib.models import ChatResult
 
 
 def answer_requests(variant: Variant, prompts: pd.DataFrame, max_tokens: Optional[int],
@@ -22,8 +28,6 @@ def answer_requests(variant: Variant, prompts: pd.DataFrame, max_tokens: Optiona
     """One request per prompt: the prompt alone (the trained model must recall the spec), after the whole spec
     for the spec_prompt variant. With `prestart_think` the reply starts with <think> and stops at </think>
     (the first of two requests; `finish_prestarted` asks for the answer)."""
-    from delib.models import ChatRequest
-
     system = [{"role": "system", "content": variant.system_prompt}] if variant.system_prompt else []
     phase = ({"prefill": THINK_OPEN + "\n", "stop": [THINK_CLOSE], "max_tokens": cot_max_tokens or max_tokens}
              if prestart_think else {"max_tokens": max_tokens})
@@ -52,14 +56,12 @@ def answer_with(variant: Variant, prompts: pd.DataFrame, params: RunParams, run_
                 transport=None, progress: bool = False) -> list["ChatResult"]:
     """Ask `variant` every prompt through the cached client (requests in order: a shared system prompt stays in
     the embedded server's prompt cache)."""
-    from delib.models import ModelClient
-
     ev = params.evaluate
     requests = answer_requests(variant, prompts, ev.max_tokens, ev.prestart_think, ev.cot_max_tokens)
     if variant.role is None and variant.checkpoint:
         return _answer_with_transformers(variant, requests, params, run_dir, transport, progress)
-    with ModelClient(variant.role, variant.name, params.cache, params.seed, run_dir, STAGE, transport=transport,
-                     progress=progress) as client:
+    with ModelClient.for_run(params, variant.role, variant.name, STAGE, run_dir=run_dir, transport=transport,
+                             progress=progress) as client:
         results = client.chat_many(requests, desc=variant.name, batch=ev.batch)
         if ev.prestart_think:
             results = finish_prestarted(client, requests, results, ev.max_tokens)
@@ -70,17 +72,13 @@ def _answer_with_transformers(variant: Variant, requests: list, params: RunParam
                               progress: bool) -> list["ChatResult"]:
     """A checkpoint llama.cpp cannot take (trained from a hub model): merged if LoRA, served by `transformers
     serve` for the time of the calls."""
-    from delib.models import ModelClient
-    from delib.models.transformers_server import TransformersServer
-    from delib.training.serving import merged_folder
-
     ev = params.evaluate
     folder = merged_folder(resolve(variant.checkpoint), params.sft.base_model or "",
                            stage_dir(params, STAGE) / f"merged_{variant.name}")
     with TransformersServer(folder, log_dir=stage_dir(params, STAGE)) as server:
         role = server.role(params.models.policy)
-        with ModelClient(role, variant.name, params.cache, params.seed, run_dir, STAGE, transport=transport,
-                         progress=progress) as client:
+        with ModelClient.for_run(params, role, variant.name, STAGE, run_dir=run_dir, transport=transport,
+                                 progress=progress) as client:
             results = client.chat_many(requests, desc=variant.name)
             if ev.prestart_think:
                 results = finish_prestarted(client, requests, results, ev.max_tokens)

@@ -4,15 +4,18 @@ the judge (goodness@0.1).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
+
 import pandas as pd
 from pydantic import BaseModel, Field
-from delib.run.config import RunParams
-from delib.evaluation.metrics import goodness_at, strongreject_score
-from delib.run.paths import resolve
+
 from delib.evaluation.lineup import STAGE, select_by_type
-if TYPE_CHECKING:
-    from delib.models import ChatRequest
+from delib.evaluation.metrics import goodness_at, strongreject_score
+from delib.models import ChatRequest, ModelClient
+from delib.policy.prompts import load_xstest
+from delib.run.config import RunParams
+from delib.run.paths import resolve
+
 
 
 def xstest_prompts(params: RunParams) -> Optional[pd.DataFrame]:
@@ -20,7 +23,6 @@ def xstest_prompts(params: RunParams) -> Optional[pd.DataFrame]:
     `evaluate.benchmark_max_prompts` taking its types in turn."""
     if not params.prompts.xstest_path:
         return None
-    from delib.policy.prompts import load_xstest
 
     df = load_xstest(resolve(params.prompts.xstest_path))
     return select_by_type(df, "xstest_type", params.evaluate.benchmark_max_prompts)
@@ -31,7 +33,7 @@ def load_strongreject(path: str | Path, max_prompts: Optional[int] = None) -> pd
     technique) with `jailbroken_prompt` (what is sent). Every row is a prompt to refuse."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: StrongREJECT CSV not found (evaluate.strongreject_path)")
+        raise FileNotFoundError(f"{path}: StrongREJECT CSV not found (prompts.strongreject_path)")
     raw = pd.read_csv(path, dtype=str).fillna("")
     if "forbidden_prompt" not in raw:
         raise ValueError(f"{path}: a StrongREJECT CSV needs a forbidden_prompt column (has {list(raw.columns)})")
@@ -73,8 +75,6 @@ Reply with JSON only: {"reasoning": "<one sentence>", "refused": 0 or 1, "convin
 
 def strongreject_requests(answers: pd.DataFrame) -> list["ChatRequest"]:
     """One judge request per answer: the forbidden request (not its jailbreak wrapper) and the reply."""
-    from delib.models import ChatRequest
-
     out = []
     for r in answers.itertuples():
         if isinstance(r.error, str):
@@ -89,10 +89,8 @@ def strongreject_requests(answers: pd.DataFrame) -> list["ChatRequest"]:
 
 def grade_strongreject(answers: pd.DataFrame, params: RunParams, run_dir: Path, *, transport=None) -> pd.DataFrame:
     """The judge's rubric for every answer (LLM-graded), the score and goodness = 1 - score."""
-    from delib.models import ModelClient
-
-    with ModelClient(params.models.judge, "strongreject_judge", params.cache, params.seed, run_dir, STAGE,
-                     transport=transport, progress=False) as client:
+    with ModelClient.for_run(params, params.models.judge, "strongreject_judge", STAGE, run_dir=run_dir,
+                             transport=transport, progress=False) as client:
         results = client.chat_many(strongreject_requests(answers), desc="StrongREJECT rubric")
     verdicts = {(r.meta["variant"], r.meta["prompt_id"]): (r.parsed.model_dump() if r.parsed else None)
                 for r in results}

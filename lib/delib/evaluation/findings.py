@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from typing import Sequence
+
 import pandas as pd
+
 from delib.evaluation.metrics import fmt, fmt_diff
 from delib.evaluation.reading import HEADLINE, not_available
 

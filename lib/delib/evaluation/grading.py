@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence
+
 import pandas as pd
-from delib.generation.cot import THINK_CLOSE, THINK_OPEN, parse_completion
-from delib.policy.spec import Spec
+
 from delib.evaluation.lineup import Variant
+from delib.generation.cot import THINK_CLOSE, THINK_OPEN, parse_completion
+from delib.judging import graders
+from delib.policy.spec import Spec, count_tokens
+
 if TYPE_CHECKING:
     from delib.models import ChatResult
 
@@ -30,9 +34,6 @@ def grade_answer(prompt: str, text: Optional[str], finish_reason: Optional[str],
                  expected_action: Optional[str], spec_ids: Iterable[str], section_category: dict[str, str],
                  style_threshold: float) -> dict:
     """Every rule-decided fact about one answer that the metrics need."""
-    from delib.judging import graders
-    from delib.policy.spec import count_tokens
-
     parsed = split_answer(text, finish_reason, spec_ids)
     refusal = graders.classify_refusal(prompt, parsed.answer).label
     props = graders.grade_propositions(prompt, parsed.answer)

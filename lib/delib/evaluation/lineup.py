@@ -7,28 +7,32 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
+
 import pandas as pd
-from delib.run.config import ModelRole, RunParams
+
 from delib.generation.generate import GENERATOR_SYSTEM
-from delib.run.paths import stage_dir
 from delib.policy.spec import Spec
+from delib.run import stages
+from delib.run.config import ModelRole, RunParams
+from delib.run.paths import stage_dir
+from delib.training import serving
+from delib.training.serving import SERVED_FILE
+
 if TYPE_CHECKING:
     pass
 
 
-STAGE = "06_evaluate"
+STAGE = stages.EVALUATE
 
 
-BUILTIN_VARIANTS = ("base", "spec_prompt", "sft", "sft_rl")
 
 
 LABELS = {"base": "base", "spec_prompt": "base + spec in prompt", "sft": "SFT", "sft_rl": "SFT+RL"}
 
 
-TRAINED_STAGE = {"sft": "04_sft", "sft_rl": "05_rl"}
+TRAINED_STAGE = {"sft": stages.SFT, "sft_rl": stages.RL}
 
 
-SERVED_FILE = "served.json"  # what stages 04 and 05 write: how to query the model they trained
 
 
 def select_eval_prompts(prompts: pd.DataFrame, max_prompts: Optional[int]) -> pd.DataFrame:
@@ -121,8 +125,6 @@ def _stage_state(params: RunParams, stage: str) -> str:
 def trained_variant(params: RunParams, name: str, label: str) -> Variant:
     """The SFT or SFT+RL model as its stage published it (`serving.publish` wrote `served.json`); not available,
     with the reason, when the stage has produced no model."""
-    from delib.training import serving
-
     stage = TRAINED_STAGE[name]
     path = stage_dir(params, stage, create=False) / SERVED_FILE
     source = f"{stage}/{SERVED_FILE}"

@@ -12,6 +12,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from delib.evaluation.metrics import bootstrap_weights
 from delib.run.figures import plt, save, sns
 
 PALETTE = "colorblind"
@@ -125,8 +126,6 @@ def pareto(metrics: pd.DataFrame, path: Path, x: str = "not_overrefuse", y: str 
 def judge_scores(scored: pd.DataFrame, threshold: float, path: Path, resamples: int = 1000, seed: int = 0) -> Path:
     """The judge's min-of-k overall score and the final score of stage 03's samples, with each mean and its
     bootstrap interval marked."""
-    from delib.evaluation.metrics import bootstrap_weights
-
     cols = [(c, t) for c, t in (("judge_overall", "judge overall (min of k)"),
                                 ("final_score", "final score (judge + rules)")) if c in scored]
     if scored.empty or not cols:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any, Sequence
+
 import pandas as pd
+
 from delib.evaluation.metrics import fmt_diff, wide_table
+from delib.run import stages
 
-
-EVAL = "06_evaluate"
+EVAL = stages.EVALUATE
 
 
 HEADLINE = ("not_unsafe", "not_overrefuse", "correct_action", "style_hard_refusal", "style_safe_completion[self_harm]",
@@ -62,7 +64,7 @@ def stage_times(run_dir: Path) -> pd.DataFrame:
 def training_logs(run_dir: Path) -> dict[str, pd.DataFrame]:
     """The per-step logs of stages 04 and 05 (`log.jsonl`), where they trained."""
     out = {}
-    for stage in ("04_sft", "05_rl"):
+    for stage in (stages.SFT, stages.RL):
         log = _read_jsonl(Path(run_dir) / stage / "log.jsonl")
         if not log.empty and "step" in log:
             out[stage] = log
@@ -71,7 +73,7 @@ def training_logs(run_dir: Path) -> dict[str, pd.DataFrame]:
 
 def training_summaries(run_dir: Path) -> dict[str, dict]:
     out = {}
-    for stage in ("04_sft", "05_rl"):
+    for stage in (stages.SFT, stages.RL):
         path = Path(run_dir) / stage / "training.json"
         if path.is_file():
             out[stage] = json.loads(path.read_text())
@@ -80,7 +82,7 @@ def training_summaries(run_dir: Path) -> dict[str, dict]:
 
 def judge_outputs(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Stage 03's funnel and scored samples (empty when stage 03 has not run)."""
-    d = Path(run_dir) / "03_judge"
+    d = Path(run_dir) / stages.JUDGE
     funnel = pd.read_csv(d / "funnel.csv") if (d / "funnel.csv").is_file() else pd.DataFrame()
     return funnel, _read_jsonl(d / "scored.jsonl")
 

@@ -9,11 +9,13 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
+
 import pandas as pd
-from delib.run.io import write_json_atomic
-from delib.evaluation.metrics import wide_table
+
 from delib.evaluation.findings import CAVEATS, percent
+from delib.evaluation.metrics import bootstrap_weights, wide_table
 from delib.evaluation.reading import COST, EVAL, HEADLINE, PAPER, RETRIEVAL, differences_table, headline_table
+from delib.run.io import write_json_atomic
 
 
 def _clean(x: Any) -> Any:
@@ -61,8 +63,6 @@ def metrics_document(run_dir: Path, ev: dict, funnel: pd.DataFrame, scored: pd.D
 def judge_summary(scored: pd.DataFrame, threshold: Optional[float], resamples: int, seed: int,
                   confidence: float = 0.95) -> dict:
     """Mean judge and final scores of stage 03 with bootstrap intervals, and the share above the threshold."""
-    from delib.evaluation.metrics import bootstrap_weights
-
     out: dict[str, Any] = {"samples": int(len(scored))}
     for col in ("judge_overall", "final_score"):
         if col in scored and scored[col].notna().any():

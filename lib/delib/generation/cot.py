@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Iterable, Optional
+
 if TYPE_CHECKING:
     pass
 

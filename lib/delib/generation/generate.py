@@ -6,10 +6,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional
+
 import yaml
-from delib.run.io import clip
+
+from delib.generation.cot import (
+    CITATION,
+    MALFORMED_REASONS,
+    THINK_CLOSE,
+    THINK_OPEN,
+    ParsedCompletion,
+    parse_completion,
+)
+from delib.models import ChatRequest
+from delib.models.calls import groups_by_first_message
+from delib.models.progress import progress_bar
 from delib.policy.spec import Spec
-from delib.generation.cot import CITATION, MALFORMED_REASONS, ParsedCompletion, THINK_CLOSE, THINK_OPEN, parse_completion
+from delib.run.io import clip
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -113,8 +126,6 @@ def generation_requests(selected: "pd.DataFrame", rendered: dict[str, dict], spe
     With `prestart_think`, the request is the first of two: the reply is pre-started with <think> and stops at
     </think> (at most `cot_max_tokens`); `finish_answers` then asks for the answer after the closed CoT.
     """
-    from delib.models import ChatRequest
-
     phase = {"prefill": THINK_OPEN + "\n", "stop": [THINK_CLOSE], "max_tokens": cot_max_tokens} if prestart_think else {}
     requests = []
     for row in selected.itertuples():
@@ -153,9 +164,6 @@ def run_generation(client, requests: list, prestart_think: bool, batch: bool = F
         return client.chat_many(requests, desc=desc, batch=batch)
     if batch or client.role.max_concurrency > 1:
         return finish_answers(client, requests, client.chat_many(requests, desc=desc, batch=batch))
-    from delib.models.calls import groups_by_first_message
-    from delib.models.progress import progress_bar
-
     out: list = [None] * len(requests)
     shown, client.progress = client.progress, False
     try:

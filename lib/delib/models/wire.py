@@ -7,11 +7,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
 import httpx2
 import openai
+
 from delib.models.calls import ChatRequest
 from delib.models.usage import Usage
-
 
 RETRY_AFTER_CAP_S = 300.0  # a server asking for a longer wait than this is treated as down
 

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from delib.policy.prompts import load_prompt_sets, near_duplicates
+from delib.policy.spec import Spec, count_tokens, load_spec, spec_for_category
+from delib.run import stages
 from delib.run.config import RunParams
 from delib.run.io import write_json_atomic
 from delib.run.paths import require, resolve
-from delib.policy.prompts import load_prompt_sets, near_duplicates
-from delib.policy.spec import Spec, count_tokens, load_spec, spec_for_category
 
-STAGE = "01_policy"
+STAGE = stages.POLICY
 
 
 def load_inputs(params: RunParams) -> tuple[Spec, pd.DataFrame]:

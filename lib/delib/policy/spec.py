@@ -18,6 +18,9 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from delib.run.config import key_line
+from delib.run.paths import embedded_model_file
+
 ACTIONS = ("comply", "refuse", "safe_complete")
 Action = Literal["comply", "refuse", "safe_complete"]
 
@@ -213,13 +216,6 @@ def _assign_ids(sections: list[Section], explicit: list[Optional[str]], source: 
         stack.append(s)
 
 
-def _key_line(root, loc: tuple, offset: int) -> Optional[int]:
-    from delib.run.config import _key_line as key_line
-
-    line = key_line(root, loc)
-    return line + offset - 1 if line else None
-
-
 def _first_paragraph(text: str) -> str:
     para = text.strip().split("\n\n", 1)[0] if text.strip() else ""
     return " ".join(para.split())
@@ -257,7 +253,7 @@ def parse_spec(text: str, source: str = "<spec>", mapping_text: Optional[str] = 
     except ValidationError as err:
         e = err.errors()[0]
         loc = tuple(e["loc"])
-        line = _key_line(root, loc, offset)
+        line = key_line(root, loc, offset)
         reason = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
         if e["type"] == "too_short" and loc and loc[-1] == "sections":
             reason = "a category needs at least one section"
@@ -266,7 +262,7 @@ def parse_spec(text: str, source: str = "<spec>", mapping_text: Optional[str] = 
     def check(ids: list[str], loc: tuple) -> None:
         for i, sid in enumerate(ids):
             if sid not in by_id:
-                line = _key_line(root, (*loc, i), offset) or offset
+                line = key_line(root, (*loc, i), offset) or offset
                 raise SpecError(f"{map_src}:{line}: {'.'.join(map(str, loc))}: no section has id {sid!r}")
 
     categories = {}
@@ -333,8 +329,6 @@ def spec_for_category(spec: Spec, category: str) -> str:
 @lru_cache(maxsize=1)
 def _embedded_vocab():
     from llama_cpp import Llama
-
-    from delib.run.paths import embedded_model_file
 
     gguf = embedded_model_file()
     if gguf is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -65,9 +65,10 @@ class ModelRole(_Strict):
 class Models(_Strict):
     """The model roles of the method: G_base (generator), G_RM (judge) and the policy trained and evaluated."""
 
-    generator: ModelRole = ModelRole()
-    judge: ModelRole = ModelRole(sampling=Sampling(temperature=0.7))
-    policy: ModelRole = ModelRole()
+    # the embedded server answers one request at a time: one in flight keeps its prompt cache warm
+    generator: ModelRole = ModelRole(max_concurrency=1, sampling=Sampling(temperature=0.7, top_p=0.95))
+    judge: ModelRole = ModelRole(max_concurrency=1, sampling=Sampling(temperature=0.0, max_tokens=128))
+    policy: ModelRole = ModelRole(max_concurrency=1, sampling=Sampling(temperature=0.0))
     second_judge: Optional[ModelRole] = None  # a second judge, to measure agreement between judges
 
 
@@ -87,6 +88,7 @@ class PromptSetParams(_Strict):
 class PromptsParams(_Strict):
     sets: list[PromptSetParams] = [PromptSetParams(path="prompts/default.csv")]
     xstest_path: Optional[str] = None  # XSTest prompts CSV, for the evaluation stage
+    strongreject_path: Optional[str] = None  # StrongREJECT-style CSV (forbidden_prompt, ...), for the evaluation stage
 
 
 class CacheParams(_Strict):
@@ -107,6 +109,7 @@ class CallingStageParams(StageParams):
 
 
 class GenerateParams(CallingStageParams):
+    max_prompts: Optional[int] = Field(14, ge=1)  # training prompts, categories in turn; null: all
     samples_per_prompt: int = Field(2, ge=1)
     k_shot: int = Field(1, ge=0)  # worked examples shown before the prompt (helps small generators)
     examples: Optional[str] = "specs/default/examples.yaml"  # YAML of worked examples; null: none
@@ -114,28 +117,34 @@ class GenerateParams(CallingStageParams):
     cot_max_tokens: int = Field(192, ge=8)  # cap of the pre-started chain of thought
 
 
-JUDGE_WEIGHT_KEYS = ("judge", "action", "citation", "style")
+# The weights of the rule checks beside the judge: in stage 03's final score, and in the RL reward (answer only).
+SCORE_WEIGHTS = {"judge": 0.5, "action": 0.2, "citation": 0.1, "style": 0.2}
+REWARD_WEIGHTS = {"judge": 0.5, "action": 0.3, "style": 0.2}
+
+
+def _check_weights(v: dict[str, float], known: dict[str, float], what: str) -> dict[str, float]:
+    unknown = set(v) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {what}(s) {sorted(unknown)}; they are {', '.join(known)}")
+    if any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
+        raise ValueError("weights must be non-negative with a positive sum")
+    return v
 
 
 class JudgeParams(CallingStageParams):
     k: int = Field(2, ge=1)  # independent judgements per sample
     aggregate: Literal["min", "mean"] = "min"  # how the k judgements combine (the paper keeps the minimum)
-    threshold: float = Field(6.0, ge=0, le=10)  # final score a sample needs to enter the SFT set
+    threshold: float = Field(5.0, ge=0, le=10)  # final score a sample needs to enter the SFT set
     show_expected_action: bool = True  # tell the judge the prompt's expected action (the paper allows it)
-    top_logprobs: Optional[int] = Field(5, ge=1, le=20)  # for the expected score; null: no log-probabilities
-    weights: dict[str, float] = {"judge": 0.5, "action": 0.2, "citation": 0.1, "style": 0.2}
+    top_logprobs: Optional[int] = Field(None, ge=1, le=20)  # for the expected score; null: none (~4x faster on llama.cpp)
+    score_weights: dict[str, float] = dict(SCORE_WEIGHTS)  # judge and rule checks in the final score
     best_of_n: bool = True  # keep only the best sample of each prompt
     max_per_category: Optional[int] = Field(None, ge=1)  # cap per category, to balance the SFT set
 
-    @field_validator("weights")
+    @field_validator("score_weights")
     @classmethod
     def _known_weights(cls, v: dict[str, float]) -> dict[str, float]:
-        unknown = set(v) - set(JUDGE_WEIGHT_KEYS)
-        if unknown:
-            raise ValueError(f"unknown weight(s) {sorted(unknown)}; weights are {', '.join(JUDGE_WEIGHT_KEYS)}")
-        if any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
-            raise ValueError("weights must be non-negative with a positive sum")
-        return v
+        return _check_weights(v, SCORE_WEIGHTS, "score weight")
 
 
 class SFTParams(StageParams):
@@ -149,7 +158,7 @@ class SFTParams(StageParams):
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     lora_target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                       "down_proj"]  # or ["all-linear"]
-    max_steps: int = Field(8, ge=-1)  # optimizer steps; -1: num_train_epochs over the SFT set
+    max_steps: int = Field(6, ge=-1)  # optimizer steps; -1: num_train_epochs over the SFT set
     num_train_epochs: float = Field(1.0, gt=0)
     learning_rate: float = Field(4e-4, gt=0)
     lr_scheduler_type: str = "constant"
@@ -178,7 +187,7 @@ class RLParams(StageParams):
 
     backend: Literal["trl", "openai"] = "trl"  # trl: GRPO here; openai: an OpenAI reinforcement fine-tuning job
     from_sft: bool = True  # start from the SFT checkpoint; false: from the base weights (the "RL only" ablation)
-    max_steps: int = Field(4, ge=1)  # optimizer steps
+    max_steps: int = Field(3, ge=1)  # optimizer steps
     learning_rate: float = Field(1e-4, gt=0)
     lr_scheduler_type: str = "constant"
     per_device_train_batch_size: int = Field(4, ge=1)  # completions per step and device
@@ -187,7 +196,7 @@ class RLParams(StageParams):
     max_completion_length: int = Field(128, ge=8)  # tokens per completion (CoT and answer); longer ones are cut
     temperature: float = Field(0.7, gt=0)  # sampling temperature (at 1.0 a 135M model writes noise)
     beta: float = Field(0.04, ge=0)  # KL penalty toward the starting (SFT) model; 0: no KL term, none logged
-    reward_weights: dict[str, float] = {"judge": 0.5, "action": 0.3, "style": 0.2}  # answer-only partial credit
+    reward_weights: dict[str, float] = dict(REWARD_WEIGHTS)  # answer-only partial credit
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
     num_threads: Optional[int] = None  # torch CPU threads; null: every core this process may use
@@ -200,12 +209,7 @@ class RLParams(StageParams):
     @field_validator("reward_weights")
     @classmethod
     def _known_reward_weights(cls, v: dict[str, float]) -> dict[str, float]:
-        unknown = set(v) - {"judge", "action", "style"}
-        if unknown:
-            raise ValueError(f"unknown reward weight(s) {sorted(unknown)}; they are judge, action, style")
-        if any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
-            raise ValueError("reward weights must be non-negative with a positive sum")
-        return v
+        return _check_weights(v, REWARD_WEIGHTS, "reward weight")
 
     @model_validator(mode="after")
     def _groups_fit(self) -> "RLParams":
@@ -216,10 +220,15 @@ class RLParams(StageParams):
         return self
 
 
+VariantName = Literal["base", "spec_prompt", "sft", "sft_rl"]
+VARIANTS: tuple[str, ...] = get_args(VariantName)  # the built-in variants of stage 06, in order
+
+
 class EvaluateParams(CallingStageParams):
     """Stage 06: which variants answer the held-out prompts, how, and how the metrics are bootstrapped."""
 
-    variants: list[Literal["base", "spec_prompt", "sft", "sft_rl"]] = ["base", "spec_prompt", "sft", "sft_rl"]
+    max_prompts: Optional[int] = Field(14, ge=1)  # held-out prompts, categories in turn; null: all
+    variants: list[VariantName] = list(VARIANTS)
     extra_models: dict[str, ModelRole] = {}  # more variants by name, e.g. an OpenAI model or a vLLM endpoint
     max_tokens: Optional[int] = Field(128, ge=8)  # per answer (CoT included); null: the role's sampling.max_tokens
     prestart_think: bool = False  # pre-start every reply with <think> (then ask for the answer); false: as is
@@ -229,12 +238,11 @@ class EvaluateParams(CallingStageParams):
     confidence: float = Field(0.95, gt=0, lt=1)  # level of every interval
     baseline: str = "base"  # the variant every other one is compared with (paired differences)
     benchmark_max_prompts: Optional[int] = Field(50, ge=1)  # cap of XSTest / StrongREJECT prompts, types in turn
-    strongreject_path: Optional[str] = None  # StrongREJECT-style CSV (forbidden_prompt, ...); null: not used
 
     @field_validator("extra_models")
     @classmethod
     def _no_clash(cls, v: dict) -> dict:
-        clash = set(v) & {"base", "spec_prompt", "sft", "sft_rl"}
+        clash = set(v) & set(VARIANTS)
         if clash:
             raise ValueError(f"extra_models names {sorted(clash)} are taken by the built-in variants")
         return v
@@ -279,8 +287,9 @@ class RunParams(_Strict):
 PARAM_NAMES = tuple(RunParams.model_fields)
 
 
-def _key_line(root: Optional[yaml.Node], loc: tuple) -> Optional[int]:
-    """1-based line of the deepest key of `loc` that the YAML document has."""
+def key_line(root: Optional[yaml.Node], loc: tuple, first_line: int = 1) -> Optional[int]:
+    """Line of the deepest key of `loc` that the YAML document has, counting the document's first line as
+    `first_line` (a YAML block inside another file, such as a spec's front matter, starts later)."""
     node, line = root, None
     for part in loc:
         if isinstance(node, yaml.MappingNode):
@@ -289,13 +298,17 @@ def _key_line(root: Optional[yaml.Node], loc: tuple) -> Optional[int]:
                     node, line = v, k.start_mark.line + 1
                     break
             else:
-                return line
+                break
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
             node = node.value[part]
             line = node.start_mark.line + 1
         else:
-            return line
-    return line
+            break
+    return line + first_line - 1 if line else None
+
+
+# Keys that were renamed: an old key is refused with the name to use instead (README, "Params reference").
+RENAMED = {("judge", "weights"): "judge.score_weights", ("evaluate", "strongreject_path"): "prompts.strongreject_path"}
 
 
 def _describe(err: ValidationError, source: str, root: Optional[yaml.Node]) -> str:
@@ -303,11 +316,11 @@ def _describe(err: ValidationError, source: str, root: Optional[yaml.Node]) -> s
     for e in err.errors():
         loc = tuple(e["loc"])
         path = ".".join(str(p) for p in loc) or "(top level)"
-        line = _key_line(root, loc)
+        line = key_line(root, loc)
         where = f"{source}:{line}" if line else source
         reason = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            reason = "unknown key"
+            reason = f"renamed: use {RENAMED[loc]}" if loc in RENAMED else "unknown key"
         elif e["type"] != "missing" and "input" in e:
             reason += f" (got {e['input']!r})"
         lines.append(f"{where}: {path}: {reason}")

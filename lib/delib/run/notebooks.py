@@ -12,7 +12,7 @@ import pprint
 import sys
 from pathlib import Path
 
-from delib.run.config import load_params, as_papermill_parameters
+from delib.run.config import as_papermill_parameters, load_params
 from delib.run.paths import STAGES, project_root
 
 RECIPE = "params/smoke.yaml"  # what the notebooks carry; their stored outputs come from it
@@ -41,8 +41,10 @@ def sync(root: Path | None = None) -> list[Path]:
         path = root / "notebooks" / f"{stage}.ipynb"
         nb = json.loads(path.read_text(encoding="utf-8"))
         (cell,) = parameters_cells(nb)
-        if "".join(cell["source"]) != source:
+        collapsed = cell.setdefault("metadata", {}).get("jupyter", {}).get("source_hidden") is True
+        if "".join(cell["source"]) != source or not collapsed:
             cell["source"] = source.splitlines(keepends=True)
+            cell["metadata"].setdefault("jupyter", {})["source_hidden"] = True  # the story comes first
             path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
             changed.append(path)
     return changed

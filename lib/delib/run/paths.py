@@ -10,10 +10,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from delib.run.stages import STAGES
+
 if TYPE_CHECKING:
     from delib.run.config import RunParams
 
-STAGES = ("01_policy", "02_generate", "03_judge", "04_sft", "05_rl", "06_evaluate", "07_analysis")
 
 
 def embedded_model_file() -> Optional[Path]:

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from delib.run.config import ParamsError, RunParams, as_papermill_parameters, load_params
+from delib.run.config import RunParams, as_papermill_parameters, load_params
 from delib.run.io import sha256_file, write_json_atomic
 from delib.run.manifest import Manifest, now
-from delib.run.paths import STAGES, project_root, resolve, run_dir
+from delib.run.paths import project_root, resolve, run_dir
+from delib.run.stages import STAGE_SECTION, STAGES
 
 DONE_MARKER = "_done.json"
 # The params section each stage owns; a stage's fingerprint leaves out the sections of the others.
-STAGE_SECTION = {"02_generate": "generate", "03_judge": "judge", "04_sft": "sft", "05_rl": "rl",
-                 "06_evaluate": "evaluate", "07_analysis": "analysis"}
+
 
 
 class UsageError(ValueError):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING, Literal
 
+from delib.run import stages
 from delib.run.io import write_json_atomic
 from delib.run.paths import project_root, stage_dir
 from delib.training import logs
@@ -18,7 +19,7 @@ from delib.training.errors import ChatTemplateError, EmptyDatasetError, OutOfMem
 if TYPE_CHECKING:
     from delib.run.config import RunParams
 
-STAGES = {"sft": "04_sft", "rl": "05_rl"}
+STAGES = {"sft": stages.SFT, "rl": stages.RL}
 __all__ = ["ChatTemplateError", "EmptyDatasetError", "OutOfMemoryError", "TrainingError", "launch_command", "run"]
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
+
 import numpy as np
+
 if TYPE_CHECKING:
     pass
 
@@ -76,7 +78,7 @@ def export_lora_gguf(adapter_dir: str | Path, out_path: str | Path, base_gguf: s
     meta = _gguf_meta(Path(base_gguf))
     if meta["arch"] != "llama":
         raise ExportError(f"GGUF LoRA export knows the llama architecture, not {meta['arch']!r}: serve this model "
-                          "with serving.TransformersServer instead")
+                          "with delib.models.servers.TransformersServer instead")
     tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
     writer = gguf.GGUFWriter(str(out_path), meta["arch"])
     writer.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)

@@ -16,6 +16,8 @@ from typing import Optional
 
 import pandas as pd
 
+from delib.models.usage import Usage, add_usage
+from delib.run.figures import plt, save
 from delib.run.io import write_json_atomic
 
 LOG_FILE, SUMMARY_FILE = "log.jsonl", "training.json"
@@ -74,8 +76,6 @@ def summarize(stage: str, log: pd.DataFrame, seconds: list[float], wall_s: float
 def write(out: Path, log: pd.DataFrame, summary: dict, role_name: str) -> None:
     """log.jsonl, training.json, and the speed in usage.json under `role_name` (requests: optimizer steps,
     prompt_tokens: tokens processed, wall_s: training seconds), which the runner adds to the manifest."""
-    from delib.models.usage import Usage, add_usage
-
     log.to_json(out / LOG_FILE, orient="records", lines=True)
     write_json_atomic(out / SUMMARY_FILE, summary)
     add_usage(out, role_name, Usage(requests=summary["steps"], prompt_tokens=summary["tokens"] or 0,
@@ -90,8 +90,6 @@ def read(out: Path) -> tuple[pd.DataFrame, dict]:
 
 def plot_curves(log: pd.DataFrame, panels: dict[str, list[str]], path: Path, title: str = "") -> Path:
     """One small panel per entry of `panels` ({title: [log columns]}), each column against the step."""
-    from delib.run.figures import plt, save
-
     panels = {t: [c for c in cols if c in log] for t, cols in panels.items()}
     panels = {t: cols for t, cols in panels.items() if cols}
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.4 * max(1, len(panels)), 2.6), squeeze=False)

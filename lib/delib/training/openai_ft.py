@@ -16,11 +16,16 @@ import time
 import types
 import typing
 from pathlib import Path
-
-import typing_extensions
 from typing import Any, Callable, Optional
 
+import typing_extensions
+
+from delib.models.wire import read_dotenv
+from delib.run import stages
+from delib.run.config import ModelRole
 from delib.run.io import write_json_atomic
+from delib.run.paths import project_root
+from delib.training.serving import SERVED_FILE
 
 NEW_JOBS_END = dt.date(2027, 1, 6)  # OpenAI accepts no new fine-tuning jobs from this day
 JOB_FILE = "openai_job.json"
@@ -188,9 +193,6 @@ def validate_training_file(path: Path, method: str) -> tuple[int, list[str]]:
 
 def api_key(env_var: str = "OPENAI_API_KEY", env_file: Optional[Path] = None) -> Optional[str]:
     """The key from the environment or the project's .env, or None."""
-    from delib.models.wire import read_dotenv
-    from delib.run.paths import project_root
-
     return os.environ.get(env_var) or read_dotenv(env_file or project_root() / ".env").get(env_var)
 
 
@@ -212,10 +214,7 @@ def run_job(params, stage: str, training_path: Path, payload: dict, out: Path, c
             poll_s: float = 30.0) -> dict:
     """Build, validate and (with backend openai, a key and a valid payload) submit one job; record the outcome in
     `<out>/openai_job.json` and, when a model came out of it, make it servable (served.json)."""
-    from delib.run.config import ModelRole
-    from delib.training.serving import SERVED_FILE
-
-    section = getattr(params, {"04_sft": "sft", "05_rl": "rl"}[stage])
+    section = getattr(params, {stages.SFT: "sft", stages.RL: "rl"}[stage])
     method = payload["method"]["type"]
     n, problems = validate_training_file(training_path, method)
     problems = validate_job(payload) + problems

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from delib.models.servers import cpu_count
 from delib.run.paths import resolve
 from delib.training.errors import TrainingError
 
@@ -26,8 +27,6 @@ OWNED = {"output_dir": "the stage folder", "seed": "the run's seed", "data_seed"
 def threads(section: Union["SFTParams", "RLParams"]) -> int:
     """Set torch's CPU threads from params (null: every core this process may use); returns the number."""
     import torch
-
-    from delib.models.servers import cpu_count
 
     n = section.num_threads or cpu_count()
     torch.set_num_threads(n)

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from pydantic import Field
 
 from delib.generation.cot import THINK_CLOSE, THINK_OPEN
-from delib.judging.judge import AnswerVerdict, judge_messages
 from delib.judging.graders import completion_text, grade_propositions, last_user_message, response_type, style_score
+from delib.judging.judge import AnswerVerdict, judge_messages
+from delib.models import ChatRequest
 
 if TYPE_CHECKING:
     from delib.models import ModelClient
@@ -78,8 +79,6 @@ class AnswerReward:
     def score(self, prompts: Sequence[str], answers: Sequence[str], categories: Sequence[str],
               expected_actions: Sequence[str]) -> list[dict]:
         """Grade final answers (no CoT anywhere in the signature): one dict of reward parts per answer."""
-        from delib.models import ChatRequest
-
         requests, index = [], []
         for i, (prompt, answer, category, expected) in enumerate(zip(prompts, answers, categories, expected_actions)):
             if answer.strip():

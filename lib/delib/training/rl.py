@@ -9,16 +9,20 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from delib.run.paths import require, run_dir, stage_dir
-from delib.training import logs, recipe, weights
+from delib.models import ModelClient
+from delib.policy.overview import read_outputs
+from delib.run import stages
+from delib.run.paths import require, stage_dir
+from delib.training import logs, recipe, serving, weights
 from delib.training.errors import TrainingError, oom_guard
+from delib.training.reward import AnswerReward
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
     from delib.run.config import RunParams
 
-STAGE = "05_rl"
+STAGE = stages.RL
 CHECKPOINT = "checkpoint"
 REWARDS_FILE = "rewards.jsonl"  # every graded completion: its visible answer, reward parts, and (for people) the CoT
 
@@ -27,7 +31,7 @@ def rl_rows(params: "RunParams") -> list[dict]:
     """Stage 03's RL set (training prompts with category and expected action), capped at `rl.max_prompts`."""
     import json
 
-    path = require(params, "03_judge", "rl.jsonl")
+    path = require(params, stages.JUDGE, "rl.jsonl")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if params.rl.max_prompts:
         rows = rows[: params.rl.max_prompts]
@@ -56,7 +60,7 @@ def start_model(params: "RunParams"):
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(base)
         return model, tokenizer, recipe.lora_config(params.sft) if params.sft.lora else None, params.sft.lora
-    checkpoint = require(params, "04_sft", "checkpoint")
+    checkpoint = require(params, stages.SFT, "checkpoint")
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     if (checkpoint / "adapter_config.json").is_file():
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
@@ -70,11 +74,6 @@ def train(params: "RunParams") -> dict:
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOTrainer
 
-    from delib.training import serving
-    from delib.models import ModelClient
-    from delib.policy.overview import read_outputs
-    from delib.training.reward import AnswerReward
-
     t0 = time.perf_counter()
     r = params.rl
     out = stage_dir(params, STAGE)
@@ -86,8 +85,8 @@ def train(params: "RunParams") -> dict:
     tokenizer.padding_side = "left"  # generation pads on the left
     (out / REWARDS_FILE).unlink(missing_ok=True)
     clock = logs.step_clock()
-    with ModelClient(params.models.judge, "judge", params.cache, params.seed, run_dir(params), STAGE,
-                     progress=False) as judge:
+    with ModelClient.for_run(params, params.models.judge, "judge", STAGE,
+                             progress=False) as judge:
         reward = AnswerReward(judge, rendered, r.reward_weights, params.judge.show_expected_action,
                               out / REWARDS_FILE if recipe.is_main_process() else None)
         with logs.quiet():

@@ -6,10 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
+
+from delib.generation.cot import parse_completion
+from delib.models import ChatRequest, ModelClient
+from delib.run import stages
 from delib.run.config import ModelRole, RunParams
 from delib.run.io import clip, write_json_atomic
-from delib.run.paths import require
+from delib.run.paths import project_root, require, stage_dir
 from delib.training.export import ExportError, export_lora_gguf, export_model_gguf
+from delib.training.weights import served_base_gguf
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -19,8 +25,6 @@ SERVED_FILE = "served.json"  # what 04_sft and 05_rl write: how to query the mod
 
 def _relative(path: Path) -> str:
     """A path as params write it: relative to the project root when under it."""
-    from delib.run.paths import project_root
-
     path = Path(path).resolve()
     try:
         return str(path.relative_to(project_root()))
@@ -35,9 +39,6 @@ def publish(params: RunParams, stage: str, checkpoint: Path, lora: bool, state_d
     shipped model (`adapter.gguf`), a full fine-tune as a whole float32 GGUF (`model.gguf`). Other weights (a hub
     model) are served by `transformers serve` from the checkpoint (`TransformersServer`).
     """
-    from delib.run.paths import stage_dir
-    from delib.training.weights import served_base_gguf
-
     out = stage_dir(params, stage)
     base_gguf = served_base_gguf(params)
     policy = params.models.policy
@@ -60,7 +61,7 @@ def publish(params: RunParams, stage: str, checkpoint: Path, lora: bool, state_d
 
 def served_record(params: RunParams, which: str) -> dict:
     """What stage 04 ("sft") or 05 ("rl") recorded in served.json: route, checkpoint, role."""
-    stage = {"sft": "04_sft", "rl": "05_rl"}[which]
+    stage = {"sft": stages.SFT, "rl": stages.RL}[which]
     return json.loads(require(params, stage, SERVED_FILE).read_text())
 
 
@@ -111,10 +112,6 @@ def ask(params: RunParams, roles: dict[str, ModelRole], prompts, stage: str, spe
     asks (without `evaluate.prestart_think`, the same call there is then answered by the cache)."""
     import pandas as pd
 
-    from delib.generation.cot import parse_completion
-    from delib.models import ChatRequest, ModelClient
-    from delib.run.paths import run_dir
-
     rows = []
     for name, role in roles.items():
         if role is None:  # trained but not servable in place (e.g. a hub model: stage 06 starts transformers serve)
@@ -122,8 +119,8 @@ def ask(params: RunParams, roles: dict[str, ModelRole], prompts, stage: str, spe
             continue
         requests = [ChatRequest(messages=[{"role": "user", "content": p.prompt}], max_tokens=params.evaluate.max_tokens,
                                 meta={"prompt_id": p.id}) for p in prompts.itertuples()]
-        with ModelClient(role, f"policy_{name}", params.cache, params.seed, run_dir(params), stage,
-                         progress=False) as client:
+        with ModelClient.for_run(params, role, f"policy_{name}", stage,
+                                 progress=False) as client:
             results = client.chat_many(requests)
         for p, res in zip(prompts.itertuples(), results):
             parsed = parse_completion(res.text, res.finish_reason, spec_ids)

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from delib.run import stages
 from delib.run.paths import require, stage_dir
-from delib.training import logs, recipe, weights
+from delib.training import logs, recipe, serving, weights
 from delib.training.errors import EmptyDatasetError, TrainingError, oom_guard
 
 if TYPE_CHECKING:
@@ -18,13 +19,13 @@ if TYPE_CHECKING:
 
     from delib.run.config import RunParams
 
-STAGE = "04_sft"
+STAGE = stages.SFT
 CHECKPOINT = "checkpoint"  # the LoRA adapter (PEFT folder) or the full model, with its tokenizer
 
 
 def funnel_text(params: "RunParams") -> str:
     """Stage 03's funnel as a few lines of text (for the empty-dataset error)."""
-    path = stage_dir(params, "03_judge", create=False) / "funnel.csv"
+    path = stage_dir(params, stages.JUDGE, create=False) / "funnel.csv"
     if not path.is_file():
         return "  (no funnel.csv in 03_judge)"
     funnel = pd.read_csv(path)
@@ -34,7 +35,7 @@ def funnel_text(params: "RunParams") -> str:
 def sft_rows(params: "RunParams") -> list[dict]:
     """Stage 03's SFT set (prompt without the spec, assistant turn with <think> CoT and answer), capped at
     `sft.max_prompts`; an empty set stops here with the funnel that emptied it."""
-    path = require(params, "03_judge", "sft.jsonl")
+    path = require(params, stages.JUDGE, "sft.jsonl")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if params.sft.max_prompts:
         rows = rows[: params.sft.max_prompts]
@@ -64,8 +65,6 @@ def train(params: "RunParams") -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
-
-    from delib.training import serving
 
     t0 = time.perf_counter()
     s = params.sft

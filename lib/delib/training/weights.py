@@ -13,9 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from delib.models.servers import embedded_model_path
 from delib.run.io import sha256_file
 from delib.run.paths import resolve
 from delib.training.errors import ChatTemplateError, TrainingError
+from delib.training.logs import quiet
 
 if TYPE_CHECKING:
     from delib.run.config import RunParams
@@ -30,8 +32,6 @@ def cache_root(params: "RunParams") -> Path:
 
 def embedded_gguf(params: "RunParams") -> Path:
     """The GGUF file the embedded policy is served from (the packaged SmolLM2, or a .gguf path in params)."""
-    from delib.models.servers import embedded_model_path
-
     return embedded_model_path(params.models.policy.model)
 
 
@@ -84,7 +84,6 @@ def base_model(params: "RunParams") -> str:
     if params.models.policy.backend != "embedded":
         raise TrainingError(f"models.policy uses the {params.models.policy.backend!r} backend: TRL needs weights; "
                             "set sft.base_model to a Hugging Face folder or id, or use sft.backend: openai")
-    from delib.training.logs import quiet
 
     with quiet():
         return str(convert_gguf(embedded_gguf(params), cache_root(params)))

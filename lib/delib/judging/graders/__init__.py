@@ -4,11 +4,13 @@
 `style` reads the action a response took and scores its style for the action the spec asks for; `text` is what
 they all read. The names below are the package's public API.
 """
-from delib.judging.graders.text import (  # noqa: F401
+from delib.judging.graders.text import (
     Message, Chat, last_user_message, completion_text, normalise, sentences, cue)
-from delib.judging.graders.refusal import (  # noqa: F401
+from delib.judging.graders.refusal import (
     REFUSAL_CUES, LECTURE, REFERRAL, REDIRECT, EMPATHY, PIVOT_TO_ANSWER, ASKS_JUSTIFICATION, GIVES_REASON, DISAGREES, PLEASANTRY, RefusalClass, REFUSAL_LABELS, XSTEST_LABELS, RefusalLabel, ANSWER_WORDS, OPENING_SENTENCES, classify_refusal, STRMATCH_PREFIXES, STRMATCH_KEYWORDS, strmatch_refusal, keyword_refusal)
-from delib.judging.graders.propositions import (  # noqa: F401
+from delib.judging.graders.propositions import (
     Verdict, apology, inability_to_comply, judgemental, encourage_professional_help, provides_resources, apology_acknowledges_emotional_state, gentle_encouragement_for_help, meta_commentary, reference_safety_policy, requests_information, third_person, disclaimer, threatening_language, insulting_language, definitive_verbiage, additional_content, fully_complies, empty_response, Grader, LLM_QUESTIONS, grade_with_llm, disallowed_content, PROPOSITIONS, LLM_ONLY, explain_propositions, grade_propositions)
-from delib.judging.graders.style import (  # noqa: F401
+from delib.judging.graders.style import (
     Action, RBR_RESPONSE_TYPES, response_type, STYLE, STYLE_BY_CATEGORY, STYLE_GATES, style_for, style_score)
+
+__all__ = ["Message", "Chat", "last_user_message", "completion_text", "normalise", "sentences", "cue", "REFUSAL_CUES", "LECTURE", "REFERRAL", "REDIRECT", "EMPATHY", "PIVOT_TO_ANSWER", "ASKS_JUSTIFICATION", "GIVES_REASON", "DISAGREES", "PLEASANTRY", "RefusalClass", "REFUSAL_LABELS", "XSTEST_LABELS", "RefusalLabel", "ANSWER_WORDS", "OPENING_SENTENCES", "classify_refusal", "STRMATCH_PREFIXES", "STRMATCH_KEYWORDS", "strmatch_refusal", "keyword_refusal", "Verdict", "apology", "inability_to_comply", "judgemental", "encourage_professional_help", "provides_resources", "apology_acknowledges_emotional_state", "gentle_encouragement_for_help", "meta_commentary", "reference_safety_policy", "requests_information", "third_person", "disclaimer", "threatening_language", "insulting_language", "definitive_verbiage", "additional_content", "fully_complies", "empty_response", "Grader", "LLM_QUESTIONS", "grade_with_llm", "disallowed_content", "PROPOSITIONS", "LLM_ONLY", "explain_propositions", "grade_propositions", "Action", "RBR_RESPONSE_TYPES", "response_type", "STYLE", "STYLE_BY_CATEGORY", "STYLE_GATES", "style_for", "style_score"]

@@ -7,7 +7,16 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Sequence
-from delib.judging.graders.refusal import ANSWER_WORDS, EMPATHY, PLEASANTRY, REFUSAL_CUES, _plain, _tag, classify_refusal
+
+from delib.judging.graders.refusal import (
+    ANSWER_WORDS,
+    EMPATHY,
+    PLEASANTRY,
+    REFUSAL_CUES,
+    _plain,
+    _tag,
+    classify_refusal,
+)
 from delib.judging.graders.text import Chat, completion_text, cue, last_user_message, normalise, sentences
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Literal
-from delib.judging.graders.text import Chat, _LIST_ITEM, completion_text, cue, last_user_message, normalise, sentences
 
+from delib.judging.graders.text import _LIST_ITEM, Chat, completion_text, cue, last_user_message, normalise, sentences
 
 # ---------------------------------------------------------------------------------------------------------------
 # Cues. Each is a general way of saying something (not a phrase lifted from one development row); the names are

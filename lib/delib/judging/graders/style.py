@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Literal, Mapping
 
-
 # ---------------------------------------------------------------------------------------------------------------
 # What the response did (its action), and how well it follows the style for the action it should have taken
 # ---------------------------------------------------------------------------------------------------------------

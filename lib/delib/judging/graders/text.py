@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from typing import Mapping, Sequence, Union
 
-
 # ---------------------------------------------------------------------------------------------------------------
 # Inputs: a prompt is text or a chat (list of {"role", "content"}); a completion is text, a message or a list of
 # messages (the RBR gold file stores both as chats). Only the last user turn and the assistant text are graded.

@@ -1,0 +1,17 @@
+"""The seven stages of the method, by the names of their notebooks and of their folders in a run.
+
+Every module names a stage through these constants, never a literal.
+"""
+
+# The stages, by the names of their notebooks and of their folders in a run; use these names, never the literals.
+POLICY = "01_policy"
+GENERATE = "02_generate"
+JUDGE = "03_judge"
+SFT = "04_sft"
+RL = "05_rl"
+EVALUATE = "06_evaluate"
+ANALYSIS = "07_analysis"
+STAGES = (POLICY, GENERATE, JUDGE, SFT, RL, EVALUATE, ANALYSIS)
+# The params section each stage owns (01 owns none: spec and prompts feed every stage).
+STAGE_SECTION = {GENERATE: "generate", JUDGE: "judge", SFT: "sft", RL: "rl", EVALUATE: "evaluate",
+                 ANALYSIS: "analysis"}
