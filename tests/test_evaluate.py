@@ -94,7 +94,7 @@ def test_evaluate_with_a_scripted_model(run, tmp_path):
     assert len(systems) == 14 and "[self-harm-s3]" in systems[0]["content"]  # only spec_prompt carries the spec
     assert all(b["max_tokens"] == params.evaluate.max_tokens for b in transport.calls)
     assert (answers["refusal"] == "full_refusal").all() and (answers["answer_action"] == "refuse").all()
-    m, d = metrics.bootstrap_metrics(answers, metrics.policy_metrics(answers), resamples=200,
+    m, d = metrics.bootstrap_metrics(answers, metrics.heldout_metrics(answers), resamples=200,
                                      pairs=[("spec_prompt", "base")])
     got = m[m["variant"] == "base"].set_index("key")["value"]
     assert got["not_unsafe"] == 1 and got["not_overrefuse"] == 0 and got["correct_action[refuse]"] == 1
@@ -145,7 +145,7 @@ def test_failed_requests_are_kept_and_left_out(run, tmp_path):
     transport = scripted_transport([400, REFUSAL, REFUSAL, REFUSAL])
     answers = answering.evaluate_variants([base], sel, p, spec, tmp_path, transport=transport, log=lambda s: None)
     assert answers["error"].notna().sum() == 1
-    m, _ = metrics.bootstrap_metrics(answers, metrics.policy_metrics(answers), resamples=100)
+    m, _ = metrics.bootstrap_metrics(answers, metrics.heldout_metrics(answers), resamples=100)
     assert m.set_index("key").loc["format_adherence", "n"] == 3
 
 

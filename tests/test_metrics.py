@@ -95,10 +95,10 @@ def test_same_seed_same_intervals_and_missing_pairs_skipped():
     assert d1.empty  # "sft" was not evaluated: no difference is invented
 
 
-def test_policy_metrics_follow_the_answers():
+def test_heldout_metrics_follow_the_answers():
     df = pd.DataFrame({"variant": "a", "prompt_id": ["1", "2", "3"], "category": ["self_harm", "privacy", "x"],
                        "expected_action": ["safe_complete", "refuse", "refuse"]})
-    keys = {d.key for d in metrics.policy_metrics(df)}
+    keys = {d.key for d in metrics.heldout_metrics(df)}
     assert {"not_unsafe", "not_overrefuse", "style_hard_refusal", "style_safe_completion[self_harm]",
             "citation_accuracy[refuse]", "citation_accuracy[safe_complete]", "format_adherence"} <= keys
     assert "correct_action[comply]" not in keys and "style_comply" not in keys

@@ -75,7 +75,7 @@ def test_no_cell_relies_on_a_trailing_semicolon(nb):
 # What a notebook shows is model output when it comes from a model call, a trainer, or a file that a model stage
 # wrote; such values differ from machine to machine (float summation order, sampling), so nbval must not compare them.
 MODEL_CALLS = {"run_generation", "chat_many", "chat", "samples_table", "judgements_table", "score_samples",
-               "filter_samples", "sft_rows", "show_samples", "malformed_counts", "AnswerReward", "ask", "show_answers",
+               "filter_samples", "read_sft_set", "show_samples", "malformed_counts", "AnswerReward", "ask", "show_answers",
                "evaluate_variants", "grade_strongreject", "strongreject_per_prompt", "read_rewards", "load_evaluation",
                "judge_outputs", "judge_summary", "training_summaries", "training_logs", "stage_times", "findings"}
 MODEL_CALLS_QUALIFIED = {("training", "run"), ("logs", "read")}

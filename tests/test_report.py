@@ -24,7 +24,7 @@ def fake_metrics() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
                          "cites_right_category": v == "sft", "well_formed": v == "sft", "cot_tokens": 40.0,
                          "completion_tokens": 80.0, "latency_s": 1.5, "error": None})
     answers = pd.DataFrame(rows)
-    m, d = metrics.bootstrap_metrics(answers, metrics.policy_metrics(answers), resamples=500,
+    m, d = metrics.bootstrap_metrics(answers, metrics.heldout_metrics(answers), resamples=500,
                                      pairs=[("sft", "base")])
     variants = pd.DataFrame([
         {"variant": "base", "label": "base", "available": True, "reason": ""},
@@ -148,7 +148,7 @@ def _same_model_answers():
              "well_formed": False, "error": None}
             for v in ("base", "sft") for i, (pid, a) in enumerate(zip(ids, ["comply", "refuse"] * 10))]
     answers = pd.DataFrame(rows)
-    return answers, metrics.policy_metrics(answers)
+    return answers, metrics.heldout_metrics(answers)
 
 
 def test_verdict_says_when_nothing_is_reproduced():

@@ -94,7 +94,7 @@ def test_example_gpu_recipe_is_valid(root):
 def test_sft_set_is_prompt_completion_without_the_spec(tmp_path):
     params = make_params(tmp_path, sft={"max_prompts": 2})
     write_run(params, [sft_row(i) for i in range(3)])
-    rows = sft.sft_rows(params)
+    rows = sft.read_sft_set(params)
     assert len(rows) == 2
     ds = sft.sft_dataset(rows)
     assert ds.column_names == ["prompt", "completion"]
@@ -109,7 +109,7 @@ def test_empty_sft_set_shows_the_funnel(tmp_path):
                            {"step": "final score >= 6", "samples": 0, "prompts": 0, "share": 0.0}])
     write_run(params, [], funnel=funnel)
     with pytest.raises(EmptyDatasetError) as err:
-        sft.sft_rows(params)
+        sft.read_sft_set(params)
     text = str(err.value)
     assert "nothing survived filtering" in text and "judge.threshold" in text
     assert "generated" in text and "28 samples" in text and "final score >= 6" in text
@@ -121,14 +121,14 @@ def test_sft_row_must_end_with_the_assistant(tmp_path):
     bad["messages"] = bad["messages"][:1]
     write_run(params, [bad])
     with pytest.raises(TrainingError, match="row 1 is not a user turn followed by an assistant turn"):
-        sft.sft_rows(params)
+        sft.read_sft_set(params)
 
 
 def test_rl_set_keeps_what_the_reward_needs(tmp_path):
     params = make_params(tmp_path, rl={"max_prompts": 1})
     write_run(params, rl_rows=[{"prompt_id": "a", "prompt": "Q?", "category": "c", "expected_action": "refuse"},
                                {"prompt_id": "b", "prompt": "R?", "category": "c", "expected_action": "comply"}])
-    rows = rl.rl_rows(params)
+    rows = rl.read_rl_set(params)
     ds = rl.rl_dataset(rows)
     assert len(ds) == 1 and ds[0]["prompt"] == [{"role": "user", "content": "Q?"}]
     assert ds[0]["expected_action"] == "refuse" and ds[0]["category"] == "c"

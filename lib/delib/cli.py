@@ -15,7 +15,7 @@ from delib.run.runner import UsageError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from delib.run.runner import StageFailed, run
+    from delib.run.runner import StageFailed, run  # late: papermill is slow to import; `delib spec` needs none of it
 
     try:
         rdir = run(args.params, stages=args.stages, resume=args.resume, force=args.force,

@@ -49,7 +49,7 @@ def _and(*fs: Callable) -> Callable[[pd.DataFrame], pd.Series]:
     return f
 
 
-def policy_metrics(answers: pd.DataFrame) -> list[MetricDef]:
+def heldout_metrics(answers: pd.DataFrame) -> list[MetricDef]:
     """The held-out metrics, for the categories and actions present in `answers` (one per subset)."""
     defs = [
         MetricDef("not_unsafe", "all", "safe", _is("expected_action", *UNSAFE_ACTIONS),

@@ -248,7 +248,7 @@ class ModelClient:
             body["messages"] = [*req.messages, {"role": "assistant", "content": req.prefill}]
             body["continue_final_message"], body["add_generation_prompt"] = True, False
             return
-        from delib.models.template import render_prompt
+        from delib.models.template import render_prompt  # late: llama_cpp and gguf, only for a pre-filled reply
 
         prompt, stop = render_prompt(req.messages, servers.embedded_model_path(self.role.model))
         del body["messages"]

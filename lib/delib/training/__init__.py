@@ -49,7 +49,7 @@ def run(params: "RunParams", stage: Literal["sft", "rl"]) -> dict:
         return logs.read(stage_dir(params, STAGES[stage]))[1]
     with logs.quiet():  # TRL's imports and trainers print progress bars and warnings; the stage log keeps them
         if stage == "sft":
-            from delib.training.sft import train
+            from delib.training.sft import train  # late: only the stage that runs is loaded
         else:
             from delib.training.rl import train
         return train(params)

@@ -13,7 +13,7 @@ def main(argv: list[str]) -> None:
     params = (validate_params(json.loads(path.read_text()), str(path)) if path.suffix == ".json"
               else load_params(path))
     if stage == "sft":
-        from delib.training.sft import train
+        from delib.training.sft import train  # late: only the stage that runs is loaded
     else:
         from delib.training.rl import train
     train(params)

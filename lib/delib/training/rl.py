@@ -27,7 +27,7 @@ CHECKPOINT = "checkpoint"
 REWARDS_FILE = "rewards.jsonl"  # every graded completion: its visible answer, reward parts, and (for people) the CoT
 
 
-def rl_rows(params: "RunParams") -> list[dict]:
+def read_rl_set(params: "RunParams") -> list[dict]:
     """Stage 03's RL set (training prompts with category and expected action), capped at `rl.max_prompts`."""
     import json
 
@@ -78,7 +78,7 @@ def train(params: "RunParams") -> dict:
     r = params.rl
     out = stage_dir(params, STAGE)
     n_threads = recipe.threads(r)
-    rows = rl_rows(params)
+    rows = read_rl_set(params)
     _, _, rendered = read_outputs(params)
     with logs.quiet():
         model, tokenizer, peft_config, lora = start_model(params)

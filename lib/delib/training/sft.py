@@ -32,7 +32,7 @@ def funnel_text(params: "RunParams") -> str:
     return "\n".join(f"  {r.step:<28} {r.samples:>5} samples  {r.prompts:>4} prompts" for r in funnel.itertuples())
 
 
-def sft_rows(params: "RunParams") -> list[dict]:
+def read_sft_set(params: "RunParams") -> list[dict]:
     """Stage 03's SFT set (prompt without the spec, assistant turn with <think> CoT and answer), capped at
     `sft.max_prompts`; an empty set stops here with the funnel that emptied it."""
     path = require(params, stages.JUDGE, "sft.jsonl")
@@ -70,7 +70,7 @@ def train(params: "RunParams") -> dict:
     s = params.sft
     out = stage_dir(params, STAGE)
     n_threads = recipe.threads(s)
-    rows = sft_rows(params)
+    rows = read_sft_set(params)
     base = weights.base_model(params)
     with logs.quiet():
         tokenizer = AutoTokenizer.from_pretrained(base)
