@@ -14,7 +14,7 @@ import httpx2
 import pytest
 from pydantic import BaseModel, Field
 
-from delib.models import ChatRequest, ModelAuthError, ModelClient, read_usage, scripted_transport
+from delib.models import ChatRequest, ModelAuthError, ModelCallsFailed, ModelClient, read_usage, scripted_transport
 from delib.models.fake import completion_body
 from delib.run.config import CacheParams, ModelRole, Sampling
 
@@ -121,8 +121,10 @@ def test_no_api_key_in_cache_or_errors(tmp_path, cache, monkeypatch):
     with sqlite3.connect(cache.path) as db:
         assert db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 1
     bad, _ = make([(400, {"error": {"message": f"bad key {secret} echoed"}})], role=role)
-    result = bad.chat_many([ask("b")])[0]
-    assert result.error.startswith("bad_request") and secret not in result.error
+    with pytest.raises(ModelCallsFailed) as stopped:
+        bad.chat_many([ask("b")])
+    result = stopped.value.results[0]
+    assert result.error.startswith("bad_request") and secret not in result.error and secret not in str(stopped.value)
 
 
 def test_retries_429_5xx_timeouts_and_dropped_connections():
@@ -168,8 +170,34 @@ def test_failure_after_retries_is_recorded_not_cached(cache, tmp_path):
 
 def test_400_fails_fast():
     client, transport = make(lambda body: 400)
-    result = client.chat_many([ask("x")])[0]
+    with pytest.raises(ModelCallsFailed) as stopped:
+        client.chat_many([ask("x")])
+    result = stopped.value.results[0]
     assert result.error.startswith("bad_request") and result.attempts == 1 and len(transport.calls) == 1
+
+
+def test_a_batch_whose_requests_all_fail_stops_with_the_cause():
+    client, _ = make(lambda body: (404, {"error": {"message": "The model `gpt-typo` does not exist"}}))
+    with pytest.raises(ModelCallsFailed, match=r"generator .*: 3 of 3 requests failed; the first: bad_request.*"
+                                               r"does not exist"):
+        client.chat_many([ask(c) for c in "abc"])
+
+
+def test_more_failures_than_the_role_allows_stop_and_fewer_do_not():
+    answers = iter([400, "ok", 400, 400])  # identical prompts make one call: four distinct ones here
+    client, _ = make(lambda body: next(answers), role=ModelRole(max_failed_share=0.5, max_retries=0))
+    with pytest.raises(ModelCallsFailed, match="3 of 4 requests failed"):
+        client.chat_many([ask(c) for c in "abcd"])
+    answers = iter([400, "ok", "ok", "ok"])
+    client, _ = make(lambda body: next(answers), role=ModelRole(max_failed_share=0.5, max_retries=0))
+    results = client.chat_many([ask(c) for c in "abcd"])
+    assert [r.ok for r in results].count(False) == 1
+
+
+def test_replies_that_do_not_parse_are_answers_not_failed_requests():
+    client, _ = make(lambda body: "not json at all")
+    results = client.chat_many([ask(c, response_model=Verdict) for c in "ab"])
+    assert all(r.error.startswith("parse:") for r in results)
 
 
 def test_401_stops_the_run_and_names_the_variable(monkeypatch):
@@ -314,7 +342,8 @@ def test_usage_is_merged_per_role_and_written_atomically(tmp_path, cache):
     gen.chat_many([ask("a b"), ask("c")])
     gen.chat_many([ask("a b"), ask("d e f")])  # one cache hit
     judge, _ = make(lambda body: 500, role=ModelRole(max_retries=0), tmp_path=tmp_path, role_name="judge")
-    judge.chat_many([ask("x")])
+    with pytest.raises(ModelCallsFailed):  # its usage is written all the same
+        judge.chat_many([ask("x")])
     stage = tmp_path / "02_generate"
     data = json.loads((stage / "usage.json").read_text())
     assert data["generator"] == {"requests": 4, "cache_hits": 1, "failures": 0, "prompt_tokens": 6,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
 
-from delib.models import ChatRequest, ModelClient
+from delib.models import ChatRequest, ModelCallsFailed, ModelClient
 from delib.models.batch import BatchTimeout
 from delib.run.config import CacheParams, ModelRole
 
@@ -63,7 +63,9 @@ def test_persistent_failures_are_recorded_with_their_error(tmp_path):
         role = role_for(server, max_retries=2, max_concurrency=4)
         with ModelClient(role, "judge", CacheParams(enabled=False), run_dir=tmp_path, stage="03_judge",
                          backoff_base_s=0.001, progress=False) as client:
-            results = client.chat_many([ask(i) for i in range(10)])
+            with pytest.raises(ModelCallsFailed, match="10 of 10 requests failed") as stopped:
+                client.chat_many([ask(i) for i in range(10)])
+            results = stopped.value.results
         assert server.stats()["received"] == 30
     assert all(r.error.startswith("server_error") and r.attempts == 3 for r in results)
     assert client.last_usage.failures == 10

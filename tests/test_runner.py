@@ -127,3 +127,25 @@ def test_existing_run_folder_needs_resume_or_force(project, capsys):
     assert cli.main(["run", "params/p.yaml", "--stages", "01"]) == 0
     assert "already exists" in cli_error(capsys, "run", "params/p.yaml", "--stages", "01")
     assert cli.main(["run", "params/p.yaml", "--stages", "01", "--force"]) == 0
+
+
+@pytest.mark.pipeline
+def test_a_stage_whose_requests_all_fail_stops_with_the_cause(tmp_path, root, monkeypatch):
+    """The real stage 02 against a closed loopback port: exit 1 naming the role, the count and the error, and no
+    stage 03 left to crash on an empty table."""
+    from delib.models.servers import free_port
+
+    monkeypatch.setenv("DELIB_ROOT", str(root))
+    monkeypatch.chdir(root)
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    params = tmp_path / "p.yaml"
+    params.write_text(f"run_name: down\noutputs_dir: {tmp_path / 'outputs'}\ncache: {{enabled: false}}\n"
+                      f"generate: {{max_prompts: 2, samples_per_prompt: 1}}\n"
+                      f"models:\n  generator: {{backend: openai_compatible, base_url: '{closed}', model: m, "
+                      f"max_retries: 0}}\n")
+    with pytest.raises(StageFailed) as failed:
+        run(params, stages="01-03", log=lambda s: None)
+    message = str(failed.value)
+    assert failed.value.stage == "02_generate" and "ModelCallsFailed" in message
+    assert "generator (openai_compatible, model 'm'): 2 of 2 requests failed; the first: connection" in message
+    assert not (tmp_path / "outputs" / "down" / "03_judge").exists()

@@ -10,10 +10,11 @@ from delib.models.fake import scripted_transport
 from delib.models.servers import EmbeddedServer, ServerError, embedded_model_path
 from delib.models.structured import gbnf_for, openai_response_format, parse_reply, response_schema
 from delib.models.usage import Usage, add_usage, read_usage
-from delib.models.wire import ModelAuthError
+from delib.models.wire import ModelAuthError, ModelCallsFailed
 
 __all__ = [
-    "CallCache", "ChatRequest", "ChatResult", "EmbeddedServer", "ModelAuthError", "ModelClient", "ServerError",
+    "CallCache", "ChatRequest", "ChatResult", "EmbeddedServer", "ModelAuthError", "ModelCallsFailed", "ModelClient",
+    "ServerError",
     "TokenLogprob", "Usage", "add_usage", "call_key", "embedded_model_path", "gbnf_for", "openai_response_format",
     "parse_reply", "read_usage", "response_schema", "scripted_transport",
 ]

@@ -13,11 +13,10 @@ import random
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 import httpx2
 import openai
-from pydantic import BaseModel
 
 from delib.run.config import CacheParams, ModelRole
 
@@ -26,9 +25,10 @@ if TYPE_CHECKING:
 
 from delib.models import servers
 from delib.models.batch import run_batch
-from delib.models.cache import CallCache, NoCache, call_key
+from delib.models.cache import CallCache, NoCache
 from delib.models.calls import ChatRequest, ChatResult, TokenLogprob, groups_by_first_message
 from delib.models.progress import LoopThread, Tracker
+from delib.models.requests import add_structured, plan_call
 from delib.models.usage import Usage, add_usage
 from delib.models.wire import (
     PARSE_RETRY_SEED_STRIDE,
@@ -38,6 +38,7 @@ from delib.models.wire import (
     CallPlan,
     MalformedReply,
     ModelAuthError,
+    ModelCallsFailed,
     classify_error,
     extract_reply,
     json_body,
@@ -49,7 +50,7 @@ from delib.run.io import sha256_file
 from delib.run.paths import project_root, resolve
 from delib.run.paths import run_dir as run_folder
 
-from .structured import gbnf_for, json_object_response_format, openai_response_format, parse_reply, response_schema
+from .structured import parse_reply
 
 
 class ModelClient:
@@ -139,7 +140,17 @@ class ModelClient:
         self._record_usage(out, todo, time.monotonic() - started)
         if self._fatal:
             raise ModelAuthError(self._fatal)
+        self._check_failures(out)
         return out
+
+    def _check_failures(self, results: Sequence[ChatResult]) -> None:
+        """Stop when every request failed, or more than the role's `max_failed_share` did (a reply that did not
+        parse is the model's answer, not a failed request, and does not count)."""
+        failed = [r for r in results if r.error and not r.error.startswith("parse:")]
+        if results and (len(failed) == len(results) or len(failed) > self.role.max_failed_share * len(results)):
+            raise ModelCallsFailed(f"{self.role_name} ({self.role.backend}, model {self.role.model!r}): "
+                                   f"{len(failed)} of {len(results)} requests failed; the first: {failed[0].error}",
+                                   list(results))
 
     async def achat_many(self, requests: Sequence[ChatRequest], desc: Optional[str] = None, **kw) -> list[ChatResult]:
         """chat_many for async callers: runs it in a thread so the caller's loop stays free."""
@@ -196,72 +207,8 @@ class ModelClient:
                                                   or bool(REASONING_MODEL.match(self.role.model)))
 
     def _plan(self, req: ChatRequest) -> CallPlan:
-        s = self.role.sampling
-        seed = (s.seed if s.seed is not None else self.run_seed) + req.sample_index
-        max_tokens = req.max_tokens if req.max_tokens is not None else s.max_tokens
-        temperature = req.temperature if req.temperature is not None else s.temperature
-        top_logprobs = req.top_logprobs
-        logprobs = bool(req.logprobs or top_logprobs)
-        schema = response_schema(req.response_model) if req.response_model else None
-        material = {
-            "model": self.model_identity,
-            "messages": req.messages,
-            "sampling": {"temperature": temperature, "top_p": s.top_p, "max_tokens": max_tokens, "seed": seed,
-                         "n": s.n, "reasoning_effort": s.reasoning_effort, "stop": req.stop},
-            "sample_index": req.sample_index,
-            "schema": schema,
-            "logprobs": [logprobs, top_logprobs],
-        }
-        if req.prefill is not None:  # only then, so that every other key stays as it was
-            material["prefill"] = req.prefill
-        body: dict[str, Any] = {"model": self.role.model, "messages": req.messages, "seed": seed}
-        if self.is_reasoning_model():  # they take max_completion_tokens and reject temperature, top_p, logprobs
-            body["max_completion_tokens"] = max_tokens
-            if s.reasoning_effort:
-                body["reasoning_effort"] = s.reasoning_effort
-        else:
-            body["temperature"] = temperature
-            body["top_p"] = s.top_p
-            body["max_completion_tokens" if self.role.backend == "openai" else "max_tokens"] = max_tokens
-            if s.reasoning_effort:  # e.g. a reasoning model behind vLLM
-                body["reasoning_effort"] = s.reasoning_effort
-            if logprobs:
-                body["logprobs"] = True
-                if top_logprobs:
-                    body["top_logprobs"] = top_logprobs
-        if s.n > 1:
-            body["n"] = s.n
-        if req.stop:
-            body["stop"] = req.stop
-        if req.response_model is not None:
-            self._add_structured(body, req.response_model)
-        if req.prefill is not None:
-            self._add_prefill(body, req)
-        return CallPlan(call_key(material), req, body, seed)
-
-    def _add_prefill(self, body: dict, req: ChatRequest) -> None:
-        """Make the model continue `req.prefill` as the start of its reply."""
-        if self.role.backend == "openai":
-            raise ValueError("OpenAI's chat API cannot continue a pre-started reply: set prefill only for the "
-                             "embedded or openai_compatible backends")
-        if self.role.backend == "openai_compatible":  # vLLM's extension of the chat API
-            body["messages"] = [*req.messages, {"role": "assistant", "content": req.prefill}]
-            body["continue_final_message"], body["add_generation_prompt"] = True, False
-            return
-        from delib.models.template import render_prompt  # late: llama_cpp and gguf, only for a pre-filled reply
-
-        prompt, stop = render_prompt(req.messages, servers.embedded_model_path(self.role.model))
-        del body["messages"]
-        body["prompt"] = prompt + req.prefill
-        body["stop"] = list(dict.fromkeys([*(req.stop or []), *stop]))
-
-    def _add_structured(self, body: dict, model: type[BaseModel]) -> None:
-        if self._structured == "grammar":  # llama-cpp-python: a grammar keeps the bounds the schema has
-            body["grammar"] = gbnf_for(model)
-        elif self._structured == "json_object":
-            body["response_format"] = json_object_response_format(model)
-        else:
-            body["response_format"] = openai_response_format(model)
+        return plan_call(self.role, req, self.model_identity, self.run_seed, self.is_reasoning_model(),
+                         self._structured)
 
     # ---------------------------------------------------------------- running calls
 
@@ -348,7 +295,7 @@ class ModelClient:
         model = plan.request.response_model
         if model is not None and "response_format" in body and self._structured == "json_object":
             body.pop("response_format")  # planned before the server turned json_schema down
-            self._add_structured(body, model)
+            add_structured(body, model, self._structured)
         attempts = retries = parse_failures = 0
         started = time.monotonic()
         while True:
@@ -369,7 +316,7 @@ class ModelClient:
                 if self._should_downgrade(kind, exc, body):
                     self._structured = "json_object"
                     body.pop("response_format", None)
-                    self._add_structured(body, model)
+                    add_structured(body, model, self._structured)
                     continue
                 if retryable and retries < self.role.max_retries:
                     retries += 1

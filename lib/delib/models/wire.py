@@ -36,6 +36,16 @@ class ModelAuthError(RuntimeError):
     """The backend refused the API key (401/403) or no key is set: the message says which variable to set."""
 
 
+class ModelCallsFailed(RuntimeError):
+    """Too many of a role's requests failed (no connection, an unknown model, server errors): the stage stops with
+    the cause instead of writing a table of failures. Replies that did not parse are not counted here. `results`
+    holds every result of the batch, failed or not (the finished ones are also in the cache)."""
+
+    def __init__(self, message: str, results: list):
+        super().__init__(message)
+        self.results = results
+
+
 class MalformedReply(Exception):
     """The body was not a usable chat completion."""
 

@@ -47,6 +47,7 @@ class ModelRole(_Strict):
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(4, ge=0)  # retries of 429, 5xx, timeouts and dropped connections
     parse_retries: int = Field(2, ge=0)  # extra tries for a reply that does not validate as the asked-for JSON
+    max_failed_share: float = Field(0.5, ge=0, le=1)  # more failed requests than this in one batch stop the stage
     sampling: Sampling = Sampling()
 
     @model_validator(mode="after")

@@ -1,0 +1,90 @@
+"""How one ChatRequest becomes what the model client sends: the request body for the backend (sampling, reasoning
+models' own fields, structured output, a pre-filled reply) and the cache key that identifies its answer.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from delib.models import servers
+from delib.models.cache import call_key
+from delib.models.calls import ChatRequest
+from delib.models.structured import gbnf_for, json_object_response_format, openai_response_format, response_schema
+from delib.models.wire import CallPlan
+from delib.run.config import ModelRole
+
+
+def plan_call(role: ModelRole, req: ChatRequest, identity: str, run_seed: int, reasoning: bool,
+          structured: str) -> CallPlan:
+    """The body to send for `req` and the key the cache knows it by (the model's identity, the messages, the
+    sampling, the schema: everything that changes the answer)."""
+    s = role.sampling
+    seed = (s.seed if s.seed is not None else run_seed) + req.sample_index
+    max_tokens = req.max_tokens if req.max_tokens is not None else s.max_tokens
+    temperature = req.temperature if req.temperature is not None else s.temperature
+    top_logprobs = req.top_logprobs
+    logprobs = bool(req.logprobs or top_logprobs)
+    schema = response_schema(req.response_model) if req.response_model else None
+    material = {
+        "model": identity,
+        "messages": req.messages,
+        "sampling": {"temperature": temperature, "top_p": s.top_p, "max_tokens": max_tokens, "seed": seed,
+                     "n": s.n, "reasoning_effort": s.reasoning_effort, "stop": req.stop},
+        "sample_index": req.sample_index,
+        "schema": schema,
+        "logprobs": [logprobs, top_logprobs],
+    }
+    if req.prefill is not None:  # only then, so that every other key stays as it was
+        material["prefill"] = req.prefill
+    body: dict[str, Any] = {"model": role.model, "messages": req.messages, "seed": seed}
+    if reasoning:  # they take max_completion_tokens and reject temperature, top_p, logprobs
+        body["max_completion_tokens"] = max_tokens
+        if s.reasoning_effort:
+            body["reasoning_effort"] = s.reasoning_effort
+    else:
+        body["temperature"] = temperature
+        body["top_p"] = s.top_p
+        body["max_completion_tokens" if role.backend == "openai" else "max_tokens"] = max_tokens
+        if s.reasoning_effort:  # e.g. a reasoning model behind vLLM
+            body["reasoning_effort"] = s.reasoning_effort
+        if logprobs:
+            body["logprobs"] = True
+            if top_logprobs:
+                body["top_logprobs"] = top_logprobs
+    if s.n > 1:
+        body["n"] = s.n
+    if req.stop:
+        body["stop"] = req.stop
+    if req.response_model is not None:
+        add_structured(body, req.response_model, structured)
+    if req.prefill is not None:
+        add_prefill(body, req, role)
+    return CallPlan(call_key(material), req, body, seed)
+
+
+def add_prefill(body: dict, req: ChatRequest, role: ModelRole) -> None:
+    """Make the model continue `req.prefill` as the start of its reply."""
+    if role.backend == "openai":
+        raise ValueError("OpenAI's chat API cannot continue a pre-started reply: set prefill only for the "
+                         "embedded or openai_compatible backends")
+    if role.backend == "openai_compatible":  # vLLM's extension of the chat API
+        body["messages"] = [*req.messages, {"role": "assistant", "content": req.prefill}]
+        body["continue_final_message"], body["add_generation_prompt"] = True, False
+        return
+    from delib.models.template import render_prompt  # late: llama_cpp and gguf, only for a pre-filled reply
+
+    prompt, stop = render_prompt(req.messages, servers.embedded_model_path(role.model))
+    del body["messages"]
+    body["prompt"] = prompt + req.prefill
+    body["stop"] = list(dict.fromkeys([*(req.stop or []), *stop]))
+
+
+def add_structured(body: dict, model: type[BaseModel], structured: str) -> None:
+    """Ask for JSON that `model` validates: a grammar (llama.cpp), a JSON schema, or JSON mode."""
+    if structured == "grammar":  # llama-cpp-python: a grammar keeps the bounds the schema has
+        body["grammar"] = gbnf_for(model)
+    elif structured == "json_object":
+        body["response_format"] = json_object_response_format(model)
+    else:
+        body["response_format"] = openai_response_format(model)
