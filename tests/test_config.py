@@ -91,3 +91,11 @@ def test_a_renamed_key_names_its_new_name(tmp_path, old, new):
     with pytest.raises(ParamsError) as e:
         load_params(p)
     assert str(e.value).startswith(f"{p}:3: ") and str(e.value).endswith(f"renamed: use {new}")
+
+
+def test_a_key_pasted_into_api_key_env_is_refused_without_being_echoed(tmp_path):
+    secret = "sk-proj-0123456789abcdefSECRET"
+    p = write(tmp_path, f"run_name: x\nmodels:\n  judge:\n    backend: openai\n    api_key_env: {secret}\n")
+    with pytest.raises(ParamsError) as e:
+        load_params(p)
+    assert "api_key_env must be the NAME" in str(e.value) and secret not in str(e.value)

@@ -149,3 +149,20 @@ def test_a_stage_whose_requests_all_fail_stops_with_the_cause(tmp_path, root, mo
     assert failed.value.stage == "02_generate" and "ModelCallsFailed" in message
     assert "generator (openai_compatible, model 'm'): 2 of 2 requests failed; the first: connection" in message
     assert not (tmp_path / "outputs" / "down" / "03_judge").exists()
+
+
+USE = """from delib.run import config, paths
+from delib.models.usage import Usage, add_usage
+params = config.from_namespace(globals())
+add_usage(paths.stage_dir(params, "01_policy"), "generator", Usage(requests=4, prompt_tokens=100))"""
+
+
+@pytest.mark.pipeline
+def test_a_forced_rerun_replaces_a_stages_usage_never_adds(project):
+    (project / "notebooks" / "01_policy.ipynb").write_text(json.dumps(notebook(USE)))
+    for flags in ({}, {"force": True}, {"force": True}):
+        rdir = run("params/p.yaml", stages="01", log=lambda s: None, **flags)
+    usage = json.loads((rdir / "01_policy" / "usage.json").read_text())
+    assert usage["generator"]["requests"] == 4 and usage["generator"]["prompt_tokens"] == 100
+    manifest = json.loads((rdir / "manifest.json").read_text())
+    assert manifest["usage"]["per_role"]["generator"]["requests"] == 4

@@ -11,8 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from delib.run.io import write_json_atomic
-
-USAGE_FILE = "usage.json"
+from delib.run.stages import USAGE_FILE
 
 
 @dataclass
@@ -42,8 +41,6 @@ def read_usage(stage_dir: str | Path) -> dict[str, Usage]:
         return {}
     data = json.loads(path.read_text(encoding="utf-8"))
     return {role: Usage(**totals) for role, totals in data.items()}
-
-
 
 
 def add_usage(stage_dir: str | Path, role_name: str, usage: Usage) -> dict[str, Usage]:

