@@ -4,6 +4,7 @@ import json
 import pytest
 
 from delib import cli
+from delib.run.config import ParamsError
 from delib.run.runner import StageFailed, UsageError, parse_stages, run
 
 
@@ -31,6 +32,9 @@ def project(tmp_path, monkeypatch):
     (nbs / "02_generate.ipynb").write_text(json.dumps(notebook(
         WRITE.format(stage="02_generate"), "assert (paths.stage_dir(params, '01_policy') / 'out.txt').exists()")))
     (tmp_path / "params" / "p.yaml").write_text("run_name: t1\nseed: 7\n")
+    for named in ("specs/default/spec.md", "specs/default/examples.yaml", "prompts/default.csv"):  # the default
+        (tmp_path / named).parent.mkdir(parents=True, exist_ok=True)  # recipe's files, checked before a run
+        (tmp_path / named).write_text("")
     monkeypatch.setenv("DELIB_ROOT", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -166,3 +170,14 @@ def test_a_forced_rerun_replaces_a_stages_usage_never_adds(project):
     assert usage["generator"]["requests"] == 4 and usage["generator"]["prompt_tokens"] == 100
     manifest = json.loads((rdir / "manifest.json").read_text())
     assert manifest["usage"]["per_role"]["generator"]["requests"] == 4
+
+
+def test_a_missing_named_file_stops_before_anything_runs(project):
+    (project / "params" / "p.yaml").write_text("run_name: t2\nspec:\n  path: specs/nope.md\nprompts:\n  sets:\n"
+                                                "    - {path: prompts/default.csv}\n    - {path: prompts/gone.csv}\n")
+    with pytest.raises(ParamsError) as e:
+        run("params/p.yaml", log=lambda s: None)
+    lines = str(e.value).splitlines()
+    assert lines[0].startswith("params/p.yaml:3: spec.path: file not found: ") and lines[0].endswith("specs/nope.md")
+    assert lines[1].startswith("params/p.yaml:7: prompts.sets.1.path: file not found: ") and len(lines) == 2
+    assert not (project / "outputs" / "t2").exists()

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from delib.run.config import RunParams, as_papermill_parameters, load_params
+import yaml
+
+from delib.run.config import ParamsError, RunParams, as_papermill_parameters, key_line, load_params
 from delib.run.io import sha256_file, write_json_atomic
 from delib.run.manifest import Manifest, now
 from delib.run.paths import project_root, resolve, run_dir
@@ -69,11 +71,33 @@ def notebook_code(nb_path: Path) -> str:
     return "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
 
 
+def named_files(params: RunParams) -> list[tuple[tuple, Path]]:
+    """(key path, file) of every file params name that stages read: the spec, its mapping, the worked examples,
+    the prompt sets, the benchmarks."""
+    pairs = [(("spec", "path"), params.spec.path), (("spec", "mapping"), params.spec.mapping),
+             (("generate", "examples"), params.generate.examples), (("prompts", "xstest_path"), params.prompts.xstest_path),
+             (("prompts", "strongreject_path"), params.prompts.strongreject_path)]
+    pairs += [(("prompts", "sets", i, "path"), s.path) for i, s in enumerate(params.prompts.sets)]
+    return [(loc, resolve(p)) for loc, p in pairs if p]
+
+
 def external_inputs(params: RunParams) -> list[Path]:
-    """Files named in params that stages read: the spec, its mapping, the prompt sets, benchmarks."""
-    paths = [params.spec.path, params.spec.mapping, params.prompts.xstest_path]
-    paths += [s.path for s in params.prompts.sets]
-    return [resolve(p) for p in paths if p]
+    """The files a stage's fingerprint hashes (`named_files`)."""
+    return [path for _, path in named_files(params)]
+
+
+def check_named_files(params: RunParams, params_file: Path) -> None:
+    """Every file params name exists, before anything runs: one line per missing file with the params file, the
+    line and the key (the key's default when the recipe does not set it)."""
+    root = yaml.compose(params_file.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    problems = []
+    for loc, path in named_files(params):
+        if not path.is_file():
+            line = key_line(root, loc)
+            where = f"{params_file}:{line}" if line else str(params_file)
+            problems.append(f"{where}: {'.'.join(map(str, loc))}: file not found: {path}")
+    if problems:
+        raise ParamsError("\n".join(problems))
 
 
 def fingerprint(stage: str, params: RunParams, notebook: Path, rdir: Path) -> str:
@@ -164,6 +188,7 @@ def run(params_file: str | Path, stages: Optional[str] = None, resume: bool = Fa
 
     params_file = Path(params_file)
     params = load_params(params_file)
+    check_named_files(params, params_file)
     selected = parse_stages(stages)
     root = project_root()
     notebooks_dir = Path(notebooks_dir) if notebooks_dir else root / "notebooks"
