@@ -81,11 +81,6 @@ def named_files(params: RunParams) -> list[tuple[tuple, Path]]:
     return [(loc, resolve(p)) for loc, p in pairs if p]
 
 
-def external_inputs(params: RunParams) -> list[Path]:
-    """The files a stage's fingerprint hashes (`named_files`)."""
-    return [path for _, path in named_files(params)]
-
-
 def check_named_files(params: RunParams, params_file: Path) -> None:
     """Every file params name exists, before anything runs: one line per missing file with the params file, the
     line and the key (the key's default when the recipe does not set it)."""
@@ -110,7 +105,7 @@ def fingerprint(stage: str, params: RunParams, notebook: Path, rdir: Path) -> st
         if other_stage != stage:
             relevant.pop(section)
     h.update(json.dumps(relevant, sort_keys=True).encode())
-    for f in external_inputs(params):
+    for _, f in named_files(params):
         h.update(str(f).encode())
         h.update(sha256_file(f).encode() if f.is_file() else b"missing")
     for upstream in STAGES[: STAGES.index(stage)]:

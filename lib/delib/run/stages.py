@@ -3,7 +3,6 @@
 Every module names a stage through these constants, never a literal.
 """
 
-# The stages, by the names of their notebooks and of their folders in a run; use these names, never the literals.
 POLICY = "01_policy"
 GENERATE = "02_generate"
 JUDGE = "03_judge"
@@ -11,9 +10,11 @@ SFT = "04_sft"
 RL = "05_rl"
 EVALUATE = "06_evaluate"
 ANALYSIS = "07_analysis"
-# Each calling stage's folder holds the token and time totals of its model calls (and trainers) of its last run.
-USAGE_FILE = "usage.json"
 STAGES = (POLICY, GENERATE, JUDGE, SFT, RL, EVALUATE, ANALYSIS)
 # The params section each stage owns (01 owns none: spec and prompts feed every stage).
 STAGE_SECTION = {GENERATE: "generate", JUDGE: "judge", SFT: "sft", RL: "rl", EVALUATE: "evaluate",
                  ANALYSIS: "analysis"}
+# The training stages by the params section each owns ("sft", "rl").
+TRAINING = {"sft": SFT, "rl": RL}
+# Each calling stage's folder holds the token and time totals of its model calls (and trainers) of its last run.
+USAGE_FILE = "usage.json"

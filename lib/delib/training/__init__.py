@@ -19,14 +19,13 @@ from delib.training.errors import ChatTemplateError, EmptyDatasetError, OutOfMem
 if TYPE_CHECKING:
     from delib.run.config import RunParams
 
-STAGES = {"sft": stages.SFT, "rl": stages.RL}
 __all__ = ["ChatTemplateError", "EmptyDatasetError", "OutOfMemoryError", "TrainingError", "launch_command", "run"]
 
 
 def launch_command(params: "RunParams", stage: Literal["sft", "rl"]) -> list[str]:
     """`accelerate launch` of this stage on `num_processes` processes; the validated params travel as a file."""
     section = getattr(params, stage)
-    params_file = stage_dir(params, STAGES[stage]) / "params.json"
+    params_file = stage_dir(params, stages.TRAINING[stage]) / "params.json"
     write_json_atomic(params_file, params.model_dump(mode="json"))
     return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(section.num_processes),
             "-m", "delib.training", stage, str(params_file)]
@@ -35,7 +34,7 @@ def launch_command(params: "RunParams", stage: Literal["sft", "rl"]) -> list[str
 def run(params: "RunParams", stage: Literal["sft", "rl"]) -> dict:
     """Train one stage and return its summary (training.json): in this process, or, when `num_processes` > 1,
     under accelerate (DeepSpeed when `deepspeed` names a config), the same code in each process."""
-    if stage not in STAGES:
+    if stage not in stages.TRAINING:
         raise ValueError(f"stage is 'sft' or 'rl', not {stage!r}")
     section = getattr(params, stage)
     if section.backend != "trl":
@@ -46,7 +45,7 @@ def run(params: "RunParams", stage: Literal["sft", "rl"]) -> dict:
         if done.returncode:
             raise TrainingError(f"accelerate launch of stage {stage} exited with {done.returncode}; its output is "
                                 f"in the stage log")
-        return logs.read(stage_dir(params, STAGES[stage]))[1]
+        return logs.read(stage_dir(params, stages.TRAINING[stage]))[1]
     with logs.quiet():  # TRL's imports and trainers print progress bars and warnings; the stage log keeps them
         if stage == "sft":
             from delib.training.sft import train  # late: only the stage that runs is loaded

@@ -214,7 +214,7 @@ def run_job(params, stage: str, training_path: Path, payload: dict, out: Path, c
             poll_s: float = 30.0) -> dict:
     """Build, validate and (with backend openai, a key and a valid payload) submit one job; record the outcome in
     `<out>/openai_job.json` and, when a model came out of it, make it servable (served.json)."""
-    section = getattr(params, {stages.SFT: "sft", stages.RL: "rl"}[stage])
+    section = getattr(params, stages.STAGE_SECTION[stage])
     method = payload["method"]["type"]
     n, problems = validate_training_file(training_path, method)
     problems = validate_job(payload) + problems

@@ -61,8 +61,7 @@ def publish(params: RunParams, stage: str, checkpoint: Path, lora: bool, state_d
 
 def served_record(params: RunParams, which: str) -> dict:
     """What stage 04 ("sft") or 05 ("rl") recorded in served.json: route, checkpoint, role."""
-    stage = {"sft": stages.SFT, "rl": stages.RL}[which]
-    return json.loads(require(params, stage, SERVED_FILE).read_text())
+    return json.loads(require(params, stages.TRAINING[which], SERVED_FILE).read_text())
 
 
 def served_role(params: RunParams, which: str) -> Optional[ModelRole]:
