@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from delib.evaluation.metrics import bootstrap_weights
+from delib.judging.plots import funnel  # noqa: F401  (stage 07 redraws stage 03's funnel)
 from delib.run.figures import plt, save, sns
 
 PALETTE = "colorblind"

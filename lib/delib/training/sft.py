@@ -11,8 +11,8 @@ import pandas as pd
 
 from delib.run import stages
 from delib.run.paths import require, stage_dir
-from delib.training import logs, recipe, serving, weights
-from delib.training.errors import EmptyDatasetError, TrainingError, oom_guard
+from delib.training import logs, loop, recipe, weights
+from delib.training.errors import EmptyDatasetError, TrainingError
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from delib.run.config import RunParams
 
 STAGE = stages.SFT
-CHECKPOINT = "checkpoint"  # the LoRA adapter (PEFT folder) or the full model, with its tokenizer
 
 
 def funnel_text(params: "RunParams") -> str:
@@ -61,9 +60,7 @@ def sft_dataset(rows: list[dict]) -> "Dataset":
 
 def train(params: "RunParams") -> dict:
     """Fine-tune in this process and write the checkpoint, log.jsonl, training.json and what serving needs."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
     t0 = time.perf_counter()
@@ -77,26 +74,13 @@ def train(params: "RunParams") -> dict:
         if not s.trl_args.get("chat_template_path"):
             weights.check_chat_template(tokenizer, base)
         model = AutoModelForCausalLM.from_pretrained(base, dtype=recipe.torch_dtype(s))
-    clock = logs.step_clock()
-    with logs.quiet():
+        clock = logs.step_clock()
         trainer = SFTTrainer(model=model, args=recipe.sft_config(params, out / "trainer"),
                              train_dataset=sft_dataset(rows), processing_class=tokenizer,
                              peft_config=recipe.lora_config(s) if s.lora else None, callbacks=[clock])
-        trainer.remove_callback(PrinterCallback)  # the notebook shows the log as a table and a plot
-        device = str(trainer.args.device)
-        with oom_guard("sft", recipe.settings_for_advice(s, s.lora), device):
-            trainer.train()
+    device = loop.fit(trainer, "sft", s, s.lora)
     if not recipe.is_main_process():
         return {}
-    checkpoint = out / CHECKPOINT
-    trainer.model.save_pretrained(checkpoint)
-    (trainer.processing_class or tokenizer).save_pretrained(checkpoint)
-    log = logs.step_log(trainer.state.log_history, clock.seconds)
-    served = serving.publish(params, STAGE, checkpoint, lora=s.lora,
-                             state_dict=None if s.lora else trainer.model.state_dict())
-    summary = logs.summarize(STAGE, log, clock.seconds, time.perf_counter() - t0, {
-        "examples": len(rows), "base_model": base, "lora": s.lora, "device": device, "threads": n_threads,
-        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        "checkpoint": str(checkpoint), "served": served["route"], "torch": torch.__version__})
-    logs.write(out, log, summary, "sft_trainer")
-    return summary
+    return loop.save(params, "sft", trainer, tokenizer, s.lora, clock, t0, {
+        "examples": len(rows), "base_model": base, "device": device, "threads": n_threads,
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)})
