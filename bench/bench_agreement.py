@@ -12,38 +12,21 @@ written and tuned looking at half 0 only; half 1 is the check on data we did not
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import statistics
 from pathlib import Path
 
 import pandas as pd
 
+from delib.evaluation import validity
+from delib.evaluation.validity import binary_scores
 from delib.judging import graders
 
 ROOT = Path(__file__).resolve().parents[1]
-# The RBR file calls judgemental "judgement", and has no empty-response label of its own.
-RBR_NAMES = {"judgemental": "judgement"}
-
-
-def half(key: str) -> int:
-    """0 (tuning half) or 1 (held-out half), from a hash of the row's key."""
-    return int(hashlib.sha1(key.encode()).hexdigest(), 16) % 2
-
-
 # --------------------------------------------------------------------------------------------------------------
 # XSTest
 # --------------------------------------------------------------------------------------------------------------
 def xstest_table(data: Path) -> pd.DataFrame:
-    df = pd.read_csv(data / "xstest" / "dev_completions_mistralinstruct_labelled.csv")
-    df["gold"] = df["final_label"].map(graders.XSTEST_LABELS)
-    df["half"] = [half(str(i)) for i in df["id"]]
-    verdicts = [graders.classify_refusal(p, c) for p, c in zip(df["prompt"], df["completion"])]
-    df["rules"] = [v.label for v in verdicts]
-    df["cues"] = [", ".join(v.cues) for v in verdicts]
-    df["strmatch_prefix"] = [graders.strmatch_refusal(c) for c in df["completion"]]
-    df["strmatch_keyword"] = [graders.keyword_refusal(c) for c in df["completion"]]
-    return df
+    return validity.xstest_table(data / "xstest" / "dev_completions_mistralinstruct_labelled.csv")
 
 
 def refusal_scores(gold: pd.Series, pred: pd.Series) -> dict[str, float]:
@@ -67,7 +50,7 @@ def report_xstest(df: pd.DataFrame) -> None:
                                                          fill_value=0).to_string())
     binary = (df["gold"] != "full_compliance")
     wrong = df[binary != (df["rules"] != "full_compliance")]
-    print(f"\nbinary errors of the rules by XSTest type (all rows): "
+    print("\nbinary errors of the rules by XSTest type (all rows): "
           + ", ".join(f"{t} {n}" for t, n in wrong["type"].value_counts().items()))
 
 
@@ -75,29 +58,12 @@ def report_xstest(df: pd.DataFrame) -> None:
 # RBR gold
 # --------------------------------------------------------------------------------------------------------------
 def rbr_rows(data: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (data / "rbr" / "rbr_gold_train.jsonl").read_text().splitlines() if line]
+    rows = validity.rbr_rows(data / "rbr" / "rbr_gold_train.jsonl")
     for r in rows:
-        r["half"] = half(json.dumps(r["prompt"], sort_keys=True) + json.dumps(r["completion"], sort_keys=True))
         r["action"] = graders.RBR_RESPONSE_TYPES[r["response_type"]]
         # Every safe completion in this file is about self-harm (categories SH-R1, SH-R2).
         r["category"] = "self_harm" if r["action"] == "safe_complete" else None
-        r["ours"] = graders.grade_propositions(r["prompt"], r["completion"])
-        r["gold"] = {name: r["propositions"][RBR_NAMES.get(name, name)]
-                     for name in graders.PROPOSITIONS if RBR_NAMES.get(name, name) in r["propositions"]}
     return rows
-
-
-def binary_scores(pairs: list[tuple[bool, bool]]) -> dict[str, float]:
-    """Accuracy, precision, recall of predictions against gold, and the accuracy of always answering the majority."""
-    tp = sum(p and g for p, g in pairs)
-    fp = sum(p and not g for p, g in pairs)
-    fn = sum(g and not p for p, g in pairs)
-    n = len(pairs)
-    pos = tp + fn
-    return {"n": n, "pos": pos, "majority": max(pos, n - pos) / n if n else float("nan"),
-            "acc": (n - fp - fn) / n if n else float("nan"),
-            "precision": tp / (tp + fp) if tp + fp else float("nan"),
-            "recall": tp / pos if pos else float("nan")}
 
 
 def applies(name: str, r: dict) -> bool:
@@ -127,24 +93,12 @@ def report_rbr(rows: list[dict]) -> None:
           f"precision {empty['precision']:.3f}, recall {empty['recall']:.3f} ({empty['pos']} illogical)")
     print("left to an LLM grader (graders.LLM_ONLY): " + ", ".join(graders.LLM_ONLY))
 
-    print("\n== Response type (what the response did) against the file's response_type (what the prompt called for)")
-    print("The file's completions are often deliberately wrong for their prompt, so even the human propositions")
-    print("cannot reach 1.0: the first column is that ceiling, the second is ours, the third our agreement with it.")
-    out = []
-    for name, part in (("all", rows), ("half 1 (held out)", [r for r in rows if r["half"] == 1])):
-        gold_type = [graders.response_type(r["gold"] | {"disallowed_content": r["propositions"]["disallowed_content"],
-                                                      "partially_complies": r["propositions"]["partially_complies"]})
-                     for r in part]
-        our_type = [graders.response_type(r["ours"]) for r in part]
-        want = [r["action"] for r in part]
-        out.append({"rows": name, "n": len(part),
-                    "human props vs file": sum(g == w for g, w in zip(gold_type, want)) / len(part),
-                    "our props vs file": sum(o == w for o, w in zip(our_type, want)) / len(part),
-                    "ours vs human props": sum(o == g for o, g in zip(our_type, gold_type)) / len(part)})
-    print(pd.DataFrame(out).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    print("confusion, our propositions (rows: file's response type, columns: read from our propositions)")
+    print("\n== Response type (what the response did: graders.type_response) against the file's response_type (what")
+    print("the prompt called for). The file's completions are often deliberately wrong for their prompt, so this is a")
+    print("description, not an accuracy.")
     print(pd.crosstab(pd.Series([r["action"] for r in rows], name="file"),
-                      pd.Series([graders.response_type(r["ours"]) for r in rows], name="ours")).to_string())
+                      pd.Series([graders.type_response(r["prompt"], r["completion"], r["ours"]).action for r in rows],
+                                name="ours")).to_string())
 
     print("\n== Style score for the expected action: from our propositions vs from the human propositions")
     print("(gates left out: disallowed_content and illogical continuation need an LLM; the same keys on both sides)")

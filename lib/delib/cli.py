@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_spec)
 
-    p = sub.add_parser("label", help="label (prompt, completion) rows: refusal class, and propositions if asked")
+    p = sub.add_parser("label", help="label (prompt, completion) rows: refusal class, response type, and propositions if asked")
     p.add_argument("--input", required=True, help="CSV or JSONL with prompt and completion (text or chat lists)")
     p.add_argument("--output", required=True, help="where to write the labelled rows (.csv or .jsonl)")
     p.add_argument("--propositions", action="store_true", help="add one boolean column per proposition")

@@ -17,6 +17,7 @@ from delib.policy.spec import Spec
 from delib.run.config import RunParams
 from delib.run.io import clip
 from delib.run.paths import resolve, stage_dir
+from delib.training.reward import shared_graders
 from delib.training.serving import merged_folder
 
 if TYPE_CHECKING:
@@ -133,5 +134,9 @@ def evaluation_info(selected: pd.DataFrame, variants: Sequence[Variant], params:
             "variants_not_available": {v.name: v.reason for v in variants if not v.available},
             "resamples": ev.bootstrap_resamples, "confidence": ev.confidence, "seed": params.seed,
             "max_tokens": ev.max_tokens, "prestart_think": ev.prestart_think, "style_threshold": ev.style_threshold,
-            "baseline": ev.baseline, "grading": "rule-based (delib.judging.graders); StrongREJECT rubric LLM-graded by the judge",
+            "baseline": ev.baseline,
+            "grading": "rule-based (delib.judging.graders); StrongREJECT rubric LLM-graded by the judge",
+            "graders": {"not_unsafe, not_overrefuse, correct_action, unclear, style": "rules",
+                        "rl_reward": "the judge (models.judge), answer only",
+                        "rl_reward_shares_evaluation_graders": shared_graders(params.rl.reward_weights)},
             **(benchmarks or {})}

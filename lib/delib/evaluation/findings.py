@@ -125,14 +125,23 @@ def verdict(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame, 
 
 
 CAVEATS = [
-    "Grading is rule-based: the refusal classifier (XSTest's three labels; its accuracy against XSTest's "
-    "human-labelled completions is printed by bench/bench_agreement.py and bounded in tests/test_rules.py) and "
-    "rule-decided propositions for the response type and style. not_unsafe "
-    "counts an answer as safe when it does not comply; it does not read whether complied content is harmful.",
-    "The rules miss some refusals: on XSTest's labelled completions they read not_unsafe and not_overrefuse a little "
-    "lower than the human labels do (tests/test_evaluate.py compares the two).",
+    "Grading is rule-based: the refusal classifier (XSTest's three labels) decides the refusal class, and the "
+    "response type (comply, refuse, safe_complete, unclear) is read from it and from rule-decided propositions; "
+    "their agreement with human labels is in 'How far to trust the graders'. not_unsafe counts an answer as safe "
+    "when it refused or safe-completed; it does not read whether complied content is harmful.",
+    "An answer the rules cannot type (empty, cut off inside its chain of thought, a loop, no content) is 'unclear': "
+    "it counts as neither safe, nor not over-refused, nor correct, and its share is reported per variant.",
     "StrongREJECT's convincing and specific scores, when present, are graded by the judge model (an LLM); with the "
     "default recipe's small embedded judge, read them as a pipeline check, not a measurement of harm.",
     "Latency is wall time per answer on the machine that ran the evaluation: noisy, and not comparable across "
     "machines.",
 ]
+
+
+def caveats(info: dict) -> list[str]:
+    """The standing caveats, and this run's own: an RL reward that shares the evaluation's graders."""
+    shared = info.get("graders", {}).get("rl_reward_shares_evaluation_graders") or []
+    extra = [f"The RL reward of this run uses {', '.join(shared)}, which stage 06 also grades with: RL was trained "
+             "on functions it is then scored by, so its gains on the metrics they decide may be overstated."
+             ] if shared else []
+    return extra + CAVEATS

@@ -84,7 +84,7 @@ def differences(diffs: pd.DataFrame, keys: Sequence[str], path: Path, title: str
     ax.set_yticks(range(len(keys)), keys)
     ax.invert_yaxis()
     ax.set(xlabel=f"difference, {level(d)} paired bootstrap CI\n(hollow: not significant)", title=title,
-           xlim=(-1.08, 1.08) if (d["kind"] == "rate").all() else None)
+           xlim=(-1.08, 1.08) if d["kind"].isin(["rate", "share"]).all() else None)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
     return save(fig, path)
 

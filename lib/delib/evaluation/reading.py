@@ -15,7 +15,7 @@ from delib.run import stages
 EVAL = stages.EVALUATE
 
 
-HEADLINE = ("not_unsafe", "not_overrefuse", "correct_action", "style_hard_refusal", "style_safe_completion[self_harm]",
+HEADLINE = ("not_unsafe", "not_overrefuse", "correct_action", "unclear", "style_hard_refusal", "style_safe_completion[self_harm]",
             "style_safe_completion[regulated_advice]", "citation_accuracy", "format_adherence", "answered",
             "xstest_not_overrefuse", "xstest_not_unsafe", "strongreject_goodness@0.1")
 
@@ -24,6 +24,9 @@ RETRIEVAL = ("citation_accuracy[refuse]", "citation_accuracy[safe_complete]", "c
 
 
 COST = ("cot_tokens", "completion_tokens", "latency_s")
+
+
+VALIDITY_FILE = "grader_validity.json"  # the rule graders against human labels (evaluation.validity)
 
 
 # The paper's figures, for scale (MISSION.md): o1 / GPT-4o. Not comparable with a 135M model on our prompts.
@@ -48,7 +51,8 @@ def load_evaluation(run_dir: Path) -> dict[str, Any]:
             "differences": read("differences.csv"), "variants": read_variants(d / "variants.csv"),
             "definitions": read("definitions.csv"), "xstest_answers": _read_jsonl(d / "xstest_answers.jsonl"),
             "strongreject_answers": _read_jsonl(d / "strongreject_answers.jsonl"),
-            "info": json.loads((d / "evaluation.json").read_text()) if (d / "evaluation.json").is_file() else {}}
+            "info": json.loads((d / "evaluation.json").read_text()) if (d / "evaluation.json").is_file() else {},
+            "validity": json.loads((d / VALIDITY_FILE).read_text()) if (d / VALIDITY_FILE).is_file() else {}}
 
 
 def stage_times(run_dir: Path) -> pd.DataFrame:

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import pandas as pd
 
-from delib.evaluation.findings import CAVEATS, percent
+from delib.evaluation.findings import caveats, percent
 from delib.evaluation.metrics import bootstrap_weights, wide_table
 from delib.evaluation.reading import COST, EVAL, HEADLINE, PAPER, RETRIEVAL, differences_table, headline_table
 from delib.run.io import write_json_atomic
@@ -53,7 +53,8 @@ def metrics_document(run_dir: Path, ev: dict, funnel: pd.DataFrame, scored: pd.D
         "stage_times_s": dict(zip(times["stage"], times["duration_s"])),
         "usage": usage,
         "findings": list(found),
-        "caveats": CAVEATS,
+        "grader_validity": ev.get("validity", {}),
+        "caveats": caveats(ev["info"]),
     }
     if comparison is not None and not comparison.empty:
         doc["comparison"] = comparison.to_dict("records")
@@ -206,5 +207,21 @@ def report_sections(run: str, ev: dict, figures: dict[str, Path], found: Sequenc
     if comparison is not None and not comparison.empty:
         sections.append(Section("Runs compared", tables=[(f"value [{pct} interval]", comparison)],
                                 figures=[("Runs compared", figures.get("comparison"))]))
-    sections.append(Section("Caveats", bullets=CAVEATS))
+    sections.append(validity_section(ev.get("validity", {})))
+    sections.append(Section("Caveats", bullets=caveats(info)))
     return sections
+
+
+def validity_section(v: dict) -> Section:
+    """The rule graders against human labels, the held-out half first (evaluation.validity)."""
+    tables = []
+    if v.get("refusal_classifier"):
+        tables.append(("Refusal classifier against XSTest's human labels (binary: refusing or not; 3-way: full "
+                       "compliance, full refusal, partial refusal)", pd.DataFrame(v["refusal_classifier"])))
+    if v.get("propositions"):
+        tables.append(("Rule-decided propositions against RBR's human labels, and always answering the majority",
+                       pd.DataFrame(v["propositions"])))
+    text = ["How far to trust the graders: the rules that grade every answer above, checked by this run against "
+            "human-labelled files. The rules were tuned on one half of each file (rows hashed into two halves); "
+            "the held-out half is the honest figure."]
+    return Section("How far to trust the graders", text + list(v.get("notes", [])), tables=tables)

@@ -86,16 +86,18 @@ def read_rows(path: str | Path) -> pd.DataFrame:
 
 
 def label_rows(df: pd.DataFrame, propositions: bool = False) -> pd.DataFrame:
-    """Add `refusal` (full_compliance, full_refusal, partial_refusal), `refusal_cues`, and with `propositions`
-    one boolean column per rule-decided proposition."""
+    """Add `refusal` (full_compliance, full_refusal, partial_refusal), `refusal_cues`, `response_type` (comply,
+    refuse, safe_complete, unclear: read from the refusal class, so the two agree), `response_cues`, and with
+    `propositions` one boolean column per rule-decided proposition. Rows need no expected action."""
     out = df.copy()
-    labels = [graders.classify_refusal(p, c) for p, c in zip(df["prompt"], df["completion"])]
-    out["refusal"] = [lab.label for lab in labels]
-    out["refusal_cues"] = [", ".join(lab.cues) for lab in labels]
+    props = [graders.grade_propositions(p, c) for p, c in zip(df["prompt"], df["completion"].fillna(""))]
+    typed = [graders.type_response(p, c, pr) for p, c, pr in zip(df["prompt"], df["completion"].fillna(""), props)]
+    out["refusal"] = [t.refusal.label for t in typed]
+    out["refusal_cues"] = [", ".join(t.refusal.cues) for t in typed]
+    out["response_type"] = [t.action for t in typed]
+    out["response_cues"] = [", ".join(t.cues) for t in typed]
     if propositions:
-        graded = pd.DataFrame([graders.grade_propositions(p, c) for p, c in zip(df["prompt"], df["completion"])],
-                              index=df.index)
-        out = pd.concat([out, graded.add_prefix("prop_")], axis=1)
+        out = pd.concat([out, pd.DataFrame(props, index=df.index).add_prefix("prop_")], axis=1)
     return out
 
 
@@ -110,5 +112,5 @@ def write_rows(df: pd.DataFrame, path: str | Path) -> Path:
 
 
 def summary(df: pd.DataFrame) -> Optional[str]:
-    counts = df["refusal"].value_counts().to_dict()
+    counts = {**df["refusal"].value_counts().to_dict(), **df["response_type"].value_counts().to_dict()}
     return ", ".join(f"{k}: {v}" for k, v in counts.items())

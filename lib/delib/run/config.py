@@ -120,10 +120,19 @@ class GenerateParams(CallingStageParams):
 
 # The weights of the rule checks beside the judge: in stage 03's final score, and in the RL reward (answer only).
 SCORE_WEIGHTS = {"judge": 0.5, "action": 0.2, "citation": 0.1, "style": 0.2}
-REWARD_WEIGHTS = {"judge": 0.5, "action": 0.3, "style": 0.2}
+# The RL reward: the judge's overall, action and style scores; the rule parts share stage 06's graders (off).
+REWARD_WEIGHTS = {"judge": 0.5, "judge_action": 0.3, "judge_style": 0.2, "rule_action": 0.0, "rule_style": 0.0}
+
+
+# Weight names that changed meaning: refused with what to write instead.
+_RENAMED_WEIGHTS = {"action": "judge_action (the judge's score) or rule_action (stage 06's rules, shared)",
+                    "style": "judge_style (the judge's score) or rule_style (stage 06's rules, shared)"}
 
 
 def _check_weights(v: dict[str, float], known: dict[str, float], what: str) -> dict[str, float]:
+    renamed = [f"{k!r} is now {_RENAMED_WEIGHTS[k]}" for k in v if k not in known and k in _RENAMED_WEIGHTS]
+    if renamed:
+        raise ValueError(f"{what}: " + "; ".join(renamed))
     unknown = set(v) - set(known)
     if unknown:
         raise ValueError(f"unknown {what}(s) {sorted(unknown)}; they are {', '.join(known)}")
@@ -239,6 +248,9 @@ class EvaluateParams(CallingStageParams):
     confidence: float = Field(0.95, gt=0, lt=1)  # level of every interval
     baseline: str = "base"  # the variant every other one is compared with (paired differences)
     benchmark_max_prompts: Optional[int] = Field(50, ge=1)  # cap of XSTest / StrongREJECT prompts, types in turn
+    # Human-labelled files the rule graders are checked against in every report (absent: the report says so).
+    validity_xstest: Optional[str] = "../shared/data/xstest/dev_completions_mistralinstruct_labelled.csv"
+    validity_rbr: Optional[str] = "../shared/data/rbr/rbr_gold_train.jsonl"
 
     @field_validator("extra_models")
     @classmethod

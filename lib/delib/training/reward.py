@@ -1,27 +1,40 @@
-"""Stage 05 (RL): the reward. The same spec-aware judge as stage 03, and rule-based checks, applied to the final
-answer only: the chain of thought is cut off before anything grades the completion, so that the CoT is not optimised
-to look good to the grader (the paper's choice).
+"""Stage 05 (RL): the reward. The same spec-aware judge as stage 03, applied to the final answer only: the chain of
+thought is cut off before anything grades the completion, so that the CoT is not optimised to look good to the
+grader (the paper's choice).
 
-The reward is partial credit in [0, 1]: the judge's overall score (0-10, scaled), whether the answer took the
-spec's action for the prompt, and how well it follows the style for that action (`rules.style_score`), weighted by
-`rl.reward_weights`. A small model rarely earns a perfect judge score, but often earns the action or some style.
+The reward is partial credit in [0, 1], the weighted mean (`rl.reward_weights`) of the judge's scores out of 10:
+overall (`judge`), whether the answer took the spec's action (`judge_action`) and followed its style
+(`judge_style`). A small model rarely earns a perfect overall score, but often earns the action or some style.
+
+By default nothing in the reward is computed by the functions stage 06 grades with, so RL is not trained on the
+very rules it is then scored by. A recipe may add them (`rule_action`: the rules' response type equals the
+expected action; `rule_style`: the rules' style score); the report then names the shared graders as a caveat
+(`shared_graders`).
 """
 from __future__ import annotations
 
 import json
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 from pydantic import Field
 
 from delib.generation.cot import THINK_CLOSE, THINK_OPEN
-from delib.judging.graders import completion_text, grade_propositions, last_user_message, response_type, style_score
+from delib.judging.graders import completion_text, grade_propositions, last_user_message, style_score, type_response
 from delib.judging.judge import AnswerVerdict, judge_messages
 from delib.models import ChatRequest
 
 if TYPE_CHECKING:
     from delib.models import ModelClient
+
+JUDGE_PARTS = {"judge": "overall", "judge_action": "action_correct", "judge_style": "style"}  # weight -> criterion
+RULE_PARTS = {"rule_action": "graders.type_response", "rule_style": "graders.style_score"}  # shared with stage 06
+
+
+def shared_graders(weights: Mapping[str, float]) -> list[str]:
+    """The stage 06 graders that the reward uses with a positive weight (none by default)."""
+    return [RULE_PARTS[k] for k in RULE_PARTS if weights.get(k, 0) > 0]
 
 
 class RewardVerdict(AnswerVerdict):
@@ -43,19 +56,24 @@ def visible_answer(completion: str) -> str:
 
 
 def answer_reward(verdict: Optional[dict], prompt: str, answer: str, category: str, expected_action: str,
-                  weights: dict[str, float]) -> dict:
-    """The reward of one final answer and its parts. An empty answer earns 0; a missing verdict, no judge share."""
+                  weights: Mapping[str, float]) -> dict:
+    """The reward of one final answer and its parts (each 0-1). An empty answer earns 0; an answer the judge could
+    not grade earns no judge share. Rule parts are computed only when their weight is positive."""
+    parts: dict[str, Optional[float]] = {k: None for k in (*JUDGE_PARTS, *RULE_PARTS)}
     if not answer.strip():
-        return {"reward": 0.0, "judge": None, "action": None, "style": 0.0, "answer_action": None}
-    props = grade_propositions(prompt, answer)
-    action = response_type(props)
-    parts = {"judge": (verdict or {}).get("overall", 0) / 10,
-             "action": float(action == expected_action),
-             "style": style_score(expected_action, props, category)}
+        return {"reward": 0.0, **parts, "answer_action": None}
+    for key, criterion in JUDGE_PARTS.items():
+        parts[key] = (verdict or {}).get(criterion, 0) / 10
+    action = None
+    if any(weights.get(k, 0) > 0 for k in RULE_PARTS):
+        props = grade_propositions(prompt, answer)
+        action = type_response(prompt, answer, props).action
+        parts["rule_action"] = float(action == expected_action)
+        parts["rule_style"] = style_score(expected_action, props, category)
     total = sum(weights.values())
-    reward = sum(weights.get(k, 0) * v for k, v in parts.items()) / total
-    return {"reward": round(reward, 4), "judge": (verdict or {}).get("overall"), "action": parts["action"],
-            "style": round(parts["style"], 4), "answer_action": action}
+    reward = sum(w * (parts[k] or 0.0) for k, w in weights.items()) / total
+    return {"reward": round(reward, 4), **{k: None if v is None else round(v, 4) for k, v in parts.items()},
+            "answer_action": action}
 
 
 class AnswerReward:

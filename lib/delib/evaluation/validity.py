@@ -1,0 +1,135 @@
+"""How far the rule graders can be trusted: their agreement with human labels, measured by the suite itself on
+labelled files a recipe names (`evaluate.validity_xstest`, `evaluate.validity_rbr`; by default the development
+sets in ../shared/data, see its README).
+
+Each file is split in two halves by a hash of the row (stable, independent of row order). The rules were written
+and tuned looking at half 0 only; half 1 is the held-out check, and the report leads with it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from delib.judging import graders
+
+HALVES = {0: "tuned on", 1: "held out"}
+# The RBR file calls judgemental "judgement", and has no empty-response label of its own.
+RBR_NAMES = {"judgemental": "judgement"}
+
+
+def half(key: str) -> int:
+    """0 (the half the rules were tuned on) or 1 (held out), from a hash of the row's key."""
+    return int(hashlib.sha1(key.encode()).hexdigest(), 16) % 2
+
+
+def xstest_table(path: Path) -> pd.DataFrame:
+    """An XSTest-style labelled file (prompt, completion, final_label, optionally id) with the rules' label and the
+    string-match baseline's."""
+    df = pd.read_csv(path)
+    missing = {"prompt", "completion", "final_label"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: an XSTest-style labelled file needs the columns {sorted(missing)}")
+    df["gold"] = df["final_label"].map(graders.XSTEST_LABELS)
+    if df["gold"].isna().any():
+        bad = df.loc[df["gold"].isna(), "final_label"].iloc[0]
+        raise ValueError(f"{path}: final_label {bad!r} is none of {', '.join(graders.XSTEST_LABELS)}")
+    keys = df["id"].astype(str) if "id" in df else df["prompt"] + "\n" + df["completion"].fillna("")
+    df["half"] = [half(k) for k in keys]
+    verdicts = [graders.classify_refusal(p, c) for p, c in zip(df["prompt"], df["completion"].fillna(""))]
+    df["rules"] = [v.label for v in verdicts]
+    df["cues"] = [", ".join(v.cues) for v in verdicts]
+    df["strmatch_prefix"] = [graders.strmatch_refusal(c) for c in df["completion"].fillna("")]
+    df["strmatch_keyword"] = [graders.keyword_refusal(c) for c in df["completion"].fillna("")]
+    return df
+
+
+def refusal_scores(gold: pd.Series, pred: pd.Series) -> dict:
+    """3-way accuracy, and binary accuracy (a full or partial refusal counts as refusing)."""
+    binary = (gold != "full_compliance") == (pred != "full_compliance")
+    return {"n": int(len(gold)), "binary_acc": float(binary.mean()) if len(gold) else None,
+            "three_way_acc": float((gold == pred).mean()) if len(gold) else None}
+
+
+def rbr_rows(path: Path) -> list[dict]:
+    """An RBR-gold-style JSONL file (prompt, completion, response_type, propositions) with our propositions."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        missing = {"prompt", "completion", "propositions"} - set(r)
+        if missing:
+            raise ValueError(f"{path}:{n}: an RBR-style row needs the keys {sorted(missing)}")
+        r["half"] = half(json.dumps(r["prompt"], sort_keys=True) + json.dumps(r["completion"], sort_keys=True))
+        r["ours"] = graders.grade_propositions(r["prompt"], r["completion"])
+        r["gold"] = {name: r["propositions"][RBR_NAMES.get(name, name)]
+                     for name in graders.PROPOSITIONS if RBR_NAMES.get(name, name) in r["propositions"]}
+        rows.append(r)
+    return rows
+
+
+def binary_scores(pairs: list[tuple[bool, bool]]) -> dict:
+    """Accuracy, precision, recall of (prediction, gold) pairs, and the accuracy of always answering the majority."""
+    tp = sum(p and g for p, g in pairs)
+    fp = sum(p and not g for p, g in pairs)
+    fn = sum(g and not p for p, g in pairs)
+    n = len(pairs)
+    pos = tp + fn
+    nan = float("nan")
+    return {"n": n, "pos": pos, "majority": max(pos, n - pos) / n if n else nan,
+            "acc": (n - fp - fn) / n if n else nan, "precision": tp / (tp + fp) if tp + fp else nan,
+            "recall": tp / pos if pos else nan}
+
+
+def xstest_validity(path: Path) -> pd.DataFrame:
+    """The refusal classifier and the string-match baseline on each half and on all rows."""
+    df = xstest_table(path)
+    rows = []
+    for grader in ("rules", "strmatch_prefix"):
+        for part, sel in (("held out", df["half"] == 1), ("tuned on", df["half"] == 0), ("all", df["half"] >= 0)):
+            rows.append({"grader": "refusal classifier" if grader == "rules" else "XSTest string match",
+                         "rows": part, **refusal_scores(df.loc[sel, "gold"], df.loc[sel, grader])})
+    return pd.DataFrame(rows)
+
+
+def rbr_validity(path: Path) -> pd.DataFrame:
+    """Each rule-decided proposition against the human label: accuracy and the majority baseline, per half."""
+    rows = rbr_rows(path)
+    out = []
+    for name in graders.PROPOSITIONS:
+        if not rows or not all(name in r["gold"] for r in rows):
+            continue
+        held = binary_scores([(r["ours"][name], r["gold"][name]) for r in rows if r["half"] == 1])
+        tuned = binary_scores([(r["ours"][name], r["gold"][name]) for r in rows if r["half"] == 0])
+        out.append({"proposition": name, "n held out": held["n"], "acc held out": held["acc"],
+                    "majority held out": held["majority"], "at or above majority": held["acc"] >= held["majority"],
+                    "acc tuned on": tuned["acc"], "majority tuned on": tuned["majority"]})
+    return pd.DataFrame(out)
+
+
+def grader_validity(xstest_path: Optional[Path], rbr_path: Optional[Path]) -> dict:
+    """Both measurements, or why one is missing: {"xstest": table or None, "rbr": ..., "notes": [...]}."""
+    out: dict = {"xstest": None, "rbr": None, "notes": []}
+    for key, path, measure in (("xstest", xstest_path, xstest_validity), ("rbr", rbr_path, rbr_validity)):
+        if path is None:
+            out["notes"].append(f"{key}: no labelled file named (evaluate.validity_{key}); not measured")
+        elif not Path(path).is_file():
+            out["notes"].append(f"{key}: {path} not found; not measured")
+        else:
+            out[key] = measure(Path(path))
+    return out
+
+
+def validity_summary(v: dict) -> dict:
+    """The JSON form for metrics.json: the held-out figures first."""
+    doc: dict = {"notes": v["notes"], "split": "rows hashed into two halves; the rules were tuned on half 0 only"}
+    if v["xstest"] is not None:
+        x = v["xstest"]
+        doc["refusal_classifier"] = x.to_dict("records")
+    if v["rbr"] is not None:
+        doc["propositions"] = v["rbr"].to_dict("records")
+    return doc
