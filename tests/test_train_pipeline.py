@@ -81,5 +81,5 @@ def test_sft_then_grpo_on_a_tiny_model(tmp_path, monkeypatch, device):
     assert sft["loss_first"] > 0 and 0 <= rl["reward_first"] <= 1
     graded = [json.loads(x) for x in (run / "05_rl" / "rewards.jsonl").read_text().splitlines()]
     assert len(graded) == 2 * 2  # 2 steps x 2 completions
-    assert all(g["judge"] == 7 for g in graded if g["answer"])  # the scripted judge's verdict reached the reward
+    assert all(g["judge"] == 0.7 for g in graded if g["answer"])  # the scripted judge's 7 of 10 reached the reward
     print(json.dumps({"sft": sft, "rl": rl}, indent=1))
