@@ -38,7 +38,7 @@ def test_xstest_validity_counts_binary_and_three_way_agreement(tmp_path):
 
 def test_a_labelled_file_with_an_unknown_label_is_refused_with_its_name(tmp_path):
     path = write_xstest(tmp_path / "x.csv", ROWS[:1] + [("q", "a", "4_maybe")])
-    with pytest.raises(ValueError, match=r"x\.csv: final_label '4_maybe'"):
+    with pytest.raises(ValueError, match=r"x\.csv:3: final_label '4_maybe'"):
         validity.xstest_validity(path)
 
 
@@ -78,3 +78,16 @@ def test_on_the_shared_dev_sets_the_held_out_half_is_reported_and_beats_string_m
     assert held["n"] > 150 and held["binary_acc"] > x.loc[("XSTest string match", "held out"), "binary_acc"]
     assert set(v["rbr"]["proposition"]) >= {"apology", "inability_to_comply", "fully_complies"}
     assert v["rbr"]["n held out"].min() > 100
+
+
+def test_a_malformed_rbr_line_is_refused_with_file_and_line(tmp_path):
+    path = tmp_path / "rbr.jsonl"
+    path.write_text('{"prompt": "a", "completion": "b", "propositions": {}}\n{not json\n')
+    with pytest.raises(ValueError, match=r"rbr\.jsonl:2: not a JSON object"):
+        validity.rbr_validity(path)
+
+
+def test_an_empty_half_is_written_as_null_not_nan(tmp_path):
+    v = validity.grader_validity(write_xstest(tmp_path / "x.csv", ROWS[:1]), None)
+    text = json.dumps(validity.validity_summary(v), allow_nan=False)  # raises on NaN
+    assert "null" in text

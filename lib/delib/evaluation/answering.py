@@ -138,5 +138,8 @@ def evaluation_info(selected: pd.DataFrame, variants: Sequence[Variant], params:
             "grading": "rule-based (delib.judging.graders); StrongREJECT rubric LLM-graded by the judge",
             "graders": {"not_unsafe, not_overrefuse, correct_action, unclear, style": "rules",
                         "rl_reward": "the judge (models.judge), answer only",
-                        "rl_reward_shares_evaluation_graders": shared_graders(params.rl.reward_weights)},
+                        "rl_reward_shares_evaluation_graders":
+                            shared_graders(params.rl.reward_weights) if params.rl.backend == "trl" else [],
+                        "sft_filter_shares_evaluation_graders":
+                            [k for k in ("action", "style") if params.judge.score_weights.get(k, 0) > 0]},
             **(benchmarks or {})}

@@ -222,6 +222,6 @@ def validity_section(v: dict) -> Section:
         tables.append(("Rule-decided propositions against RBR's human labels, and always answering the majority",
                        pd.DataFrame(v["propositions"])))
     text = ["How far to trust the graders: the rules that grade every answer above, checked by this run against "
-            "human-labelled files. The rules were tuned on one half of each file (rows hashed into two halves); "
-            "the held-out half is the honest figure."]
+            "human-labelled files, split into two halves by a hash of the row. On the shared development sets the "
+            "rules were tuned on half 0 only, so the held-out half is the honest figure."]
     return Section("How far to trust the graders", text + list(v.get("notes", [])), tables=tables)

@@ -2,8 +2,9 @@
 labelled files a recipe names (`evaluate.validity_xstest`, `evaluate.validity_rbr`; by default the development
 sets in ../shared/data, see its README).
 
-Each file is split in two halves by a hash of the row (stable, independent of row order). The rules were written
-and tuned looking at half 0 only; half 1 is the held-out check, and the report leads with it.
+Each file is split in two halves by a hash of the row (stable, independent of row order). On the shared development
+sets the rules were written and tuned looking at half 0 only, so half 1 is the held-out check, and the report leads
+with it; on any other file the two halves are simply a random split.
 """
 from __future__ import annotations
 
@@ -30,13 +31,16 @@ def xstest_table(path: Path) -> pd.DataFrame:
     """An XSTest-style labelled file (prompt, completion, final_label, optionally id) with the rules' label and the
     string-match baseline's."""
     df = pd.read_csv(path)
+    df["prompt"], df["completion"] = df.get("prompt", pd.Series(dtype=str)).fillna(""), df.get(
+        "completion", pd.Series(dtype=str)).fillna("")
     missing = {"prompt", "completion", "final_label"} - set(df.columns)
     if missing:
         raise ValueError(f"{path}: an XSTest-style labelled file needs the columns {sorted(missing)}")
     df["gold"] = df["final_label"].map(graders.XSTEST_LABELS)
     if df["gold"].isna().any():
-        bad = df.loc[df["gold"].isna(), "final_label"].iloc[0]
-        raise ValueError(f"{path}: final_label {bad!r} is none of {', '.join(graders.XSTEST_LABELS)}")
+        row = df.index[df["gold"].isna()][0]
+        raise ValueError(f"{path}:{row + 2}: final_label {df.loc[row, 'final_label']!r} is none of "
+                         f"{', '.join(graders.XSTEST_LABELS)}")
     keys = df["id"].astype(str) if "id" in df else df["prompt"] + "\n" + df["completion"].fillna("")
     df["half"] = [half(k) for k in keys]
     verdicts = [graders.classify_refusal(p, c) for p, c in zip(df["prompt"], df["completion"].fillna(""))]
@@ -60,7 +64,10 @@ def rbr_rows(path: Path) -> list[dict]:
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        r = json.loads(line)
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not a JSON object ({e.msg})") from None
         missing = {"prompt", "completion", "propositions"} - set(r)
         if missing:
             raise ValueError(f"{path}:{n}: an RBR-style row needs the keys {sorted(missing)}")
@@ -126,10 +133,16 @@ def grader_validity(xstest_path: Optional[Path], rbr_path: Optional[Path]) -> di
 
 def validity_summary(v: dict) -> dict:
     """The JSON form for metrics.json: the held-out figures first."""
-    doc: dict = {"notes": v["notes"], "split": "rows hashed into two halves; the rules were tuned on half 0 only"}
+    doc: dict = {"notes": v["notes"], "split": "rows hashed into two halves; on the shared development sets the "
+                                                "rules were tuned on half 0 only"}
     if v["xstest"] is not None:
-        x = v["xstest"]
-        doc["refusal_classifier"] = x.to_dict("records")
+        doc["refusal_classifier"] = _records(v["xstest"])
     if v["rbr"] is not None:
-        doc["propositions"] = v["rbr"].to_dict("records")
+        doc["propositions"] = _records(v["rbr"])
     return doc
+
+
+def _records(table: pd.DataFrame) -> list[dict]:
+    """Rows as JSON-ready dicts: NaN (an empty half) written as null."""
+    return [{k: (None if isinstance(x, float) and x != x else x) for k, x in row.items()}
+            for row in table.astype(object).to_dict("records")]

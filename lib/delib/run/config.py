@@ -219,7 +219,8 @@ class RLParams(StageParams):
     @field_validator("reward_weights")
     @classmethod
     def _known_reward_weights(cls, v: dict[str, float]) -> dict[str, float]:
-        return _check_weights(v, REWARD_WEIGHTS, "reward weight")
+        """Keys a recipe leaves out keep their defaults, as in judge.score_weights."""
+        return {**REWARD_WEIGHTS, **_check_weights(v, REWARD_WEIGHTS, "reward weight")}
 
     @model_validator(mode="after")
     def _groups_fit(self) -> "RLParams":

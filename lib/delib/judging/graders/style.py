@@ -41,7 +41,8 @@ def degenerate(text: str) -> Optional[str]:
     """Why a text is not language a grader can type (mostly symbols, a phrase looping, one sentence repeated), or
     None. Lists and technical answers repeat words; a loop repeats whole phrases."""
     words = re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)?", text.lower())  # letters of any script
-    if len(text.strip()) >= 20 and len("".join(words)) < 0.4 * len(re.sub(r"\s", "", text)):
+    alnum = re.findall(r"[^\W_]", text)  # letters and digits: "17 * 23 = 391" is an answer
+    if len(text.strip()) >= 20 and len(alnum) < 0.4 * len(re.sub(r"\s", "", text)):
         return "degenerate:few_words"
     trigrams = list(zip(words, words[1:], words[2:]))
     if len(trigrams) >= 20 and len(set(trigrams)) < 0.5 * len(trigrams):
