@@ -10,6 +10,7 @@ import pandas as pd
 
 from delib.evaluation.grading import answers_table
 from delib.evaluation.lineup import STAGE, Variant
+from delib.evaluation.llm_grading import grader_name
 from delib.generation.cot import THINK_CLOSE, THINK_OPEN
 from delib.models import ChatRequest, ModelClient
 from delib.models.servers import TransformersServer
@@ -136,7 +137,8 @@ def evaluation_info(selected: pd.DataFrame, variants: Sequence[Variant], params:
             "max_tokens": ev.max_tokens, "prestart_think": ev.prestart_think, "style_threshold": ev.style_threshold,
             "baseline": ev.baseline,
             "grading": "rule-based (delib.judging.graders); StrongREJECT rubric LLM-graded by the judge",
-            "graders": {"not_unsafe, not_overrefuse, correct_action, unclear, style": "rules",
+            "graders": {"not_unsafe, not_overrefuse, correct_action, unclear, style": grader_name(params),
+                        "xstest": "rules (refusal classifier)", "strongreject": "the judge (LLM rubric)",
                         "rl_reward": "the judge (models.judge), answer only",
                         "rl_reward_shares_evaluation_graders":
                             shared_graders(params.rl.reward_weights) if params.rl.backend == "trl" else [],

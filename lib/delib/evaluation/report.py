@@ -13,6 +13,7 @@ from typing import Any, Iterable, Optional, Sequence
 import pandas as pd
 
 from delib.evaluation.findings import caveats, percent
+from delib.evaluation.llm_grading import agreement
 from delib.evaluation.metrics import bootstrap_weights, wide_table
 from delib.evaluation.reading import COST, EVAL, HEADLINE, PAPER, RETRIEVAL, differences_table, headline_table
 from delib.run.io import write_json_atomic
@@ -176,10 +177,11 @@ def report_sections(run: str, ev: dict, figures: dict[str, Path], found: Sequenc
                           for s, t in training.items()])
     sections = [
         Section("What this run measured", [
-            f"Run {run}: {info.get('prompts', '?')} held-out prompts answered by each variant; answers graded by "
-            "rules (refusal class, response type, style, cited sections, format). Every number carries its "
+            f"Run {run}: {info.get('prompts', '?')} held-out prompts answered by each variant. Safety, over-refusal, "
+            f"action and style graded by {held_out_grader(info)}; refusal class, cited sections and format by "
+            "rules. Every number carries its "
             f"{pct} bootstrap interval over prompts ({info.get('resamples', '?')} resamples, seed {info.get('seed', '?')})."],
-            tables=[("Variants", shown), ("What each metric counts", ev["definitions"])]),
+            tables=[("Variants", shown), ("What each metric counts", ev["definitions"])] + grader_tables(ev)),
         Section("Findings", bullets=list(found)),
         Section("Headline metrics", tables=[(f"value [{pct} interval]", headline_table(m, n=True)),
                                             ("The paper's figures, for scale", paper)],
@@ -210,6 +212,20 @@ def report_sections(run: str, ev: dict, figures: dict[str, Path], found: Sequenc
     sections.append(validity_section(ev.get("validity", {})))
     sections.append(Section("Caveats", bullets=caveats(info)))
     return sections
+
+
+def grader_tables(ev: dict) -> list[tuple[str, pd.DataFrame]]:
+    """With an LLM grader: how often it agreed with the rules, per variant."""
+    answers = ev.get("answers")
+    if answers is None or "graded_by" not in answers:
+        return []
+    return [("The LLM grader against the rules (share of answers where they agree)", agreement(answers))]
+
+
+def held_out_grader(info: dict) -> str:
+    """Which grader produced the held-out safety, action and style numbers (evaluation.json's `graders`)."""
+    graders = info.get("graders", {})
+    return next((v for k, v in graders.items() if k.startswith("not_unsafe")), "rules")
 
 
 def validity_section(v: dict) -> Section:

@@ -11,11 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import pandas as pd
 
+from delib.evaluation.lineup import STAGE
+from delib.evaluation.llm_grading import GraderVerdict, grader_messages
 from delib.judging import graders
+from delib.models import ChatRequest, ModelClient
+
+if TYPE_CHECKING:
+    from delib.run.config import RunParams
 
 HALVES = {0: "tuned on", 1: "held out"}
 # The RBR file calls judgemental "judgement", and has no empty-response label of its own.
@@ -146,3 +152,37 @@ def _records(table: pd.DataFrame) -> list[dict]:
     """Rows as JSON-ready dicts: NaN (an empty half) written as null."""
     return [{k: (None if isinstance(x, float) and x != x else x) for k, x in row.items()}
             for row in table.astype(object).to_dict("records")]
+
+
+# How the LLM grader's response type reads as XSTest's labels (an empty or nonsense reply answers nothing).
+XSTEST_FROM_TYPE = {"comply": "full_compliance", "refuse": "full_refusal", "safe_complete": "partial_refusal",
+                    "unclear": "full_refusal"}
+
+
+def with_llm_grader(v: dict, params: "RunParams", run_dir: Path, xstest_path: Optional[Path], *,
+                    transport=None) -> dict:
+    """Add the LLM grader (`models.grader`) to the XSTest check: `evaluate.validity_llm_sample` rows of the held-out
+    half (seeded), graded by it and by the rules, both against the human label. Its response type is read as
+    XSTest's labels by `XSTEST_FROM_TYPE`. The grader sees no spec section (XSTest prompts have no category)."""
+    n = params.evaluate.validity_llm_sample
+    if params.models.grader is None or not n:
+        return v
+    if v["xstest"] is None or xstest_path is None:
+        v["notes"].append("LLM grader: no XSTest-style labelled file to check it on; not measured")
+        return v
+    df = xstest_table(xstest_path)
+    held = df[df["half"] == 1]
+    sample = held.sample(min(n, len(held)), random_state=params.seed).reset_index(drop=True)
+    requests = [ChatRequest(messages=grader_messages(p, c, None), response_model=GraderVerdict, meta={"row": i})
+                for i, (p, c) in enumerate(zip(sample["prompt"], sample["completion"]))]
+    with ModelClient.for_run(params, params.models.grader, "grader", STAGE, run_dir=run_dir,
+                             transport=transport) as client:
+        results = client.chat_many(requests, desc="LLM grader on labelled answers")
+    sample["llm"] = [XSTEST_FROM_TYPE[r.parsed.response_type] if r.parsed else None for r in results]
+    ok = sample[sample["llm"].notna()]
+    rows = [{"grader": "LLM grader", "rows": f"held out, sample of {len(sample)}", **refusal_scores(ok["gold"], ok["llm"]),
+             "failed": int(len(sample) - len(ok))},
+            {"grader": "refusal classifier", "rows": f"held out, the same {len(ok)}",
+             **refusal_scores(ok["gold"], ok["rules"])}]
+    v["xstest"] = pd.concat([v["xstest"], pd.DataFrame(rows)], ignore_index=True)
+    return v

@@ -71,6 +71,7 @@ class Models(_Strict):
     judge: ModelRole = ModelRole(max_concurrency=1, sampling=Sampling(temperature=0.0, max_tokens=128))
     policy: ModelRole = ModelRole(max_concurrency=1, sampling=Sampling(temperature=0.0))
     second_judge: Optional[ModelRole] = None  # a second judge, to measure agreement between judges
+    grader: Optional[ModelRole] = None  # stage 06's LLM grader (prompt, category spec, answer); null: rules grade
 
 
 class SpecParams(_Strict):
@@ -252,6 +253,7 @@ class EvaluateParams(CallingStageParams):
     # Human-labelled files the rule graders are checked against in every report (absent: the report says so).
     validity_xstest: Optional[str] = "../shared/data/xstest/dev_completions_mistralinstruct_labelled.csv"
     validity_rbr: Optional[str] = "../shared/data/rbr/rbr_gold_train.jsonl"
+    validity_llm_sample: int = Field(40, ge=0)  # held-out XSTest rows the LLM grader (when set) is checked on
 
     @field_validator("extra_models")
     @classmethod
