@@ -17,6 +17,7 @@ from delib.generation.cot import (
     ParsedCompletion,
     parse_completion,
 )
+from delib.generation.skeleton import ANSWER_GRAMMAR, ANSWER_STOPS, skeleton_grammar
 from delib.models import ChatRequest
 from delib.models.calls import groups_by_first_message
 from delib.models.progress import progress_bar
@@ -25,6 +26,8 @@ from delib.run.io import clip
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from delib.run.config import RunParams
 
 
 GENERATOR_SYSTEM = """\
@@ -36,12 +39,12 @@ to the user's request is below, between <spec> and </spec>. Every section starts
 </spec>
 
 Answer in two parts.
-First, reason inside <think> and </think>:
-- say in a sentence what the user is asking for;
-- name the sections of the specification that apply, citing each by its id in square brackets, e.g. [{example_id}];
-- decide what the specification requires and write it on its own line as "Action: comply", "Action: refuse" \
-or "Action: safe_complete";
-- cite the style guideline for that action by its id.
+First, reason inside <think> and </think>, in five lines:
+The user asks <what the user is asking for, in one sentence>
+Applicable: [<the id of the section that applies, e.g. {example_id}>]
+Reasoning: <why it applies and what it requires>
+Action: <comply, refuse or safe_complete, as that section says>
+Style: [<the id of the style guideline for that action>]
 Then, after </think>, write only the reply to the user. Follow the style guideline. The reply must not mention \
 the specification, its sections, ids or policies."""
 
@@ -118,15 +121,27 @@ def pick_examples(examples: list[Example], category: str, k: int) -> list[Exampl
     return (own + [e for e in examples if e.category != category])[:k]
 
 
+def structured_for(params: "RunParams") -> bool:
+    """Whether stage 02 writes the CoT under the skeleton grammar: `generate.structured` on, or auto for an
+    embedded generator (a small model; capable generators keep free-form CoT)."""
+    mode = params.generate.structured
+    return mode == "on" or (mode == "auto" and params.models.generator.backend == "embedded"
+                             and params.generate.prestart_think)
+
+
 def generation_requests(selected: "pd.DataFrame", rendered: dict[str, dict], spec: Spec, examples: list[Example],
                         k_shot: int, samples_per_prompt: int, prestart_think: bool = False,
-                        cot_max_tokens: Optional[int] = None) -> list:
+                        cot_max_tokens: Optional[int] = None, structured: bool = False) -> list:
     """One ChatRequest per (prompt, sample): the spec for the prompt's category in context, a seed per sample.
 
     With `prestart_think`, the request is the first of two: the reply is pre-started with <think> and stops at
-    </think> (at most `cot_max_tokens`); `finish_answers` then asks for the answer after the closed CoT.
+    </think> (at most `cot_max_tokens`); `finish_answers` then asks for the answer after the closed CoT. With
+    `structured` (which needs `prestart_think`), the CoT follows the category's skeleton grammar.
     """
+    if structured and not prestart_think:
+        raise ValueError("generate.structured writes the CoT as its own first step: it needs generate.prestart_think")
     phase = {"prefill": THINK_OPEN + "\n", "stop": [THINK_CLOSE], "max_tokens": cot_max_tokens} if prestart_think else {}
+    grammars = {c: skeleton_grammar(spec, c) for c in selected["category"].unique()} if structured else {}
     requests = []
     for row in selected.itertuples():
         cat = spec.categories[row.category]
@@ -134,7 +149,8 @@ def generation_requests(selected: "pd.DataFrame", rendered: dict[str, dict], spe
         messages = generation_messages(row.prompt, rendered[row.category]["text"],
                                        pick_examples(examples, row.category, k_shot), example_id)
         for s in range(samples_per_prompt):
-            requests.append(ChatRequest(messages=messages, sample_index=s, meta={"prompt_id": row.id}, **phase))
+            requests.append(ChatRequest(messages=messages, sample_index=s, meta={"prompt_id": row.id},
+                                        grammar=grammars.get(row.category), **phase))
     return requests
 
 
@@ -146,7 +162,8 @@ def finish_answers(client, cot_requests: list, cot_results: list, desc: str = "a
 
     todo = [i for i, r in enumerate(cot_results) if r.ok and r.finish_reason != "length"]
     follow_ups = [replace(cot_requests[i], prefill=cot_results[i].text.rstrip() + f"\n{THINK_CLOSE}\n",
-                          stop=None, max_tokens=None) for i in todo]
+                          stop=ANSWER_STOPS if cot_requests[i].grammar else None, max_tokens=None,
+                          grammar=ANSWER_GRAMMAR if cot_requests[i].grammar else None) for i in todo]
     answers = client.chat_many(follow_ups, desc=desc) if follow_ups else []
     out = list(cot_results)
     for i, answer in zip(todo, answers):

@@ -1,28 +1,76 @@
 """Stage 03 (filtering) and its hand-off to training: which samples survive, and the SFT and RL sets they make.
 
-The funnel counts samples at each step: generated, answered, well-formed, judged, above the threshold, best of n
-per prompt, balanced across categories. The SFT set drops the spec from the prompt, so the model must recall it.
+The funnel counts samples at each step: generated, answered, well-formed, each of the spec's gates, judged (all k
+judgements parsed), above the threshold, best of n per prompt, balanced across categories. The SFT set drops the spec from the prompt, so the model must recall it.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import pandas as pd
 
 from delib.generation.cot import THINK_CLOSE, THINK_OPEN, parse_completion
+from delib.generation.skeleton import style_sections
+from delib.judging import graders
+from delib.policy.spec import Spec
 from delib.run.io import write_jsonl
 
 
+# What each of stage 03's gates checks (params: judge.gates), in the funnel's words.
+GATES = {
+    "cites_level": "the CoT cites a level of the prompt's own category",
+    "action_of_level": "its action is the one the cited level prescribes",
+    "style_of_action": "it cites the style section for that action",
+    "answer_takes_action": "the answer's response type is that action",
+    "expected_action": "the action is the prompt set's expected action",
+}
+
+
+def gate_values(row, spec: Spec) -> dict[str, bool]:
+    """Every gate's verdict on one sample (a row with category, cited, action, prompt, answer, expected_action)."""
+    cat = spec.categories.get(row.category)
+    levels = {(lv.get("section") or ""): lv["action"] for lv in (cat.levels if cat else [])}
+    own = set(levels) if levels else set(cat.sections if cat else [])
+    cited = list(row.cited) if isinstance(row.cited, (list, tuple)) else []
+    first = next((c for c in cited if c in own), None)
+    action = row.action if isinstance(row.action, str) else None
+    level_action = levels.get(first) if levels else action
+    styles = style_sections(spec, row.category, action) if cat and action else []
+    typed = graders.type_response(row.prompt, row.answer).action if action else None
+    return {"cites_level": first is not None,
+            "action_of_level": first is not None and action is not None and action == level_action,
+            "style_of_action": bool(styles) and any(c in styles for c in cited),
+            "answer_takes_action": typed is not None and typed == action,
+            "expected_action": action is not None and action == row.expected_action}
+
+
+def apply_gates(usable: pd.DataFrame, spec: Spec, gates: Sequence[str]) -> tuple[pd.DataFrame, list]:
+    """The samples that pass every gate in `gates` (applied in order, each a funnel step), with a `gate_*` column
+    per gate; and the steps [(funnel label, samples left)]."""
+    if usable.empty:
+        return usable.assign(**{f"gate_{g}": pd.Series(dtype=bool) for g in GATES}), [
+            (f"gate: {GATES[g]}", usable) for g in gates]
+    values = pd.DataFrame([gate_values(r, spec) for r in usable.itertuples()], index=usable.index)
+    out = usable.join(values.add_prefix("gate_"))
+    steps, left = [], out
+    for g in gates:
+        left = left[left[f"gate_{g}"]]
+        steps.append((f"gate: {GATES[g]}", left))
+    return left, steps
+
+
 def filter_samples(scored: pd.DataFrame, generated: pd.DataFrame, threshold: float, best_of_n: bool = True,
-                   max_per_category: Optional[int] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The samples kept for SFT, and the funnel table (step, samples, prompts, share of generated)."""
+                   max_per_category: Optional[int] = None, gate_steps: Sequence = (), k: int = 1
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The samples kept for SFT, and the funnel table (step, samples, prompts, share of generated). A sample with a
+    judgement that failed (request or unparseable reply) fails the judge: min of k needs all k."""
     steps = [("generated", generated),
              ("answered (request ok)", generated[generated["malformed"] != "request_failed"]),
-             ("well-formed", generated[generated["malformed"].isna()]),
-             ("judged", scored[scored["judged"] > 0])]
-    kept = scored[(scored["judged"] > 0) & (scored["final_score"] >= threshold)]
+             ("well-formed", generated[generated["malformed"].isna()]), *gate_steps,
+             (f"judged: all {k} judgement(s) parsed", scored[scored["judged"] >= k])]
+    kept = scored[(scored["judged"] >= k) & (scored["final_score"] >= threshold)]
     steps.append((f"final score >= {threshold:g}", kept))
     if best_of_n and not kept.empty:
         kept = (kept.sort_values(["final_score", "sample_index"], ascending=[False, True])
@@ -33,7 +81,7 @@ def filter_samples(scored: pd.DataFrame, generated: pd.DataFrame, threshold: flo
                 .head(max_per_category))
         steps.append((f"at most {max_per_category} per category", kept))
     total = max(1, len(generated))
-    funnel = pd.DataFrame([{"step": name, "samples": len(df), "prompts": df["prompt_id"].nunique(),
+    funnel = pd.DataFrame([{"step": name, "samples": len(df), "prompts": df["prompt_id"].nunique() if len(df) else 0,
                             "share": round(len(df) / total, 3)} for name, df in steps])
     return kept.sort_values(["category", "prompt_id"]).reset_index(drop=True), funnel
 

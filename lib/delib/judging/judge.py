@@ -181,14 +181,15 @@ def final_score(judge_overall: Optional[float], checks: dict, weights: Optional[
 
 
 def judge_requests(samples: "pd.DataFrame", rendered: dict[str, dict], k: int, show_expected_action: bool,
-                   top_logprobs: Optional[int]) -> list:
-    """k independent judgements (seeds 0..k-1) for each usable sample, the CoT shown."""
+                   top_logprobs: Optional[int], temperature: Optional[float] = None) -> list:
+    """k independent judgements (seeds 0..k-1, at `temperature`, else the role's) for each sample, the CoT shown."""
     requests = []
     for row in samples.itertuples():
         messages = judge_messages(row.prompt, row.answer, rendered[row.category]["text"], cot=row.cot,
                                   expected_action=row.expected_action if show_expected_action else None)
         for j in range(k):
             requests.append(ChatRequest(messages=messages, sample_index=j, response_model=JudgeVerdict,
+                                        temperature=temperature,
                                         logprobs=bool(top_logprobs), top_logprobs=top_logprobs,
                                         meta={"prompt_id": row.prompt_id, "sample_index": row.sample_index}))
     return requests

@@ -37,6 +37,8 @@ def plan_call(role: ModelRole, req: ChatRequest, identity: str, run_seed: int, r
     }
     if req.prefill is not None:  # only then, so that every other key stays as it was
         material["prefill"] = req.prefill
+    if req.grammar is not None:
+        material["grammar"] = req.grammar
     body: dict[str, Any] = {"model": role.model, "messages": req.messages, "seed": seed}
     if reasoning:  # they take max_completion_tokens and reject temperature, top_p, logprobs
         body["max_completion_tokens"] = max_tokens
@@ -60,6 +62,11 @@ def plan_call(role: ModelRole, req: ChatRequest, identity: str, run_seed: int, r
         add_structured(body, req.response_model, structured)
     if req.prefill is not None:
         add_prefill(body, req, role)
+    if req.grammar is not None:
+        if role.backend != "embedded":
+            raise ValueError(f"a free-text grammar is decoded by llama.cpp only: backend {role.backend!r} cannot "
+                             "follow it (turn generate.structured off for this generator)")
+        body["grammar"] = req.grammar
     return CallPlan(call_key(material), req, body, seed)
 
 

@@ -117,6 +117,15 @@ class GenerateParams(CallingStageParams):
     examples: Optional[str] = "specs/default/examples.yaml"  # YAML of worked examples; null: none
     prestart_think: bool = True  # pre-start the reply with <think>, stop at </think>, then ask for the answer
     cot_max_tokens: int = Field(192, ge=8)  # cap of the pre-started chain of thought
+    # The CoT under a grammar of the spec's skeleton (generation.skeleton): on, off, or auto (on for an embedded
+    # generator, whose free-form CoT rarely cites a real section). Needs prestart_think.
+    structured: Literal["auto", "on", "off"] = "auto"
+
+    @model_validator(mode="after")
+    def _structured_needs_prestart(self) -> "GenerateParams":
+        if self.structured == "on" and not self.prestart_think:
+            raise ValueError("generate.structured: on needs generate.prestart_think: true (the CoT is its own step)")
+        return self
 
 
 # The weights of the rule checks beside the judge: in stage 03's final score, and in the RL reward (answer only).
@@ -142,8 +151,14 @@ def _check_weights(v: dict[str, float], known: dict[str, float], what: str) -> d
     return v
 
 
+# Stage 03's gates from the spec, in the order the funnel applies them (judging.filtering.GATES says what each checks).
+GATES = ("cites_level", "action_of_level", "style_of_action", "answer_takes_action", "expected_action")
+
+
 class JudgeParams(CallingStageParams):
-    k: int = Field(2, ge=1)  # independent judgements per sample
+    k: int = Field(1, ge=1)  # independent judgements per sample; k > 1 needs a temperature > 0 (else all alike)
+    temperature: Optional[float] = Field(None, ge=0)  # of stage 03's judgements; null: the judge role's sampling
+    gates: list[Literal[GATES]] = list(GATES)  # the spec's gates a sample must pass before the judge sees it
     aggregate: Literal["min", "mean"] = "min"  # how the k judgements combine (the paper keeps the minimum)
     threshold: float = Field(5.0, ge=0, le=10)  # final score a sample needs to enter the SFT set
     show_expected_action: bool = True  # tell the judge the prompt's expected action (the paper allows it)
@@ -298,6 +313,16 @@ class RunParams(_Strict):
         if not RUN_NAME.fullmatch(v) or v in {".", ".."}:
             raise ValueError(f"run_name {v!r} must be letters, digits, '_', '-' or '.', not starting with '.'")
         return v
+
+    @model_validator(mode="after")
+    def _min_of_k_needs_sampling(self) -> "RunParams":
+        temperature = self.judge.temperature if self.judge.temperature is not None \
+            else self.models.judge.sampling.temperature
+        if self.judge.k > 1 and temperature == 0:
+            raise ValueError(f"judge.k is {self.judge.k} but the judge samples at temperature 0, so its k judgements "
+                             "would all be the same and their minimum no check at all: set judge.k: 1, or "
+                             "judge.temperature above 0 (each judgement then has its own seed)")
+        return self
 
 
 PARAM_NAMES = tuple(RunParams.model_fields)
