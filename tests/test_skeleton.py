@@ -124,3 +124,38 @@ def test_min_of_k_at_temperature_0_is_refused_and_the_gates_agree_with_the_schem
     assert tuple(GATES) == config.GATES
     with pytest.raises(Exception):
         validate_params({"run_name": "x", "judge": {"gates": ["cites_anything"]}})
+
+
+def test_when_no_sample_passes_the_gates_stage_03_still_scores_plots_and_counts(spec, tmp_path):
+    from delib.judging import judge, plots
+
+    usable = pd.DataFrame([sample(expected_action="comply")])
+    gated, steps = apply_gates(usable, spec, ["expected_action"])
+    judgements = judge.judgements_table([])
+    assert gated.empty and "error" in judgements
+    scored = judge.score_samples(gated, judgements, "min", None, spec.section_category())
+    plots.score_distributions(scored, 5.0, tmp_path / "scores.png")
+    kept, funnel = filter_samples(scored, usable, 5.0, gate_steps=steps)
+    assert kept.empty and list(funnel["samples"])[-2:] == [0, 0]
+
+
+def test_a_level_without_a_section_and_a_shared_section_are_gated_as_the_grammar_allows(spec):
+    import copy
+    odd = copy.deepcopy(spec)
+    cat = odd.categories["violence_weapons"]
+    cat.levels = [{"name": "V0", "action": "comply", "section": None},
+                  {"name": "V1", "action": "refuse", "section": "violence-weapons-v3"},
+                  {"name": "V2", "action": "safe_complete", "section": "violence-weapons-v3"}]
+    assert [c[0] for c in choices(odd, "violence_weapons")][0] == cat.sections[0]
+    for cited, action in (([cat.sections[0], "style-comply"], "comply"),
+                          (["violence-weapons-v3", "style-safe-completion"], "safe_complete")):
+        row = pd.DataFrame([sample(cited=cited, action=action, expected_action=action)]).iloc[0]
+        values = gate_values(row, odd)
+        assert values["cites_level"] and values["action_of_level"], (cited, values)
+
+
+def test_structured_on_needs_an_embedded_generator():
+    with pytest.raises(Exception, match="needs an embedded generator"):
+        validate_params({"run_name": "x", "generate": {"structured": "on"},
+                         "models": {"generator": {"backend": "openai", "model": "gpt-4o"}}})
+    assert validate_params({"run_name": "x", "models": {"generator": {"backend": "openai", "model": "gpt-4o"}}})

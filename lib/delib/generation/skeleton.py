@@ -53,7 +53,7 @@ ANSWER_STOPS = [f"\n{head}" for head in (APPLICABLE, REASONING, ACTION, STYLE, A
 
 
 def _lit(text: str) -> str:
-    return json.dumps(text)  # a GBNF string literal: double quotes, backslash escapes
+    return json.dumps(text, ensure_ascii=False)  # a GBNF string literal: double quotes, backslash escapes
 
 
 def skeleton_grammar(spec: Spec, category: str) -> str:

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from delib.generation.cot import THINK_CLOSE, THINK_OPEN, parse_completion
-from delib.generation.skeleton import style_sections
+from delib.generation.skeleton import choices, style_sections
 from delib.judging import graders
 from delib.policy.spec import Spec
 from delib.run.io import write_jsonl
@@ -31,17 +31,19 @@ GATES = {
 def gate_values(row, spec: Spec) -> dict[str, bool]:
     """Every gate's verdict on one sample (a row with category, cited, action, prompt, answer, expected_action)."""
     cat = spec.categories.get(row.category)
-    levels = {(lv.get("section") or ""): lv["action"] for lv in (cat.levels if cat else [])}
-    own = set(levels) if levels else set(cat.sections if cat else [])
+    allowed: dict[str, set] = {}  # cited id -> the actions it may prescribe (the skeleton grammar's choices)
+    for sid, act, _ in (choices(spec, row.category) if cat else []):
+        allowed.setdefault(sid, set()).add(act)
     cited = list(row.cited) if isinstance(row.cited, (list, tuple)) else []
-    first = next((c for c in cited if c in own), None)
+    first = next((c for c in cited if c in allowed), None)
     action = row.action if isinstance(row.action, str) else None
-    level_action = levels.get(first) if levels else action
     styles = style_sections(spec, row.category, action) if cat and action else []
-    typed = graders.type_response(row.prompt, row.answer).action if action else None
+    answer = row.answer if isinstance(row.answer, str) else ""
+    typed = graders.type_response(row.prompt, answer).action if action else None
     return {"cites_level": first is not None,
-            "action_of_level": first is not None and action is not None and action == level_action,
-            "style_of_action": bool(styles) and any(c in styles for c in cited),
+            "action_of_level": first is not None and action in allowed[first],
+            # a spec with no style guideline for the action has nothing to cite
+            "style_of_action": action is not None and (not styles or any(c in styles for c in cited)),
             "answer_takes_action": typed is not None and typed == action,
             "expected_action": action is not None and action == row.expected_action}
 

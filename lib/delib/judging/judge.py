@@ -206,7 +206,8 @@ def judgements_table(results: list) -> "pd.DataFrame":
                      "judgement": res.sample_index, **{c: verdict.get(c) for c in CRITERIA},
                      "rationale": verdict.get("rationale"), "expected_overall": expected_score(res.logprobs),
                      "error": res.error, "cached": res.cached})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["prompt_id", "sample_index", "judgement", *CRITERIA, "rationale",
+                                       "expected_overall", "error", "cached"])
 
 
 def score_samples(samples: "pd.DataFrame", judgements: "pd.DataFrame", how: str, weights: Optional[dict],
@@ -215,6 +216,12 @@ def score_samples(samples: "pd.DataFrame", judgements: "pd.DataFrame", how: str,
     and the final score."""
     import pandas as pd
 
+    if samples.empty:  # nothing passed the gates: the same columns, no rows (the funnel then says where they went)
+        cols = ["judged", *(f"judge_{c}" for c in CRITERIA), "judge_spread", "judge_expected_overall", "refusal",
+                "answer_action", "cot_action_matches", "answer_action_matches", "cites_own_category", "style_score",
+                "propositions", "final_score"]
+        return samples.assign(**{c: pd.Series(dtype=float if c.startswith(("judge", "final")) else object)
+                                 for c in cols})
     rows = []
     grouped = {key: g for key, g in judgements.groupby(["prompt_id", "sample_index"])}
     for row in samples.itertuples():

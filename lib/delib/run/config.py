@@ -315,6 +315,13 @@ class RunParams(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _structured_needs_llama_cpp(self) -> "RunParams":
+        if self.generate.structured == "on" and self.models.generator.backend != "embedded":
+            raise ValueError(f"generate.structured: on needs an embedded generator (llama.cpp decodes the grammar); "
+                             f"models.generator.backend is {self.models.generator.backend!r}: use auto or off")
+        return self
+
+    @model_validator(mode="after")
     def _min_of_k_needs_sampling(self) -> "RunParams":
         temperature = self.judge.temperature if self.judge.temperature is not None \
             else self.models.judge.sampling.temperature
