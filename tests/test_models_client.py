@@ -437,3 +437,21 @@ def test_embedded_calls_sharing_a_system_prompt_go_together(prefill):
     sent = [json.dumps(b) for b in transport.calls]
     assert [next(f"q{i}" for i in range(6) if f"q{i}" in s) for s in sent] == ["q0", "q2", "q4", "q1", "q3", "q5"]
     client.close()
+
+
+def test_a_damaged_cache_file_is_refused_with_its_path_and_a_damaged_row_is_asked_again(tmp_path):
+    import sqlite3
+
+    from delib.models.cache import CacheError, CallCache
+
+    bad = tmp_path / "calls.sqlite"
+    bad.write_text("not a database " * 100)
+    with pytest.raises(CacheError, match=r"calls\.sqlite: the model-call cache is not a readable sqlite database"):
+        CallCache(bad)
+    assert bad.read_text().startswith("not a database")  # left as it was
+    good = CallCache(tmp_path / "ok.sqlite")
+    good.put("a", {"text": "fine"})
+    db = sqlite3.connect(tmp_path / "ok.sqlite")
+    db.execute("INSERT INTO calls (key, value) VALUES ('b', '{broken')")
+    db.commit()
+    assert good.get_many(["a", "b"]) == {"a": {"text": "fine"}}

@@ -31,6 +31,10 @@ def call_key(material: dict) -> str:
 
 
 
+class CacheError(RuntimeError):
+    """The model-call cache file cannot be read; the message names the file and what to do."""
+
+
 class CallCache:
     """sqlite store of finished calls: key -> JSON value. Safe across threads and processes."""
 
@@ -38,12 +42,17 @@ class CallCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses no committed row
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT NOT NULL, model TEXT, created REAL)"
-        )
+        try:
+            self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses no committed row
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT NOT NULL, model TEXT, created REAL)"
+            )
+        except sqlite3.DatabaseError as e:
+            raise CacheError(f"{self.path}: the model-call cache is not a readable sqlite database ({e}). It holds "
+                             "finished model calls: move it aside rather than delete it, or point cache.path at a "
+                             "new file; nothing was written to it.") from None
 
     def get_many(self, keys: Iterable[str]) -> dict[str, dict]:
         """The cached values of those keys that are cached."""
@@ -54,7 +63,10 @@ class CallCache:
                 chunk = keys[i : i + 500]
                 marks = ",".join("?" * len(chunk))
                 for key, value in self._db.execute(f"SELECT key, value FROM calls WHERE key IN ({marks})", chunk):
-                    found[key] = json.loads(value)
+                    try:
+                        found[key] = json.loads(value)
+                    except json.JSONDecodeError:  # a damaged row: that call is made again, the row replaced
+                        continue
         return found
 
     def get(self, key: str) -> Optional[dict]:
