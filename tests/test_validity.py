@@ -83,7 +83,7 @@ def test_on_the_shared_dev_sets_the_held_out_half_is_reported_and_beats_string_m
 def test_a_malformed_rbr_line_is_refused_with_file_and_line(tmp_path):
     path = tmp_path / "rbr.jsonl"
     path.write_text('{"prompt": "a", "completion": "b", "propositions": {}}\n{not json\n')
-    with pytest.raises(ValueError, match=r"rbr\.jsonl:2: not a JSON object"):
+    with pytest.raises(ValueError, match=r"rbr\.jsonl:2: not valid JSON"):
         validity.rbr_validity(path)
 
 

@@ -19,6 +19,7 @@ from delib.evaluation.lineup import STAGE
 from delib.evaluation.llm_grading import GraderVerdict, grader_messages
 from delib.judging import graders
 from delib.models import ChatRequest, ModelClient
+from delib.run.io import read_jsonl
 
 if TYPE_CHECKING:
     from delib.run.config import RunParams
@@ -67,13 +68,7 @@ def refusal_scores(gold: pd.Series, pred: pd.Series) -> dict:
 def rbr_rows(path: Path) -> list[dict]:
     """An RBR-gold-style JSONL file (prompt, completion, response_type, propositions) with our propositions."""
     rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not a JSON object ({e.msg})") from None
+    for n, r in read_jsonl(path):
         missing = {"prompt", "completion", "propositions"} - set(r)
         if missing:
             raise ValueError(f"{path}:{n}: an RBR-style row needs the keys {sorted(missing)}")

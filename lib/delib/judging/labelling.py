@@ -3,7 +3,6 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -13,6 +12,7 @@ from pydantic import BaseModel, Field, create_model
 from delib.judging import graders
 from delib.models import ChatRequest
 from delib.policy.spec import Spec
+from delib.run.io import read_jsonl
 
 LABELLER_SYSTEM = """\
 You sort user requests into the categories of a safety specification. The categories:
@@ -67,14 +67,7 @@ def read_rows(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: input not found")
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        rows = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON: {err.msg}") from None
-        df = pd.DataFrame(rows)
+        df = pd.DataFrame([row for _, row in read_jsonl(path)])
     elif path.suffix.lower() == ".csv":
         df = pd.read_csv(path)
     else:

@@ -6,7 +6,6 @@ Every prompt carries a category (so the generator can be shown `spec_for_categor
 from __future__ import annotations
 
 import csv
-import json
 import re
 import urllib.request
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Iterable, Optional
 import pandas as pd
 
 from delib.policy.spec import ACTIONS, Spec
+from delib.run.io import read_jsonl
 
 COLUMNS = ("id", "prompt", "category", "expected_action", "split")
 SPLITS = ("train", "eval")
@@ -31,18 +31,7 @@ def _read_rows(path: Path) -> list[tuple[int, dict]]:
         raise PromptSetError(f"{path}: prompt set not found")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        rows = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise PromptSetError(f"{path}:{lineno}: not valid JSON: {err.msg}") from None
-            if not isinstance(row, dict):
-                raise PromptSetError(f"{path}:{lineno}: each line must be a JSON object")
-            rows.append((lineno, row))
-        return rows
+        return read_jsonl(path, PromptSetError)
     if suffix in (".csv", ".tsv"):
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")

@@ -42,6 +42,23 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     return _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
 
 
+def read_jsonl(path: str | Path, error: type[Exception] = ValueError) -> list[tuple[int, dict]]:
+    """(line number, object) of every non-blank line; a line that is not a JSON object raises `error` with
+    `file:line:` and why."""
+    rows = []
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise error(f"{path}:{lineno}: not valid JSON: {err.msg}") from None
+        if not isinstance(row, dict):
+            raise error(f"{path}:{lineno}: each line must be a JSON object")
+        rows.append((lineno, row))
+    return rows
+
+
 def sha256_file(path: str | Path) -> str:
     """sha256 of a file (model weights, adapters, inputs), remembered per (path, size, mtime) for this process."""
     p = Path(path).resolve()
