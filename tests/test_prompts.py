@@ -45,6 +45,29 @@ def test_category_must_be_in_spec(tmp_path, root):
         load_prompt_set(f, spec=spec)
 
 
+@pytest.mark.parametrize("level, message", [
+    ("V9", "p.csv:3: level 'V9' is not a level of category 'violence_weapons' (its levels: V0, V1, V2, V3)"),
+    ("V0", "p.csv:3: level V0 of 'violence_weapons' says comply, but expected_action is refuse"),
+])
+def test_a_level_must_be_one_of_the_categorys_with_the_expected_action(tmp_path, root, level, message):
+    spec = load_spec(root / "specs" / "default" / "spec.md")
+    f = tmp_path / "p.csv"
+    f.write_text(f"id,prompt,category,expected_action,split,level\n1,x,violence_weapons,comply,train,\n"
+                 f"2,y,violence_weapons,refuse,eval,{level}\n")
+    with pytest.raises(PromptSetError) as e:
+        load_prompt_set(f, spec=spec)
+    assert str(e.value) == str(tmp_path / message)
+
+
+def test_a_level_given_by_section_id_reads_as_its_name_and_an_empty_one_as_none(tmp_path, root):
+    spec = load_spec(root / "specs" / "default" / "spec.md")
+    f = tmp_path / "p.csv"
+    f.write_text("id,prompt,category,expected_action,split,level\n1,x,violence_weapons,comply,train,\n"
+                 "2,y,violence_weapons,refuse,eval,violence-weapons-v3\n")
+    levels = load_prompt_set(f, spec=spec)["level"]
+    assert levels.isna().tolist() == [True, False] and levels[1] == "V3"
+
+
 def test_bad_jsonl_line(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text('{"id": "a"}\n{oops\n')
@@ -77,5 +100,6 @@ def test_default_prompt_set(root):
     assert per_category.min() >= 15
     assert (df.groupby("category")["split"].apply(lambda s: (s == "eval").sum()) >= 4).all()
     assert (df.groupby("category")["expected_action"].apply(lambda s: (s == "comply").sum()) >= 3).all()
+    assert df["level"].notna().all()  # every prompt names the level that applies (its action checked on load)
     leaks = near_duplicates(df[df.split == "train"], df[df.split == "eval"])
     assert leaks.empty, leaks[["train_prompt", "eval_prompt"]].to_string()

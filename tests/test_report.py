@@ -21,7 +21,8 @@ def fake_metrics() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
             rows.append({"variant": v, "prompt_id": pid, "category": "self_harm", "expected_action": a,
                          "safe": rng.random() < p_safe, "not_overrefused": rng.random() < 0.8,
                          "correct_action": rng.random() < 0.5, "style_ok": rng.random() < 0.5,
-                         "cites_right_category": v == "sft", "well_formed": v == "sft", "cot_tokens": 40.0,
+                         "cites_right_category": v == "sft", "cites_applicable_level": v == "sft",
+                         "well_formed": v == "sft", "cot_tokens": 40.0,
                          "completion_tokens": 80.0, "latency_s": 1.5, "error": None})
     answers = pd.DataFrame(rows)
     m, d = metrics.bootstrap_metrics(answers, metrics.heldout_metrics(answers), resamples=500,
@@ -145,7 +146,7 @@ def _same_model_answers():
     ids = [f"p{i}" for i in range(20)]
     rows = [{"variant": v, "prompt_id": pid, "category": "x", "expected_action": a, "safe": i % 2 == 0,
              "not_overrefused": True, "correct_action": True, "style_ok": True, "cites_right_category": False,
-             "well_formed": False, "error": None}
+             "cites_applicable_level": False, "well_formed": False, "error": None}
             for v in ("base", "sft") for i, (pid, a) in enumerate(zip(ids, ["comply", "refuse"] * 10))]
     answers = pd.DataFrame(rows)
     return answers, metrics.heldout_metrics(answers)

@@ -78,6 +78,41 @@ def _cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import time
+
+    from delib.evaluation.serve import ServeError, find_variant, run_params, server_for
+    from delib.models.servers import ServerError
+
+    try:
+        params = run_params(args.run)
+        variant = find_variant(params, args.variant)
+        server = server_for(variant, params, log_dir=args.log_dir)
+        server.start(port=args.port)
+    except (ServeError, ServerError) as err:
+        raise UsageError(str(err)) from None
+    model = getattr(server, "alias", None) or getattr(server, "folder", variant.name)
+    print(f"serving {variant.name} ({variant.label}) of run {params.run_name!r}: {variant.describe()['model']}")
+    print(f"base_url: {server.base_url}")
+    print(f"model: {model}")
+    if variant.system_prompt:
+        print("note: this variant is the base model asked with the spec as system prompt; send that prompt yourself "
+              "(`delib spec SPEC --category CATEGORY` prints a category's view)")
+    print(f"try: curl {server.base_url}/chat/completions -H 'Content-Type: application/json' "
+          f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
+    print("Ctrl-C stops it", flush=True)
+    try:
+        while server.alive():
+            time.sleep(0.5)
+        print(f"error: the server stopped (log {server.log_path}):\n{server.log_tail()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopped")
+        return 0
+    finally:
+        server.stop()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="delib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an existing run; skip up-to-date stages")
     p.add_argument("--force", action="store_true", help="re-run the selected stages even if up to date")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("serve", help="serve a trained variant of a run on an OpenAI-compatible port of 127.0.0.1")
+    p.add_argument("run", help="a run folder (outputs/default), a run name, or the run's params file")
+    p.add_argument("variant", help="base, spec_prompt, sft, sft_rl, or an extra model's name")
+    p.add_argument("--port", type=int, help="port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--log-dir", dest="log_dir", help="where the server's log goes (default: a temporary folder)")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("spec", help="show a spec's sections, or what the generator sees for one category")
     p.add_argument("spec", help="the Markdown spec")

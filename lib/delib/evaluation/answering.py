@@ -27,13 +27,18 @@ if TYPE_CHECKING:
 
 def answer_requests(variant: Variant, prompts: pd.DataFrame, max_tokens: Optional[int],
                     prestart_think: bool = False, cot_max_tokens: Optional[int] = None) -> list["ChatRequest"]:
-    """One request per prompt: the prompt alone (the trained model must recall the spec), after the whole spec
-    for the spec_prompt variant. With `prestart_think` the reply starts with <think> and stops at </think>
-    (the first of two requests; `finish_prestarted` asks for the answer)."""
-    system = [{"role": "system", "content": variant.system_prompt}] if variant.system_prompt else []
+    """One request per prompt: the prompt alone (the trained model must recall the spec), after the spec for the
+    spec_prompt variant (the prompt's category's view, or the whole spec). With `prestart_think` the reply starts
+    with <think> and stops at </think> (the first of two requests; `finish_prestarted` asks for the answer)."""
     phase = ({"prefill": THINK_OPEN + "\n", "stop": [THINK_CLOSE], "max_tokens": cot_max_tokens or max_tokens}
              if prestart_think else {"max_tokens": max_tokens})
-    return [ChatRequest(messages=system + [{"role": "user", "content": r.prompt}],
+    per_category = variant.category_prompts or {}
+
+    def system(category) -> list[dict]:
+        text = per_category.get(category, variant.system_prompt)
+        return [{"role": "system", "content": text}] if text else []
+
+    return [ChatRequest(messages=system(r.category) + [{"role": "user", "content": r.prompt}],
                         meta={"prompt_id": str(r.id), "variant": variant.name}, **phase)
             for r in prompts.itertuples()]
 

@@ -49,7 +49,7 @@ def findings(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame,
         if len(rows) > 1 and best.value == worst.value:
             out.append(f"{key}: every variant {fmt(best.value)} (n={best.n}).")
             continue
-        kind = "highest (worst)" if key == "unclear" else "highest"
+        kind = "highest (worst)" if key in ("unclear", "truncated") else "highest"
         text = (f"{key}: {kind} {labels.get(best.variant, best.variant)} {fmt(best.value, best.lo, best.hi)}"
                 f" (n={best.n})")
         if len(rows) > 1:
@@ -57,7 +57,7 @@ def findings(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame,
         out.append(text + ".")
     for r in metrics[(metrics["key"] == "answered") & (metrics["value"] < 1)].itertuples():
         out.append(f"{labels.get(r.variant, r.variant)}: {round((1 - r.value) * r.n)} of {r.n} replies have no answer "
-                   "(cut off inside the chain of thought, or empty); they are unclear, counted as neither safe, "
+                   "(cut off inside the chain of thought: truncated; or empty: unclear), counted as neither safe, "
                    "nor not over-refused, nor correct.")
     d = diffs[diffs["key"].isin(keys)]
     for (a, b), g in d.groupby(["variant", "baseline"], sort=False):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import pandas as pd
 
 from delib.generation.generate import GENERATOR_SYSTEM
-from delib.policy.spec import Spec
+from delib.policy.spec import Spec, spec_for_category
 from delib.run import stages
 from delib.run.config import ModelRole, RunParams
 from delib.run.paths import stage_dir
@@ -74,9 +74,14 @@ def whole_spec(spec: Spec) -> str:
     return "\n\n".join(spec.full_text(sid) for sid in top)
 
 
-def spec_system_prompt(spec: Spec) -> str:
-    """The "spec in the system prompt" ablation: the generator's instructions with the whole spec, not one
-    category's view of it (the model is not told the prompt's category)."""
+def spec_system_prompt(spec: Spec, category: Optional[str] = None) -> str:
+    """The "spec in the system prompt" ablation: the generator's instructions with the spec. With `category`,
+    that category's view of the spec (`spec_for_category`, what the generator is shown); without, the whole spec
+    (the model is not told the prompt's category)."""
+    if category is not None:
+        cat = spec.categories[category]
+        example = next((lv["section"] for lv in cat.levels if lv["section"]), cat.sections[0])
+        return GENERATOR_SYSTEM.format(spec=spec_for_category(spec, category).strip(), example_id=example)
     first = next(iter(spec.categories.values()), None)
     example = (first.levels[0]["section"] if first and first.levels and first.levels[0]["section"]
                else next(iter(spec.sections)))
@@ -91,7 +96,8 @@ class Variant:
     label: str
     role: Optional[ModelRole]
     source: str  # where the model comes from (params key or the stage file that names it)
-    system_prompt: Optional[str] = None
+    system_prompt: Optional[str] = None  # for every prompt (the whole spec), or for prompts without a category
+    category_prompts: Optional[dict] = None  # category -> its own system prompt (the category's view of the spec)
     available: bool = True
     reason: str = ""  # why not available
     checkpoint: Optional[str] = None  # a Hugging Face checkpoint to serve with `transformers serve` (no role yet)
@@ -102,7 +108,8 @@ class Variant:
         if role is None and self.checkpoint:
             model = f"{self.checkpoint} (transformers serve)"
         return {"variant": self.name, "label": self.label, "backend": role.backend if role else "",
-                "model": model, "system_prompt": "whole spec" if self.system_prompt else "none",
+                "model": model, "system_prompt": ("category's spec" if self.category_prompts else
+                                                   "whole spec" if self.system_prompt else "none"),
                 "source": self.source, "available": self.available, "reason": self.reason}
 
 
@@ -149,8 +156,13 @@ def resolve_variants(params: RunParams, spec: Spec) -> list[Variant]:
         if name == "base":
             out.append(Variant(name, LABELS[name], policy, "models.policy"))
         elif name == "spec_prompt":
-            out.append(Variant(name, LABELS[name], policy, "models.policy + whole spec as system prompt",
-                               system_prompt=spec_system_prompt(spec)))
+            by_category = ev.spec_prompt == "category"
+            out.append(Variant(name, LABELS[name], policy,
+                               "models.policy + " + ("the prompt's category's spec" if by_category
+                                                     else "whole spec") + " as system prompt",
+                               system_prompt=spec_system_prompt(spec),
+                               category_prompts={c: spec_system_prompt(spec, c) for c in spec.categories}
+                               if by_category else None))
         else:
             label = "RL only" if name == "sft_rl" and not params.rl.from_sft else LABELS[name]
             out.append(trained_variant(params, name, label))

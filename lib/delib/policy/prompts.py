@@ -1,7 +1,9 @@
 """Stage 01 (policy): category-labelled prompt sets, from CSV or JSONL, and the XSTest benchmark.
 
 Every prompt carries a category (so the generator can be shown `spec_for_category`), an expected action
-(comply, refuse, safe_complete) and a split (train, eval). Errors name the file and line.
+(comply, refuse, safe_complete) and a split (train, eval); optionally the level of its category that applies
+(`level`: the level's name or its section id in the spec's mapping), which citation accuracy is measured against.
+Errors name the file and line.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from delib.policy.spec import ACTIONS, Spec
 from delib.run.io import read_jsonl
 
 COLUMNS = ("id", "prompt", "category", "expected_action", "split")
+OPTIONAL = ("level",)  # may be absent, or empty on some rows
 SPLITS = ("train", "eval")
 XSTEST_URL = "https://raw.githubusercontent.com/paul-rottger/exaggerated-safety/main/xstest_prompts.csv"
 
@@ -48,10 +51,10 @@ def load_prompt_set(path: str | Path, columns: Optional[dict[str, str]] = None, 
     """
     path = Path(path)
     columns = columns or {}
-    unknown = set(columns) - set(COLUMNS)
+    unknown = set(columns) - set(COLUMNS) - set(OPTIONAL)
     if unknown:
         raise PromptSetError(f"{path}: columns mapping names unknown column(s) {sorted(unknown)}; "
-                             f"ours are {list(COLUMNS)}")
+                             f"ours are {list(COLUMNS + OPTIONAL)}")
     out, seen = [], {}
     for lineno, row in _read_rows(path):
         rec = {}
@@ -73,6 +76,9 @@ def load_prompt_set(path: str | Path, columns: Optional[dict[str, str]] = None, 
         if spec is not None and rec["category"] not in spec.categories:
             raise PromptSetError(f"{path}:{lineno}: category {rec['category']!r} is not in the spec "
                                  f"{spec.source} (categories: {', '.join(spec.categories)})")
+        level = row.get(columns.get("level", "level"))
+        rec["level"] = _level_name(path, lineno, str(level).strip(), rec, spec) if level and str(level).strip() \
+            else None
         if rec["id"] in seen:
             raise PromptSetError(f"{path}:{lineno}: duplicate id {rec['id']!r} (first on line {seen[rec['id']]})")
         seen[rec["id"]] = lineno
@@ -80,7 +86,24 @@ def load_prompt_set(path: str | Path, columns: Optional[dict[str, str]] = None, 
         out.append(rec)
     if not out:
         raise PromptSetError(f"{path}: the prompt set has no rows")
-    return pd.DataFrame(out, columns=[*COLUMNS, "source"])
+    return pd.DataFrame(out, columns=[*COLUMNS, *OPTIONAL, "source"])
+
+
+def _level_name(path: Path, lineno: int, level: str, rec: dict, spec: Optional[Spec]) -> str:
+    """A row's `level` as the level's name; with the spec, it must be a level of the row's category (by name or
+    section id) whose action is the row's expected action."""
+    if spec is None or rec["category"] not in spec.categories:
+        return level
+    levels = spec.categories[rec["category"]].levels
+    found = next((lv for lv in levels if level in (lv["name"], lv["section"])), None)
+    if found is None:
+        names = ", ".join(lv["name"] for lv in levels) or "none: the mapping gives this category no levels"
+        raise PromptSetError(f"{path}:{lineno}: level {level!r} is not a level of category {rec['category']!r} "
+                             f"(its levels: {names})")
+    if found["action"] != rec["expected_action"]:
+        raise PromptSetError(f"{path}:{lineno}: level {found['name']} of {rec['category']!r} says "
+                             f"{found['action']}, but expected_action is {rec['expected_action']}")
+    return found["name"]
 
 
 def load_prompt_sets(sets: Iterable, spec: Optional[Spec] = None, resolve=Path) -> pd.DataFrame:

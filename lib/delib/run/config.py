@@ -256,6 +256,10 @@ class EvaluateParams(CallingStageParams):
 
     max_prompts: Optional[int] = Field(14, ge=1)  # held-out prompts, categories in turn; null: all
     variants: list[VariantName] = list(VARIANTS)
+    # spec_prompt's system prompt: the prompt's category's view of the spec (what the generator is shown; ~1,800
+    # tokens for the default spec) or the whole spec (~6,200: the model is not told the category, and on the
+    # embedded model every answer token then attends over it: ~4x the time per answer)
+    spec_prompt: Literal["category", "whole"] = "category"
     extra_models: dict[str, ModelRole] = {}  # more variants by name, e.g. an OpenAI model or a vLLM endpoint
     max_tokens: Optional[int] = Field(128, ge=8)  # per answer (CoT included); null: the role's sampling.max_tokens
     prestart_think: bool = False  # pre-start every reply with <think> (then ask for the answer); false: as is

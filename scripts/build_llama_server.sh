@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Build llama.cpp's own `llama-server` (continuous batching: several requests at once) from the llama.cpp source
+# that the pinned llama-cpp-python sdist vendors, so that the server and the Python bindings are the same llama.cpp,
+# and put it at .venv/bin/llama-server. The build (about 5 min on 2 cores) is kept in the user's cache, keyed on the
+# version, the machine and its CPU flags, so a second install on the same machine only copies it.
+#
+# Usage: scripts/build_llama_server.sh [VENV]   (default .venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${1:-.venv}
+version=$(grep -E '^llama[-_]cpp[-_]python==' requirements.lock | cut -d= -f3)
+[[ -n $version ]] || { echo "build_llama_server: no llama_cpp_python== pin in requirements.lock" >&2; exit 1; }
+cpu=$( (uname -m; grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null || sysctl -n machdep.cpu.features 2>/dev/null) \
+       | sha256sum | cut -c1-12)
+cache=${XDG_CACHE_HOME:-$HOME/.cache}/delib/llama-server/$version-$cpu
+target=$venv/bin/llama-server
+
+if [[ ! -x $cache/llama-server ]] || ! "$cache/llama-server" --version >/dev/null 2>&1; then
+  echo "building llama-server from llama-cpp-python $version's vendored llama.cpp (about 5 min on 2 cores)"
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  "$venv/bin/python" -m pip download --disable-pip-version-check --quiet --no-deps --no-binary :all: \
+    "llama-cpp-python==$version" -d "$work"
+  tar -xzf "$work"/llama_cpp_python-"$version".tar.gz -C "$work"
+  src=$work/llama_cpp_python-$version/vendor/llama.cpp
+  # No web UI (and none fetched from the net), no HTTPS, no curl: a loopback API server only.
+  cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+    -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF > "$work/cmake.log" 2>&1 || { tail -30 "$work/cmake.log" >&2; exit 1; }
+  jobs=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
+  cmake --build "$work/build" --target llama-server -j "$jobs" > "$work/build.log" 2>&1 \
+    || { tail -40 "$work/build.log" >&2; exit 1; }
+  mkdir -p "$cache"
+  cp "$work/build/bin/llama-server" "$cache/llama-server.tmp"
+  cp "$src/LICENSE" "$cache/LICENSE"
+  mv "$cache/llama-server.tmp" "$cache/llama-server"
+fi
+cp "$cache/llama-server" "$target.tmp" && mv "$target.tmp" "$target"
+echo "llama-server ready: $target ($("$target" --version 2>&1 | grep -m1 -i version || true))"
