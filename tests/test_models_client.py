@@ -15,6 +15,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from delib.models import ChatRequest, ModelAuthError, ModelCallsFailed, ModelClient, read_usage, scripted_transport
+from delib.models.client import SHARED_LANES
 from delib.models.fake import completion_body
 from delib.run.config import CacheParams, ModelRole, Sampling
 
@@ -324,18 +325,24 @@ def test_concurrency_is_bounded():
 
 def test_embedded_calls_sharing_a_spec_go_one_after_another_and_calls_alone_side_by_side():
     """llama-server shares no KV cache between its slots and reading a prompt is compute-bound on a CPU: calls
-    that share a spec in the system prompt run one at a time (each then reads only what follows the spec), while
-    calls with nothing in common run side by side on the other slots."""
+    that share a spec in the system prompt run one at a time (each then reads only what follows the spec), on at
+    most SHARED_LANES lanes, while calls with nothing in common run side by side on the other slots."""
     shared, alone, peak_shared, peak_all = 0, 0, 0, 0
+    per_spec: dict[str, int] = {}
+    peak_per_spec = 0
 
     async def slow(request):
-        nonlocal shared, alone, peak_shared, peak_all
+        nonlocal shared, alone, peak_shared, peak_all, peak_per_spec
         body = json.loads(request.content)
+        first = body["messages"][0]["content"]
         is_shared = body["messages"][0]["role"] == "system"
         shared, alone = shared + is_shared, alone + (not is_shared)
+        per_spec[first] = per_spec.get(first, 0) + 1
         peak_shared, peak_all = max(peak_shared, shared), max(peak_all, shared + alone)
+        peak_per_spec = max(peak_per_spec, per_spec[first])
         await asyncio.sleep(0.02)
         shared, alone = shared - is_shared, alone - (not is_shared)
+        per_spec[first] -= 1
         return httpx2.Response(200, json=completion_body(body["messages"][-1]["content"], body))
 
     def with_spec(spec: str, text: str) -> ChatRequest:
@@ -347,7 +354,7 @@ def test_embedded_calls_sharing_a_spec_go_one_after_another_and_calls_alone_side
                          transport=httpx2.MockTransport(slow), progress=False)
     results = client.chat_many(requests)
     assert [r.text for r in results] == [r.messages[-1]["content"] for r in requests]  # in the order asked
-    assert peak_shared == 1 and peak_all == 4
+    assert peak_per_spec == 1 and peak_shared == SHARED_LANES and peak_all == 4
 
 
 def test_works_inside_a_running_event_loop():

@@ -49,6 +49,21 @@ def test_findings_say_what_was_and_was_not_shown():
     assert text[0].startswith("Each variant answered 20 held-out prompts (5 comply, 10 refuse, 5 safe_complete)")
 
 
+def test_findings_say_when_too_few_prompts_differ_for_the_sign_test():
+    """5 prompts all better by SFT: p = 0.0625 at best, so no claim can be made, and the report says why."""
+    rows = [{"variant": v, "prompt_id": f"p{i}", "category": "x", "expected_action": "refuse",
+             "safe": v == "sft" or i >= 5, "error": None} for v in ("base", "sft") for i in range(12)]
+    answers = pd.DataFrame(rows)
+    defs = [md for md in metrics.heldout_metrics(answers) if md.key == "not_unsafe"]
+    m, d = metrics.bootstrap_metrics(answers, defs, resamples=300, pairs=[("sft", "base")])
+    row = d[d["key"] == "not_unsafe"].iloc[0]
+    assert row["better"] == 5 and row["worse"] == 0 and not row["significant"]
+    variants = pd.DataFrame([{"variant": v, "label": v, "available": True, "reason": ""} for v in ("base", "sft")])
+    text = "\n".join(findings.findings(m, d, variants, {"prompts": 12, "resamples": 300}))
+    assert findings.sign_test_floor(0.05) == 6
+    assert "not_unsafe could not have been significant: fewer than 6 prompts differ" in text and "0.0625" in text
+
+
 def test_tables_carry_intervals():
     m, d, _ = fake_metrics()
     h = reading.headline_table(m)

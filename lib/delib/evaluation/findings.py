@@ -74,9 +74,24 @@ def findings(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame,
             out.append(f"{name}, differences not shown (not significant): " + "; ".join(
                 f"{r.key} {fmt_diff(r.diff, r.lo, r.hi)} ({r.better} prompts up, {r.worse} down)"
                 for r in nonsig.itertuples()) + ".")
+            alpha = float(g["confidence"].iloc[0]) if "confidence" in g else 0.95
+            floor = sign_test_floor(1 - alpha)
+            few = nonsig[(nonsig["better"] + nonsig["worse"]) < floor]
+            if not few.empty:
+                out.append(f"{name}: {', '.join(few['key'])} could not have been significant: fewer than {floor} "
+                           f"prompts differ, and the sign test's smallest p with {floor - 1} is "
+                           f"{2 * 0.5 ** (floor - 1):.3g} (not below {1 - alpha:.2g}); more prompts are needed.")
         if not same.empty:
             out.append(f"{name}, no difference at all: {', '.join(same['key'])}.")
     return out
+
+
+def sign_test_floor(alpha: float) -> int:
+    """The fewest differing prompts with which the two-sided exact sign test can give p < alpha (all one way)."""
+    n = 1
+    while 2 * 0.5 ** n >= alpha:
+        n += 1
+    return n
 
 
 def verdict(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame, baseline: str = "base") -> list[str]:

@@ -54,6 +54,13 @@ from delib.run.paths import run_dir as run_folder
 from .structured import parse_reply
 
 
+# Workers that take groups of calls sharing a prefix, a group at a time (the others take calls alone). The
+# 28 spec_prompt answers of the default run (7 category specs of ~1,800 tokens, 128-token answers) took 121 s on
+# one lane, 109 s on 2 and 106 s on 4 (measured in one run, 2 cores): more lanes read more specs at once, which
+# gains little, and bounding them keeps 8 slots from all reading prompts at once (measured: a crawl).
+SHARED_LANES = 2
+
+
 class ModelClient:
     """Calls one model role (generator, judge, policy) for a stage; a context manager."""
 
@@ -277,18 +284,22 @@ class ModelClient:
             # llama-server keeps each slot's KV cache but shares none between slots, and on a CPU reading a prompt
             # is compute-bound: side by side, slots only re-read it (4 prompts of 1,750 tokens at once: 44 s, one
             # after another: 39 s, measured). So the calls that share a first message (a spec in the system
-            # prompt) go one after another on one lane, where each reads only what follows the spec; calls with
-            # nothing in common (short prompts: decoding dominates) run side by side on the other slots.
+            # prompt) go one after another, a group on a lane (SHARED_LANES of them), where each reads only what
+            # follows the spec; calls with nothing in common (short prompts: decoding dominates) run side by side
+            # on the other slots.
             groups = [[plans[i] for i in g] for g in groups_by_first_message([p.request for p in plans])]
-            lanes = [iter([p for g in groups if len(g) > 1 for p in g]), iter([g[0] for g in groups if len(g) == 1])]
+            shared = iter([g for g in groups if len(g) > 1])
+            alone = iter([g[0] for g in groups if len(g) == 1])
         else:
-            lanes = [iter(()), iter(plans)]
+            shared, alone = iter(()), iter(plans)
+        lanes = min(SHARED_LANES, self.role.max_concurrency)
 
         async def worker(rank: int) -> None:
             await asyncio.sleep(rank * WORKER_STAGGER_S)
-            # worker 0 takes the shared-prefix lane first; every worker then takes from the other (shared
-            # iterators: each plan is taken by exactly one worker)
-            for plan in itertools.chain(lanes[0], lanes[1]) if rank == 0 else lanes[1]:
+            # the first `lanes` workers take whole groups of a shared prefix first; every worker then takes the
+            # calls alone (shared iterators: each plan is taken by exactly one worker)
+            mine = itertools.chain(itertools.chain.from_iterable(shared), alone) if rank < lanes else alone
+            for plan in mine:
                 if self._fatal:
                     result = self._failure(plan, "auth", f"not sent: {self._fatal}", attempts=0)
                 else:
