@@ -2,7 +2,7 @@
 per-request latency at 1, 2, 4 and 8 requests at once, on the same prompts, through the real model client (no cache),
 and whether greedy outputs at N > 1 equal those at N = 1.
 
-    .venv/bin/python bench/bench_parallel.py                 # about 3 minutes on 2 cores
+    .venv/bin/python bench/bench_parallel.py                 # about 5 minutes on 2 cores
     .venv/bin/python bench/bench_parallel.py --levels 1 4 --rounds 1 --prompts 8
 
 Each level gets its own server with as many slots as requests in flight (what `max_concurrency: N` gives a role).
@@ -65,15 +65,17 @@ def first_difference(a: str, b: str) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=128)
     args = ap.parse_args()
     binary = llama_server_binary()
     print(f"server: {binary or 'llama-cpp-python (one request at a time: no llama-server found)'}; "
           f"{cpu_count()} threads; {args.prompts} prompts x {args.max_tokens} tokens max, greedy")
-    prompts = (PROMPTS * (args.prompts // len(PROMPTS) + 1))[:args.prompts]
+    # distinct texts (identical requests would be merged into one call by the client)
+    prompts = [PROMPTS[i % len(PROMPTS)] + (f" Keep it under {40 + i} words." if i >= len(PROMPTS) else "")
+               for i in range(args.prompts)]
     speed: dict[int, list[float]] = {n: [] for n in args.levels}
     latency: dict[int, list[float]] = {n: [] for n in args.levels}
     texts: dict[int, list[str]] = {}

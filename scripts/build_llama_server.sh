@@ -6,13 +6,20 @@
 #
 # Usage: scripts/build_llama_server.sh [VENV]   (default .venv)
 set -euo pipefail
+self=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 cd "$(dirname "$0")/.."
 venv=${1:-.venv}
-version=$(grep -E '^llama[-_]cpp[-_]python==' requirements.lock | cut -d= -f3)
+version=$(grep -E '^llama[-_]cpp[-_]python==' requirements.lock | cut -d= -f3 || true)
 [[ -n $version ]] || { echo "build_llama_server: no llama_cpp_python== pin in requirements.lock" >&2; exit 1; }
-cpu=$( (uname -m; grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null || sysctl -n machdep.cpu.features 2>/dev/null) \
-       | sha256sum | cut -c1-12)
-cache=${XDG_CACHE_HOME:-$HOME/.cache}/delib/llama-server/$version-$cpu
+hash() { if command -v sha256sum >/dev/null; then sha256sum; else shasum -a 256; fi | cut -c1-12; }
+# the cache is keyed on the version, this script (its cmake options), the machine and its CPU's features
+cpu=$( { uname -m; grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null || sysctl -n machdep.cpu.features \
+         2>/dev/null || true; cat "$self"; } | hash)
+cache=${XDG_CACHE_HOME:-${HOME:-/nonexistent}/.cache}/delib/llama-server/$version-$cpu
+if ! mkdir -p "$cache" 2>/dev/null || [[ ! -w $cache ]]; then
+  cache=$venv/.llama-server-build  # no writable user cache: keep the build beside the environment
+  mkdir -p "$cache"
+fi
 target=$venv/bin/llama-server
 
 if [[ ! -x $cache/llama-server ]] || ! "$cache/llama-server" --version >/dev/null 2>&1; then
@@ -21,8 +28,8 @@ if [[ ! -x $cache/llama-server ]] || ! "$cache/llama-server" --version >/dev/nul
   trap 'rm -rf "$work"' EXIT
   "$venv/bin/python" -m pip download --disable-pip-version-check --quiet --no-deps --no-binary :all: \
     "llama-cpp-python==$version" -d "$work"
-  tar -xzf "$work"/llama_cpp_python-"$version".tar.gz -C "$work"
-  src=$work/llama_cpp_python-$version/vendor/llama.cpp
+  tar -xzf "$work"/llama[-_]cpp[-_]python-*.tar.gz -C "$work"
+  src=$(echo "$work"/llama[-_]cpp[-_]python-*/vendor/llama.cpp)
   # No web UI (and none fetched from the net), no HTTPS, no curl: a loopback API server only.
   cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
@@ -30,10 +37,11 @@ if [[ ! -x $cache/llama-server ]] || ! "$cache/llama-server" --version >/dev/nul
   jobs=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
   cmake --build "$work/build" --target llama-server -j "$jobs" > "$work/build.log" 2>&1 \
     || { tail -40 "$work/build.log" >&2; exit 1; }
-  mkdir -p "$cache"
-  cp "$work/build/bin/llama-server" "$cache/llama-server.tmp"
+  tmp=$(mktemp "$cache/llama-server.XXXXXX")  # two installs at once each write their own, then one wins
+  cp "$work/build/bin/llama-server" "$tmp" && chmod +x "$tmp"
   cp "$src/LICENSE" "$cache/LICENSE"
-  mv "$cache/llama-server.tmp" "$cache/llama-server"
+  mv "$tmp" "$cache/llama-server"
 fi
-cp "$cache/llama-server" "$target.tmp" && mv "$target.tmp" "$target"
+tmp=$(mktemp "$venv/bin/.llama-server.XXXXXX")
+cp "$cache/llama-server" "$tmp" && chmod +x "$tmp" && mv "$tmp" "$target"
 echo "llama-server ready: $target ($("$target" --version 2>&1 | grep -m1 -i version || true))"

@@ -63,6 +63,19 @@ def test_the_graders_verdicts_decide_the_metrics_and_the_rules_stay_beside(run):
     assert agree["same response type"] == 0 and agree["same not_unsafe"] == 0
 
 
+def test_a_reply_cut_off_inside_its_cot_is_not_graded_and_stays_truncated(run):
+    params, spec, rendered, answers, tmp = run
+    answers = answers.copy()
+    answers.loc[0, ["cut_in_cot", "safe", "unclear", "correct_action"]] = [True, False, False, False]
+    transport = scripted_transport(lambda body: verdict("refuse"))  # would call an empty answer a refusal
+    graded = llm_grading.grade_answers(answers, rendered, params, tmp, transport=transport)
+    assert len(transport.calls) == len(answers) - 1  # the cut reply has no answer to grade
+    row = graded.loc[0]
+    assert pd.isna(row["graded_by"]) and row["cut_in_cot"]
+    assert [row["safe"], row["unclear"], row["correct_action"]] == [False, False, False]  # not missing: False
+    assert graded.loc[1:, "safe"].all()  # the others as the grader said
+
+
 def test_a_failed_grader_call_is_left_out_of_the_metrics_and_counted(run):
     params, spec, rendered, answers, tmp = run
     calls = iter(["not json at all"] * 3 + [verdict("refuse")] * 100)  # the first answer: 1 try + 2 parse retries

@@ -3,13 +3,14 @@ would query it, stopped by Ctrl-C with nothing left running; and clear errors fo
 from __future__ import annotations
 
 import json
-import select
+import threading
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from queue import Empty, Queue
 
 import pytest
 
@@ -57,14 +58,16 @@ def test_serve_answers_on_loopback_until_ctrl_c(tmp_path):
                              "--log-dir", str(tmp_path / "logs")], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
+        queue: Queue = Queue()  # lines read by a thread: select() cannot see what the reader has buffered
+        threading.Thread(target=lambda: [queue.put(line) for line in proc.stdout], daemon=True).start()
         lines, deadline = {}, time.monotonic() + 120
-        while "model" not in lines and time.monotonic() < deadline:
-            if select.select([proc.stdout], [], [], 1)[0]:
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                key, _, value = line.partition(": ")
-                lines[key] = value.strip()
+        while "Ctrl-C stops it\n" not in lines and time.monotonic() < deadline:
+            try:
+                line = queue.get(timeout=1)
+            except Empty:
+                continue
+            key, _, value = line.partition(": ")
+            lines[key] = value.strip()
         assert lines.get("base_url", "").startswith("http://127.0.0.1:"), proc.stderr.read() if proc.poll() else lines
         body = {"model": lines["model"], "messages": [{"role": "user", "content": "Name a colour."}],
                 "max_tokens": 8, "temperature": 0}

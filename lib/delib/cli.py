@@ -81,27 +81,32 @@ def _cmd_label(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import time
 
-    from delib.evaluation.serve import ServeError, find_variant, run_params, server_for
-    from delib.models.servers import ServerError
+    from delib.evaluation.serve import ServeError, find_variant, run_params, server_for, write_system_prompts
+    from delib.models.servers import ServerError, install_handlers
 
+    install_handlers()  # SIGTERM or SIGHUP (the terminal closed) stop the server too
     try:
         params = run_params(args.run)
         variant = find_variant(params, args.variant)
         server = server_for(variant, params, log_dir=args.log_dir)
-        server.start(port=args.port)
     except (ServeError, ServerError) as err:
         raise UsageError(str(err)) from None
-    model = getattr(server, "alias", None) or getattr(server, "folder", variant.name)
-    print(f"serving {variant.name} ({variant.label}) of run {params.run_name!r}: {variant.describe()['model']}")
-    print(f"base_url: {server.base_url}")
-    print(f"model: {model}")
-    if variant.system_prompt:
-        print("note: this variant is the base model asked with the spec as system prompt; send that prompt yourself "
-              "(`delib spec SPEC --category CATEGORY` prints a category's view)")
-    print(f"try: curl {server.base_url}/chat/completions -H 'Content-Type: application/json' "
-          f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
-    print("Ctrl-C stops it", flush=True)
     try:
+        try:
+            server.start(port=args.port)
+        except ServerError as err:
+            raise UsageError(str(err)) from None
+        model = getattr(server, "alias", None) or getattr(server, "folder", variant.name)
+        print(f"serving {variant.name} ({variant.label}) of run {params.run_name!r}: {variant.describe()['model']}")
+        print(f"base_url: {server.base_url}")
+        print(f"model: {model}")
+        if variant.system_prompt:
+            path = write_system_prompts(variant, server.log_dir)
+            print(f"note: this variant is the base model asked with the spec as system prompt; stage 06's system "
+                  f"prompts (by category) are in {path}: send the prompt's own as the first message")
+        print(f"try: curl {server.base_url}/chat/completions -H 'Content-Type: application/json' -d "
+              f"'{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
+        print("Ctrl-C stops it", flush=True)
         while server.alive():
             time.sleep(0.5)
         print(f"error: the server stopped (log {server.log_path}):\n{server.log_tail()}", file=sys.stderr)

@@ -61,8 +61,8 @@ def finish_prestarted(client, requests: list, results: list, max_tokens: Optiona
 
 def answer_with(variant: Variant, prompts: pd.DataFrame, params: RunParams, run_dir: Path, *,
                 transport=None, progress: bool = False) -> list["ChatResult"]:
-    """Ask `variant` every prompt through the cached client (requests in order: a shared system prompt stays in
-    the embedded server's prompt cache)."""
+    """Ask `variant` every prompt through the cached client (on the embedded server, the calls that share a
+    system prompt go one after another, so that it stays in the slot's prompt cache)."""
     ev = params.evaluate
     requests = answer_requests(variant, prompts, ev.max_tokens, ev.prestart_think, ev.cot_max_tokens)
     if variant.role is None and variant.checkpoint:

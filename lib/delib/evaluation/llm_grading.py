@@ -60,10 +60,11 @@ def grader_messages(prompt: str, answer: str, spec_text: Optional[str]) -> list[
 
 
 def grader_requests(answers: pd.DataFrame, rendered: dict[str, dict]) -> list[ChatRequest]:
-    """One request per answered row (failed answering requests are not graded)."""
+    """One request per answered row (failed answering requests, and replies cut off inside their chain of
+    thought, which have no answer to grade and stay `truncated`, are not graded)."""
     out = []
     for i, r in enumerate(answers.itertuples()):
-        if isinstance(getattr(r, "error", None), str):
+        if isinstance(getattr(r, "error", None), str) or getattr(r, "cut_in_cot", False) is True:
             continue
         spec_text = rendered.get(r.category, {}).get("text") if isinstance(r.category, str) else None
         out.append(ChatRequest(messages=grader_messages(r.prompt, r.answer, spec_text),
@@ -93,8 +94,9 @@ def apply_verdicts(answers: pd.DataFrame, results: list) -> pd.DataFrame:
     rows = []
     for i, r in enumerate(out.itertuples()):
         res = by_row.get(i)
-        if res is None:  # the answering request failed: no grade, as with the rules
-            rows.append({"graded_by": None, "grader_error": None})
+        if res is None:  # the answering request failed, or the reply has no answer: the rules' values stand
+            rows.append({"graded_by": None, "grader_error": None,
+                         **{c: getattr(r, f"rules_{c}", None) for c in GRADED}})
             continue
         if res.parsed is None:
             rows.append({"graded_by": "grader failed", "grader_error": res.error or "unparsed reply",

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from delib.evaluation.lineup import Variant, resolve_variants
+from delib.evaluation.lineup import STAGE, Variant, resolve_variants
 from delib.models.servers import EmbeddedServer, LocalServer, TransformersServer, embedded_model_path, \
     llama_server_binary
 from delib.policy.spec import load_spec
 from delib.run.config import RunParams, load_params, validate_params
-from delib.run.paths import resolve
+from delib.run.paths import resolve, stage_dir
 from delib.training.serving import merged_folder
 
 
@@ -49,9 +49,9 @@ def server_for(variant: Variant, params: RunParams, log_dir: Optional[Path] = No
     """A server (not started) of the variant's weights: llama.cpp for the embedded model and its adapters,
     `transformers serve` for a checkpoint llama.cpp cannot take."""
     role = variant.role
-    if role is None:
+    if role is None:  # merged where stage 06 merges it (and reused from there)
         folder = merged_folder(resolve(variant.checkpoint), params.sft.base_model or "",
-                               (log_dir or Path(".")) / f"merged_{variant.name}")
+                               stage_dir(params, STAGE) / f"merged_{variant.name}")
         return TransformersServer(folder, log_dir=log_dir)
     if role.backend != "embedded":
         raise ServeError(f"variant {variant.name!r} is already served: {role.backend} model {role.model!r}"
@@ -59,3 +59,12 @@ def server_for(variant: Variant, params: RunParams, log_dir: Optional[Path] = No
     return EmbeddedServer(embedded_model_path(role.model), variant.name,
                           adapter=resolve(role.adapter) if role.adapter else None, log_dir=log_dir,
                           parallel=role.max_concurrency, binary=llama_server_binary())
+
+
+def write_system_prompts(variant: Variant, folder: Path) -> Path:
+    """The system prompts stage 06 gave the variant, by category ("*": prompts without one), as JSON in `folder`."""
+    prompts = {**(variant.category_prompts or {}), "*": variant.system_prompt}
+    path = Path(folder) / f"{variant.name}_system_prompts.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(prompts, indent=1, ensure_ascii=False), encoding="utf-8")
+    return path

@@ -174,9 +174,10 @@ def finish_answers(client, cot_requests: list, cot_results: list, desc: str = "a
 def run_generation(client, requests: list, prestart_think: bool, batch: bool = False, desc: str = "generate") -> list:
     """Every request's result, in order; with `prestart_think`, the answer after each closed CoT (finish_answers).
 
-    A model that answers one call at a time (the embedded server, `max_concurrency: 1`) gets the CoT and the answer
-    calls of one system prompt (one category's spec) before the next: llama.cpp then reads each spec excerpt once
-    rather than once per phase. Otherwise each phase goes out whole, as concurrently as the role allows."""
+    A role with `max_concurrency: 1` gets the CoT and the answer calls of one system prompt (one category's spec)
+    before the next: llama.cpp then reads each spec excerpt once rather than once per phase. Otherwise each phase
+    goes out whole, as concurrently as the role allows (the client still sends one spec's calls one after another
+    on the embedded server)."""
     if not prestart_think:
         return client.chat_many(requests, desc=desc, batch=batch)
     if batch or client.role.max_concurrency > 1:

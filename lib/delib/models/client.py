@@ -108,8 +108,9 @@ class ModelClient:
         self._closed = False
         self.last_usage = Usage()  # totals of the latest chat_many
         if role.backend == "embedded" and role.sampling.n > 1:
-            warnings.warn("the embedded server (llama-cpp-python) ignores n > 1 and returns one sample; "
-                          "ask for several samples with ChatRequest.sample_index instead", stacklevel=2)
+            warnings.warn("n > 1 on the embedded backend: llama-cpp-python's server ignores it and llama-server takes "
+                          "a slot per choice; ask for several samples with ChatRequest.sample_index instead",
+                          stacklevel=2)
 
     # ---------------------------------------------------------------- public API
 
@@ -175,6 +176,10 @@ class ModelClient:
                 ident = f"embedded:{role.model}"
                 if self._transport is None:
                     ident += f"@sha256:{sha256_file(servers.embedded_model_path(role.model))[:16]}"
+                    # which engine answers: the same weights sample differently in llama-server and in
+                    # llama-cpp-python (their samplers differ), so neither replays the other's answers
+                    if servers.llama_server_binary() is not None:
+                        ident += "@llama-server"
                 if role.adapter:
                     adapter = resolve(role.adapter)
                     ident += (f"+lora@sha256:{sha256_file(adapter)[:16]}" if adapter.is_file()
@@ -292,7 +297,10 @@ class ModelClient:
             alone = iter([g[0] for g in groups if len(g) == 1])
         else:
             shared, alone = iter(()), iter(plans)
-        lanes = min(SHARED_LANES, self.role.max_concurrency)
+        workers = self.role.max_concurrency
+        if self._server is not None:  # no more in flight than the server has slots (llama-cpp-python's: 1)
+            workers = min(workers, self._server.parallel)
+        lanes = min(SHARED_LANES, workers)
 
         async def worker(rank: int) -> None:
             await asyncio.sleep(rank * WORKER_STAGGER_S)
@@ -307,7 +315,7 @@ class ModelClient:
                 results[plan.key] = result
                 tracker.advance(1, errors=int(not result.ok))
 
-        await asyncio.gather(*(worker(rank) for rank in range(min(self.role.max_concurrency, len(plans)))))
+        await asyncio.gather(*(worker(rank) for rank in range(min(workers, len(plans)))))
         return results
 
     async def _call(self, plan: CallPlan) -> ChatResult:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from delib.run.config import ModelRole
 
 N_CTX = 8192  # SmolLM2's trained context
+CACHE_RAM_MIB = 2048  # llama-server's store of finished prompts in RAM (its default, 8 GiB, is a lot on a laptop)
 LLAMA_SERVER_ENV = "DELIB_LLAMA_SERVER"  # a path to another llama-server binary, or "none" for llama-cpp-python's
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 10.0
@@ -134,7 +135,12 @@ class LocalServer:
                 log.close()  # the child holds its own descriptor
             self.port = port
             _register(self)
-            if self._wait_healthy(timeout_s or self.start_timeout_s):
+            try:
+                healthy = self._wait_healthy(timeout_s or self.start_timeout_s)
+            except BaseException:  # Ctrl-C while it starts: stop it rather than leave it running
+                self.stop()
+                raise
+            if healthy:
                 return self
             tail = self.log_tail()
             self.stop()
@@ -218,7 +224,8 @@ class EmbeddedServer(LocalServer):
                "--host", "127.0.0.1", "--port", str(port),
                "--threads", str(self.n_threads), "--threads-batch", str(self.n_threads),
                "--ctx-size", str(self.n_ctx * self.parallel), "--parallel", str(self.parallel),
-               "--cont-batching", "--flash-attn", "on", "--jinja", "--reasoning-format", "none", "--no-webui"]
+               "--cont-batching", "--flash-attn", "on", "--jinja", "--reasoning-format", "none", "--no-webui",
+               "--cache-ram", str(CACHE_RAM_MIB)]
         if self.adapter:
             cmd += ["--lora", str(self.adapter)]
         return cmd
@@ -281,7 +288,7 @@ def stop_process_group(proc: Optional[subprocess.Popen], wait_s: float = STOP_TI
 
 _LOCK = threading.RLock()
 _RUNNING: set[LocalServer] = set()  # every started server, for the exit and signal handlers
-_SHARED: dict[tuple, list] = {}  # (model, adapter, binary, logprobs) -> [server, number of clients using it]
+_SHARED: dict[tuple, list] = {}  # (model, adapter, binary, slots, logprobs) -> [server, clients using it]
 _HANDLERS_INSTALLED = False
 _WARNED_NO_BINARY = False
 
@@ -303,7 +310,10 @@ def acquire(model_path: Path, alias: str, adapter: Optional[Path], log_dir: Opti
     if binary is None and parallel > 1 and not _WARNED_NO_BINARY:
         _warn_no_binary()
     logprobs = logprobs or binary is not None
-    base = (str(Path(model_path).resolve()), str(Path(adapter).resolve()) if adapter else None, str(binary))
+    # a role asking for more slots than a running server has gets its own (requests beyond the slots would queue
+    # against their timeout)
+    slots = max(1, int(parallel)) if binary else 1
+    base = (str(Path(model_path).resolve()), str(Path(adapter).resolve()) if adapter else None, str(binary), slots)
     with _LOCK:
         for key in ([base + (True,)] if logprobs else [base + (False,), base + (True,)]):
             entry = _SHARED.get(key)
@@ -313,7 +323,7 @@ def acquire(model_path: Path, alias: str, adapter: Optional[Path], log_dir: Opti
             elif entry:
                 entry[1] += 1
                 return entry[0]
-        _install_handlers()
+        install_handlers()
         server = EmbeddedServer(model_path, alias, adapter, log_dir, logits_all=logprobs, parallel=parallel,
                                 binary=binary).start()
         _SHARED[base + (logprobs,)] = [server, 1]
@@ -357,7 +367,7 @@ def _unregister(server: LocalServer) -> None:
         _RUNNING.discard(server)
 
 
-def _install_handlers() -> None:
+def install_handlers() -> None:
     """atexit, and SIGTERM/SIGHUP where Python's default would end the process without running atexit.
     SIGINT needs nothing: KeyboardInterrupt unwinds through the client's close() and atexit (and in Jupyter
     it interrupts a cell, when the server should stay up for the next one)."""

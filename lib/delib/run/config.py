@@ -67,9 +67,9 @@ class Models(_Strict):
     """The model roles of the method: G_base (generator), G_RM (judge) and the policy trained and evaluated."""
 
     # the embedded server answers one request at a time: one in flight keeps its prompt cache warm
-    generator: ModelRole = ModelRole(max_concurrency=1, sampling=Sampling(temperature=0.7, top_p=0.95))
-    judge: ModelRole = ModelRole(max_concurrency=1, sampling=Sampling(temperature=0.0, max_tokens=128))
-    policy: ModelRole = ModelRole(max_concurrency=1, sampling=Sampling(temperature=0.0))
+    generator: ModelRole = ModelRole(max_concurrency=8, sampling=Sampling(temperature=0.7, top_p=0.95))
+    judge: ModelRole = ModelRole(max_concurrency=8, sampling=Sampling(temperature=0.0, max_tokens=128))
+    policy: ModelRole = ModelRole(max_concurrency=8, sampling=Sampling(temperature=0.0))
     second_judge: Optional[ModelRole] = None  # a second judge, to measure agreement between judges
     grader: Optional[ModelRole] = None  # stage 06's LLM grader (prompt, category spec, answer); null: rules grade
 
@@ -254,7 +254,7 @@ VARIANTS: tuple[str, ...] = get_args(VariantName)  # the built-in variants of st
 class EvaluateParams(CallingStageParams):
     """Stage 06: which variants answer the held-out prompts, how, and how the metrics are bootstrapped."""
 
-    max_prompts: Optional[int] = Field(14, ge=1)  # held-out prompts, categories in turn; null: all
+    max_prompts: Optional[int] = Field(28, ge=1)  # held-out prompts, categories in turn; null: all
     variants: list[VariantName] = list(VARIANTS)
     # spec_prompt's system prompt: the prompt's category's view of the spec (what the generator is shown; ~1,800
     # tokens for the default spec) or the whole spec (~6,200: the model is not told the category, and on the
