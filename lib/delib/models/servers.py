@@ -296,7 +296,7 @@ _WARNED_NO_BINARY = False
 def _warn_no_binary() -> None:
     global _WARNED_NO_BINARY
     _WARNED_NO_BINARY = True
-    warnings.warn(f"no llama-server next to {sys.executable} (nor {LLAMA_SERVER_ENV} set): the embedded model is "
+    warnings.warn(f"no llama-server next to {sys.executable} (or {LLAMA_SERVER_ENV}=none): the embedded model is "
                   "served by llama-cpp-python's server, one request at a time, whatever max_concurrency says; "
                   "build it with scripts/build_llama_server.sh (about 5 minutes)", stacklevel=3)
 
