@@ -1,6 +1,6 @@
 """Benchmark of parallel decoding on the embedded server (issue 12): aggregate generated tokens/s and the median
-per-request latency at 1, 2, 4 and 8 requests at once, on the same prompts, through the real model client (no cache),
-and whether greedy outputs at N > 1 equal those at N = 1.
+per-request latency at 1, 2, 4, 8 and 16 requests at once, on the same prompts, through the real model client (no
+cache), and whether greedy outputs at N > 1 equal those at N = 1.
 
     .venv/bin/python bench/bench_parallel.py                 # about 5 minutes on 2 cores
     .venv/bin/python bench/bench_parallel.py --levels 1 4 --rounds 1 --prompts 8

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Build llama.cpp's own `llama-server` (continuous batching: several requests at once) from the llama.cpp source
 # that the pinned llama-cpp-python sdist vendors, so that the server and the Python bindings are the same llama.cpp,
-# and put it at .venv/bin/llama-server. The build (about 5 min on 2 cores) is kept in the user's cache, keyed on the
+# and put it at .venv/bin/llama-server. The build (6-8 min on 2 cores) is kept in the user's cache, keyed on the
 # version, the machine and its CPU flags, so a second install on the same machine only copies it.
 #
-# Usage: scripts/build_llama_server.sh [VENV]   (default .venv)
+# Usage: scripts/build_llama_server.sh [VENV]   (default .venv; a relative VENV is read from the project root)
 set -euo pipefail
 self=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 cd "$(dirname "$0")/.."
@@ -17,13 +17,13 @@ cpu=$( { uname -m; grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null || 
          2>/dev/null || true; cat "$self"; } | hash)
 cache=${XDG_CACHE_HOME:-${HOME:-/nonexistent}/.cache}/delib/llama-server/$version-$cpu
 if ! mkdir -p "$cache" 2>/dev/null || [[ ! -w $cache ]]; then
-  cache=$venv/.llama-server-build  # no writable user cache: keep the build beside the environment
+  cache=$venv/.llama-server-build/$version-$cpu  # no writable user cache: keep the build beside the environment
   mkdir -p "$cache"
 fi
 target=$venv/bin/llama-server
 
 if [[ ! -x $cache/llama-server ]] || ! "$cache/llama-server" --version >/dev/null 2>&1; then
-  echo "building llama-server from llama-cpp-python $version's vendored llama.cpp (about 5 min on 2 cores)"
+  echo "building llama-server from llama-cpp-python $version's vendored llama.cpp (6-8 min on 2 cores)"
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
   "$venv/bin/python" -m pip download --disable-pip-version-check --quiet --no-deps --no-binary :all: \
@@ -38,10 +38,14 @@ if [[ ! -x $cache/llama-server ]] || ! "$cache/llama-server" --version >/dev/nul
   cmake --build "$work/build" --target llama-server -j "$jobs" > "$work/build.log" 2>&1 \
     || { tail -40 "$work/build.log" >&2; exit 1; }
   tmp=$(mktemp "$cache/llama-server.XXXXXX")  # two installs at once each write their own, then one wins
-  cp "$work/build/bin/llama-server" "$tmp" && chmod +x "$tmp"
+  cp "$work/build/bin/llama-server" "$tmp"
+  chmod +x "$tmp"
   cp "$src/LICENSE" "$cache/LICENSE"
   mv "$tmp" "$cache/llama-server"
 fi
 tmp=$(mktemp "$venv/bin/.llama-server.XXXXXX")
-cp "$cache/llama-server" "$tmp" && chmod +x "$tmp" && mv "$tmp" "$target"
+cp "$cache/llama-server" "$tmp"
+chmod +x "$tmp"
+mv "$tmp" "$target"
+"$target" --version >/dev/null 2>&1 || { echo "build_llama_server: $target does not run" >&2; exit 1; }
 echo "llama-server ready: $target ($("$target" --version 2>&1 | grep -m1 -i version || true))"

@@ -102,8 +102,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"model: {model}")
         if variant.system_prompt:
             path = write_system_prompts(variant, server.log_dir)
+            by = "by category; \"*\": prompts without one" if variant.category_prompts else "one for every prompt"
             print(f"note: this variant is the base model asked with the spec as system prompt; stage 06's system "
-                  f"prompts (by category) are in {path}: send the prompt's own as the first message")
+                  f"prompts ({by}) are in {path}: send the prompt's own as the first message")
         print(f"try: curl {server.base_url}/chat/completions -H 'Content-Type: application/json' -d "
               f"'{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
         print("Ctrl-C stops it", flush=True)

@@ -49,7 +49,7 @@ def server_for(variant: Variant, params: RunParams, log_dir: Optional[Path] = No
     """A server (not started) of the variant's weights: llama.cpp for the embedded model and its adapters,
     `transformers serve` for a checkpoint llama.cpp cannot take."""
     role = variant.role
-    if role is None:  # merged where stage 06 merges it (and reused from there)
+    if role is None:  # merged (again) into the folder stage 06 merges it into
         folder = merged_folder(resolve(variant.checkpoint), params.sft.base_model or "",
                                stage_dir(params, STAGE) / f"merged_{variant.name}")
         return TransformersServer(folder, log_dir=log_dir)

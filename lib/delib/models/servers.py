@@ -298,7 +298,7 @@ def _warn_no_binary() -> None:
     _WARNED_NO_BINARY = True
     warnings.warn(f"no llama-server next to {sys.executable} (or {LLAMA_SERVER_ENV}=none): the embedded model is "
                   "served by llama-cpp-python's server, one request at a time, whatever max_concurrency says; "
-                  "build it with scripts/build_llama_server.sh (about 5 minutes)", stacklevel=3)
+                  "build it with scripts/build_llama_server.sh (6-8 minutes)", stacklevel=3)
 
 
 def acquire(model_path: Path, alias: str, adapter: Optional[Path], log_dir: Optional[Path],
@@ -310,8 +310,8 @@ def acquire(model_path: Path, alias: str, adapter: Optional[Path], log_dir: Opti
     if binary is None and parallel > 1 and not _WARNED_NO_BINARY:
         _warn_no_binary()
     logprobs = logprobs or binary is not None
-    # a role asking for more slots than a running server has gets its own (requests beyond the slots would queue
-    # against their timeout)
+    # one server per slot count: a role gets as many slots as it asks for (requests beyond a server's slots would
+    # queue against their timeout), and two roles asking for different counts run two servers
     slots = max(1, int(parallel)) if binary else 1
     base = (str(Path(model_path).resolve()), str(Path(adapter).resolve()) if adapter else None, str(binary), slots)
     with _LOCK:
