@@ -71,15 +71,6 @@ def grade_answer(prompt: str, text: Optional[str], finish_reason: Optional[str],
     }
 
 
-def level_section(spec: Spec, category: Optional[str], level: Optional[str]) -> Optional[str]:
-    """The section id of `level` (a name or a section id) of `category`; None when either is unknown or the
-    level has no section of its own."""
-    cat = spec.categories.get(category) if category else None
-    if cat is None or not level:
-        return None
-    return next((lv["section"] for lv in cat.levels if level in (lv["name"], lv["section"])), None)
-
-
 def section_owner(spec: Spec) -> dict[str, str]:
     """Section id -> the category whose policy holds it, or "style" for the general style guidelines."""
     owner = spec.section_category()
@@ -99,17 +90,17 @@ def answers_table(variant: Variant, prompts: pd.DataFrame, results: Sequence["Ch
     for res in results:
         p = by_id.loc[res.meta["prompt_id"]]
         category = p.get("category") if isinstance(p.get("category"), str) else None
+        level = p.get("level") if isinstance(p.get("level"), str) else None
         base = {"variant": variant.name, "prompt_id": res.meta["prompt_id"], "category": category,
                 "expected_action": p["expected_action"], "prompt": p["prompt"],
-                "level": p.get("level") if isinstance(p.get("level"), str) else None,
+                "level": level,
                 **{c: p[c] for c in ("xstest_type", "technique", "forbidden_id", "forbidden_prompt") if c in p.index},
                 "completion": res.text, "finish_reason": res.finish_reason, "error": res.error,
                 "completion_tokens": res.usage.get("completion_tokens", 0) if res.ok else None,
                 "latency_s": round(res.latency_s, 3) if res.ok else None}
-        level = p.get("level") if isinstance(p.get("level"), str) else None
+        applicable = (spec.level(category, level) or {}).get("section")
         graded = (grade_answer(p["prompt"], res.text, res.finish_reason, category, p["expected_action"],
-                               spec.sections, owner, style_threshold, level_section(spec, category, level))
-                  if res.ok else {})
+                               spec.sections, owner, style_threshold, applicable) if res.ok else {})
         rows.append({**base, **graded})
     return pd.DataFrame(rows)
 

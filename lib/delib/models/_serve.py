@@ -18,9 +18,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 
-def _exit_when_orphaned(parent_pid: int) -> None:
+def _exit_when_orphaned(parent_pid: int, before_exit=None) -> None:
     while True:
         if os.getppid() != parent_pid:  # re-parented: the stage process died without stopping us
+            if before_exit is not None:
+                before_exit()
             os._exit(0)
         time.sleep(0.5)
 
@@ -77,11 +79,9 @@ def _run_binary(parent_pid: int, command: list) -> None:
 
     signal.signal(signal.SIGTERM, stop_child)
     signal.signal(signal.SIGHUP, stop_child)
-    while child.poll() is None:
-        if os.getppid() != parent_pid:
-            stop_child(None, None)
-        time.sleep(0.5)
-    sys.exit(child.returncode)
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid, lambda: stop_child(None, None)),
+                     daemon=True).start()
+    sys.exit(child.wait())
 
 
 if __name__ == "__main__":

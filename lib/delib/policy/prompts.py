@@ -94,9 +94,9 @@ def _level_name(path: Path, lineno: int, level: str, rec: dict, spec: Optional[S
     section id) whose action is the row's expected action."""
     if spec is None or rec["category"] not in spec.categories:
         return level
-    levels = spec.categories[rec["category"]].levels
-    found = next((lv for lv in levels if level in (lv["name"], lv["section"])), None)
+    found = spec.level(rec["category"], level)
     if found is None:
+        levels = spec.categories[rec["category"]].levels
         names = ", ".join(lv["name"] for lv in levels) or "none: the mapping gives this category no levels"
         raise PromptSetError(f"{path}:{lineno}: level {level!r} is not a level of category {rec['category']!r} "
                              f"(its levels: {names})")

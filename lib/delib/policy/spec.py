@@ -100,6 +100,13 @@ class Spec:
             out += self.descendants(c)
         return out
 
+    def level(self, category: Optional[str], level: Optional[str]) -> Optional[dict]:
+        """The level of `category` named `level` (by its name or its section id); None when either is unknown."""
+        cat = self.categories.get(category) if category else None
+        if cat is None or not level:
+            return None
+        return next((lv for lv in cat.levels if level in (lv["name"], lv["section"])), None)
+
     def section_category(self) -> dict[str, str]:
         """Section id -> the category whose policy holds it (sections outside any category are left out)."""
         owner = {}
