@@ -99,3 +99,21 @@ def test_a_key_pasted_into_api_key_env_is_refused_without_being_echoed(tmp_path)
     with pytest.raises(ParamsError) as e:
         load_params(p)
     assert "api_key_env must be the NAME" in str(e.value) and secret not in str(e.value)
+
+
+def test_names_papermill_injected_that_are_not_parameters_are_refused_one_line_each():
+    history = ["", "# Parameters\nrun_name = 'x'\njudg = {'k': 1}\nbogus_key = 1\n", "params = ..."]
+    with pytest.raises(ParamsError) as e:
+        from_namespace({"run_name": "x", "judg": {"k": 1}, "bogus_key": 1, "In": history})
+    assert str(e.value).splitlines() == ["notebook parameters: judg: unknown key (did you mean 'judge'?)",
+                                         "notebook parameters: bogus_key: unknown key"]
+    assert e.value._render_traceback_() == [f"ParamsError: {line}" for line in str(e.value).splitlines()]
+    # a variable the user made in a cell of their own is not a parameter papermill injected: no error
+    assert from_namespace({"run_name": "x", "selected": [1], "In": ["selected = [1]"]}).run_name == "x"
+
+
+def test_an_unknown_top_level_key_in_a_params_file_suggests_the_known_one(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("run_name: x\njudg:\n  k: 1\n")
+    with pytest.raises(ParamsError, match=r"p.yaml:2: judg: unknown key \(did you mean 'judge'\?\)$"):
+        load_params(f)

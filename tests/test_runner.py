@@ -181,3 +181,18 @@ def test_a_missing_named_file_stops_before_anything_runs(project):
     assert lines[0].startswith("params/p.yaml:3: spec.path: file not found: ") and lines[0].endswith("specs/nope.md")
     assert lines[1].startswith("params/p.yaml:7: prompts.sets.1.path: file not found: ") and len(lines) == 2
     assert not (project / "outputs" / "t2").exists()
+
+
+@pytest.mark.pipeline
+def test_papermill_alone_refuses_an_unknown_parameter_in_one_line(project):
+    """`papermill NB OUT -p judg ...` (no `delib run` to validate first): the notebook stops at its params cell
+    with one line naming the key, not a traceback."""
+    import papermill
+
+    nb = project / "notebooks" / "01_policy.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError) as e:
+        papermill.execute_notebook(str(nb), str(project / "out.ipynb"), parameters={"judg": {"k": 1}},
+                                   kernel_name="python3", progress_bar=False)
+    assert e.value.ename == "ParamsError"
+    assert e.value.evalue == "notebook parameters: judg: unknown key (did you mean 'judge'?)"
+    assert e.value.traceback == ["ParamsError: notebook parameters: judg: unknown key (did you mean 'judge'?)"]

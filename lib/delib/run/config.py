@@ -6,9 +6,11 @@ the line and the key path.
 """
 from __future__ import annotations
 
+import ast
+import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, get_args
+from typing import Any, Literal, Optional, Sequence, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,6 +20,10 @@ EMBEDDED_MODEL = "smollm2-135m-instruct"
 
 class ParamsError(ValueError):
     """A recipe that cannot run: says which file, line and key, and why."""
+
+    def _render_traceback_(self) -> list[str]:
+        """In a notebook, IPython shows these lines instead of a traceback: the message is the whole story."""
+        return [f"ParamsError: {line}" for line in str(self).splitlines()]
 
 
 class _Strict(BaseModel):
@@ -378,7 +384,8 @@ def _describe(err: ValidationError, source: str, root: Optional[yaml.Node]) -> s
         where = f"{source}:{line}" if line else source
         reason = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            reason = f"renamed: use {RENAMED[loc]}" if loc in RENAMED else "unknown key"
+            reason = (f"renamed: use {RENAMED[loc]}" if loc in RENAMED else
+                      "unknown key" + (_did_you_mean(str(loc[0]), PARAM_NAMES) if len(loc) == 1 else ""))
         elif e["type"] != "missing" and "input" in e and _echoable(e["input"], loc):
             reason += f" (got {e['input']!r})"
         lines.append(f"{where}: {path}: {reason}")
@@ -412,9 +419,37 @@ def load_params(path: str | Path) -> RunParams:
     return validate_params(data if data is not None else {}, str(path), root)
 
 
+INJECTED_COMMENT = "# Parameters"  # the first line of the cell papermill injects after the parameters cell
+
+
+def injected_names(history: Any) -> list[str]:
+    """The names that papermill's injected cells assigned, read from IPython's `In` (the sources run so far)."""
+    names: list[str] = []
+    for source in history if isinstance(history, (list, tuple)) else ():
+        if not (isinstance(source, str) and source.lstrip().startswith(INJECTED_COMMENT)):
+            continue
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        names += [target.id for node in tree.body if isinstance(node, ast.Assign)
+                  for target in node.targets if isinstance(target, ast.Name)]
+    return names
+
+
 def from_namespace(namespace: dict) -> RunParams:
-    """Validate the parameters a notebook received (its globals after the parameters cell)."""
+    """Validate the parameters a notebook received (its globals after the parameters cell). A name that papermill
+    injected (`papermill -p KEY ...` or `-f params.yaml`) and that is not a parameter is refused, one line a name."""
+    unknown = [n for n in dict.fromkeys(injected_names(namespace.get("In"))) if n not in PARAM_NAMES]
+    if unknown:
+        raise ParamsError("\n".join(f"notebook parameters: {n}: unknown key" + _did_you_mean(n, PARAM_NAMES)
+                                     for n in unknown))
     return validate_params({k: namespace[k] for k in PARAM_NAMES if k in namespace}, "notebook parameters")
+
+
+def _did_you_mean(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def as_papermill_parameters(params: RunParams) -> dict:
