@@ -490,3 +490,33 @@ def test_a_damaged_cache_file_is_refused_with_its_path_and_a_damaged_row_is_aske
     db.execute("INSERT INTO calls (key, value) VALUES ('b', '{broken')")
     db.commit()
     assert good.get_many(["a", "b"]) == {"a": {"text": "fine"}}
+
+
+def test_a_model_served_from_a_local_folder_is_known_by_its_weights_not_its_path(tmp_path, cache):
+    """Stage 06 serves a hub-model checkpoint with `transformers serve` from the same folder name on every run:
+    retrained weights in that folder must not be answered from the previous model's cached replies."""
+    folder = tmp_path / "merged_sft"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights of the first training")
+    role = ModelRole(backend="openai_compatible", model=str(folder), base_url="http://127.0.0.1:9/v1")
+    calls = []
+
+    def answer(body):
+        calls.append(body)
+        return f"reply {len(calls)}"
+
+    def ask_once():
+        client, _ = make(answer, cache=cache, role=role)
+        try:
+            return client.chat(ask("hi")).text
+        finally:
+            client.close()
+
+    first = ask_once()
+    assert ask_once() == first and len(calls) == 1  # same weights: the cache answers
+    (folder / "model.safetensors").write_bytes(b"weights of the second training")
+    assert ask_once() != first and len(calls) == 2  # retrained in place: asked again
+    (folder / "model.safetensors").write_bytes(b"weights of the first training")
+    assert ask_once() == first and len(calls) == 2  # the first weights back: their replies are valid again
+    named = role.model_copy(update={"model": "served-sft", "revision": "run-2"})
+    assert make(answer, role=named)[0].model_identity == "served-sft@run-2"

@@ -196,3 +196,31 @@ def test_papermill_alone_refuses_an_unknown_parameter_in_one_line(project):
     assert e.value.ename == "ParamsError"
     assert e.value.evalue == "notebook parameters: judg: unknown key (did you mean 'judge'?)"
     assert e.value.traceback == ["ParamsError: notebook parameters: judg: unknown key (did you mean 'judge'?)"]
+
+
+def test_a_corrupt_cache_or_a_missing_adapter_stops_before_anything_runs(project):
+    (project / "bad.sqlite").write_bytes(b"this is not a database, not even close" * 100)
+    (project / "params" / "p.yaml").write_text("run_name: t3\ncache:\n  path: bad.sqlite\nmodels:\n  policy:\n"
+                                                "    adapter: outputs/old/adapter.gguf\n")
+    with pytest.raises(ParamsError) as e:
+        run("params/p.yaml", log=lambda s: None)
+    lines = str(e.value).splitlines()
+    assert lines[0].startswith("params/p.yaml:6: models.policy.adapter: file not found: ")
+    assert lines[1].startswith("params/p.yaml:3: cache.path: ") and "bad.sqlite: the model-call cache is not" in lines[1]
+    assert not (project / "outputs" / "t3").exists()
+
+
+def test_resume_reruns_a_stage_when_a_file_it_may_read_changes(project):
+    """The validity sets are optional (the report says when they are absent) but still part of a stage's
+    fingerprint: a changed file makes --resume run the stage again."""
+    from delib.run.config import load_params
+    from delib.run.runner import fingerprint
+
+    labels = project / "labels.csv"
+    labels.write_text("a,b\n1,2\n")
+    (project / "params" / "p.yaml").write_text(f"run_name: t4\nevaluate:\n  validity_xstest: {labels}\n")
+    params = load_params(project / "params" / "p.yaml")
+    nb = project / "notebooks" / "01_policy.ipynb"
+    before = fingerprint("01_policy", params, nb, project / "outputs" / "t4")
+    labels.write_text("a,b\n1,3\n")
+    assert fingerprint("01_policy", params, nb, project / "outputs" / "t4") != before

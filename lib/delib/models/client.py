@@ -47,7 +47,7 @@ from delib.models.wire import (
     retry_after_s,
     scrub_secret,
 )
-from delib.run.io import sha256_file
+from delib.run.io import sha256_file, sha256_path
 from delib.run.paths import project_root, resolve
 from delib.run.paths import run_dir as run_folder
 
@@ -169,7 +169,8 @@ class ModelClient:
 
     @property
     def model_identity(self) -> str:
-        """What the cache key knows of the model: its name, and for embedded models the file and adapter hashes."""
+        """What the cache key knows of the model: its name, and the hash of the weights that answer (an embedded
+        model's file and adapter, a local folder or file that a server loads) or the role's `revision`."""
         if self._identity is None:
             role, ident = self.role, self.role.model
             if role.backend == "embedded":
@@ -184,6 +185,10 @@ class ModelClient:
                     adapter = resolve(role.adapter)
                     ident += (f"+lora@sha256:{sha256_file(adapter)[:16]}" if adapter.is_file()
                               else f"+lora:{role.adapter}")
+            elif role.revision:
+                ident += f"@{role.revision}"
+            elif resolve(role.model).exists():  # weights in a local file or folder (e.g. `transformers serve`
+                ident += f"@sha256:{sha256_path(resolve(role.model))[:16]}"  # of a merged checkpoint): their hash
             self._identity = ident
         return self._identity
 

@@ -49,6 +49,10 @@ class ModelRole(_Strict):
     base_url: Optional[str] = None  # openai_compatible only, e.g. http://localhost:8000/v1
     api_key_env: Optional[str] = None  # name of the environment variable holding the key (never the key)
     adapter: Optional[str] = None  # LoRA adapter (GGUF) to load into the embedded server
+    # What a served model's name stands for (a commit, a checkpoint's hash), so that the model-call cache never
+    # answers a retrained model with the replies of the one served under the same name before. A model that is a
+    # local file or folder is known by the hash of its contents anyway.
+    revision: Optional[str] = None
     max_concurrency: int = Field(4, ge=1)
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(4, ge=0)  # retries of 429, 5xx, timeouts and dropped connections

@@ -73,6 +73,25 @@ def sha256_file(path: str | Path) -> str:
     return _FILE_DIGESTS[memo]
 
 
+def hash_tree(folder: str | Path, h: "hashlib._Hash", skip: tuple[str, ...] = ()) -> None:
+    """Feed `h` every file under `folder` (its relative path and its sha256), in a fixed order; names in `skip`
+    are left out."""
+    folder = Path(folder)
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in skip):
+        h.update(str(f.relative_to(folder)).encode())
+        h.update(sha256_file(f).encode())
+
+
+def sha256_path(path: str | Path) -> str:
+    """sha256 of a file, or of a folder's files (names and contents): what a model's weights are, wherever they lie."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    hash_tree(path, h)
+    return h.hexdigest()
+
+
 def clip(text: Any, width: int) -> str:
     """`text` on one line (runs of white space folded), cut to `width` characters with an ellipsis."""
     one_line = " ".join(str(text or "").split())

@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 import yaml
 
 from delib.run.config import ParamsError, RunParams, as_papermill_parameters, key_line, load_params
-from delib.run.io import sha256_file, write_json_atomic
+from delib.run.io import hash_tree, sha256_file, write_json_atomic
 from delib.run.manifest import Manifest, now
 from delib.run.paths import project_root, resolve, run_dir
 from delib.run.stages import STAGE_SECTION, STAGES, USAGE_FILE
@@ -59,38 +59,47 @@ def parse_stages(text: Optional[str]) -> list[str]:
     return [STAGES[i] for i in sorted(picked)]
 
 
-def _hash_tree(folder: Path, h: "hashlib._Hash") -> None:
-    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != DONE_MARKER):
-        h.update(str(f.relative_to(folder)).encode())
-        h.update(sha256_file(f).encode())
-
-
 def notebook_code(nb_path: Path) -> str:
     """The code of a notebook without its stored outputs, so that re-saving outputs changes no fingerprint."""
     nb = json.loads(nb_path.read_text(encoding="utf-8"))
     return "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
 
 
-def named_files(params: RunParams) -> list[tuple[tuple, Path]]:
+def named_files(params: RunParams, optional: bool = False) -> list[tuple[tuple, Path]]:
     """(key path, file) of every file params name that stages read: the spec, its mapping, the worked examples,
-    the prompt sets, the benchmarks."""
+    the prompt sets, the benchmarks, the roles' adapters; with `optional`, also the files a stage reads only when
+    they are there (the human-labelled validity sets)."""
     pairs = [(("spec", "path"), params.spec.path), (("spec", "mapping"), params.spec.mapping),
              (("generate", "examples"), params.generate.examples), (("prompts", "xstest_path"), params.prompts.xstest_path),
              (("prompts", "strongreject_path"), params.prompts.strongreject_path)]
     pairs += [(("prompts", "sets", i, "path"), s.path) for i, s in enumerate(params.prompts.sets)]
+    pairs += [(("models", name, "adapter"), role.adapter) for name, role in params.models if role is not None]
+    pairs += [(("evaluate", "extra_models", name, "adapter"), role.adapter)
+              for name, role in params.evaluate.extra_models.items()]
+    if optional:
+        pairs += [(("evaluate", key), getattr(params.evaluate, key)) for key in ("validity_xstest", "validity_rbr")]
     return [(loc, resolve(p)) for loc, p in pairs if p]
 
 
 def check_named_files(params: RunParams, params_file: Path) -> None:
-    """Every file params name exists, before anything runs: one line per missing file with the params file, the
-    line and the key (the key's default when the recipe does not set it)."""
+    """Every file params name exists, and the model-call cache (when there is one) opens, before anything runs:
+    one line per problem with the params file, the line and the key (the key's default when the recipe does not
+    set it)."""
     root = yaml.compose(params_file.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    problems = []
-    for loc, path in named_files(params):
-        if not path.is_file():
-            line = key_line(root, loc)
-            where = f"{params_file}:{line}" if line else str(params_file)
-            problems.append(f"{where}: {'.'.join(map(str, loc))}: file not found: {path}")
+
+    def where(loc: tuple) -> str:
+        line = key_line(root, loc)
+        return f"{params_file}:{line}: {'.'.join(map(str, loc))}" if line else f"{params_file}: {'.'.join(map(str, loc))}"
+
+    problems = [f"{where(loc)}: file not found: {path}" for loc, path in named_files(params) if not path.is_file()]
+    cache = resolve(params.cache.path)
+    if params.cache.enabled and cache.exists():
+        from delib.models.cache import CacheError, CallCache  # late: only when a cache is there to open
+
+        try:
+            CallCache(cache).close()
+        except CacheError as err:
+            problems.append(f"{where(('cache', 'path'))}: {err}")
     if problems:
         raise ParamsError("\n".join(problems))
 
@@ -105,12 +114,12 @@ def fingerprint(stage: str, params: RunParams, notebook: Path, rdir: Path) -> st
         if other_stage != stage:
             relevant.pop(section)
     h.update(json.dumps(relevant, sort_keys=True).encode())
-    for _, f in named_files(params):
+    for _, f in named_files(params, optional=True):
         h.update(str(f).encode())
         h.update(sha256_file(f).encode() if f.is_file() else b"missing")
     for upstream in STAGES[: STAGES.index(stage)]:
         if (rdir / upstream).is_dir():
-            _hash_tree(rdir / upstream, h)
+            hash_tree(rdir / upstream, h, skip=(DONE_MARKER,))
     return h.hexdigest()
 
 
