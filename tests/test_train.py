@@ -91,7 +91,7 @@ def test_example_gpu_recipe_is_valid(root):
 
 # ------------------------------------------------------------------------------------------------ datasets
 
-def test_sft_set_is_prompt_completion_without_the_spec(tmp_path):
+def test_sft_set_is_prompt_and_completion_messages(tmp_path):
     params = make_params(tmp_path, sft={"max_prompts": 2})
     write_run(params, [sft_row(i) for i in range(3)])
     rows = sft.read_sft_set(params)
@@ -191,3 +191,42 @@ def test_speed_goes_to_usage_for_the_manifest(tmp_path):
     assert (usage.requests, usage.prompt_tokens, usage.wall_s) == (1, 10, 0.5)
     back_log, back = logs.read(tmp_path)
     assert back["loss_first"] == 1.0 and len(back_log) == 1
+
+
+def test_no_spec_text_reaches_the_sft_set_although_the_generator_was_shown_the_spec(tmp_path, root, monkeypatch):
+    """The paper's SFT data is (prompt, CoT, answer) with the spec taken out of the context: the model must learn
+    the spec, not read it. Built the way stages 02-03 build it, from generation requests whose context holds the
+    spec, with a generator that cites ids but never quotes the spec."""
+    from delib.generation import generate
+    from delib.judging import filtering
+    from delib.models import ModelClient, scripted_transport
+    from delib.policy.overview import load_inputs, render_all
+    from delib.run.config import CacheParams, ModelRole
+
+    monkeypatch.setenv("DELIB_ROOT", str(root))
+    params = make_params(tmp_path, generate={"prestart_think": False, "structured": "off"})
+    spec, prompts = load_inputs(params)
+    selected = generate.select_prompts(prompts, "train", 6)
+    examples = generate.load_examples(root / "specs/default/examples.yaml", spec)
+    requests = generate.generation_requests(selected, render_all(spec), spec, examples, 1, 1)
+    spec_lines = {line.strip() for s in spec.sections.values() for line in s.body.splitlines()
+                  if len(line.strip()) >= 40}
+    context = "\n".join(m["content"] for r in requests for m in r.messages)
+    assert sum(line in context for line in spec_lines) >= 10, "the generator was not shown the spec: nothing to leak"
+
+    reply = "<think>\nThe user asks for help. Applicable: [{id}]. Action: comply.\n</think>\nHere is my answer."
+    client = ModelClient(ModelRole(), "generator", CacheParams(enabled=False), seed=0,
+                         transport=scripted_transport(lambda body: reply.format(id=spec.categories[
+                             selected.iloc[0]["category"]].sections[0])), progress=False)
+    with client:
+        results = generate.run_generation(client, requests, prestart_think=False)
+    samples = generate.samples_table(selected, results, spec)
+    scored = samples.assign(judged=1, final_score=10.0)
+    kept, _ = filtering.filter_samples(scored, samples, threshold=0.0)
+    rows = filtering.sft_rows(kept)
+    assert len(rows) == len(selected)
+    out = filtering.export_openai_chat(tmp_path / "sft_openai.jsonl", rows)
+    trained = json.dumps(rows) + out.read_text() + json.dumps(sft.sft_dataset(rows).to_list())
+    leaked = [line for line in spec_lines if line in trained or json.dumps(line)[1:-1] in trained]
+    assert leaked == []
+    assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in rows)
