@@ -451,12 +451,60 @@ def test_prefill_continues_the_reply_over_the_chat_template(tmp_path):
     assert "<|im_end|>" in body["stop"]
     assert res.text == "<think>\nI cite [a].\n</think>\nHello."
     assert plain.key != res.key and "messages" in transport.calls[1]  # prefill is part of the cache key
-    with ModelClient(ModelRole(backend="openai_compatible", base_url="http://127.0.0.1:9/v1"), "g", cache,
-                     transport=transport, progress=False) as client:
+    with ModelClient(ModelRole(backend="openai_compatible", base_url="http://127.0.0.1:9/v1", prefill="continue"),
+                     "g", cache, transport=transport, progress=False) as client:
         res = client.chat(ChatRequest(messages=msgs, prefill="<think>\n"))
     assert transport.calls[-1]["continue_final_message"] is True
     assert transport.calls[-1]["messages"][-1] == {"role": "assistant", "content": "<think>\n"}
     assert res.text.startswith("<think>\nI cite")
+
+
+def server_that(continues: bool):
+    """A scripted openai_compatible server that either continues a pre-filled reply or opens a new turn."""
+    def answer(body):
+        if body.get("continue_final_message") and continues:
+            return " 5, 6, 7," if body["messages"][-1]["content"] == "1, 2, 3, 4," else "the rest"
+        return "1, 2, 3, 4, 5" if "Count" in json.dumps(body) else "<think>\nmy own turn"
+    return answer
+
+
+def test_an_openai_compatible_server_is_probed_once_whether_it_continues_a_prefill(tmp_path, cache):
+    from delib.models.servers import embedded_model_path
+
+    msgs = [{"role": "user", "content": "Hi"}]
+    prestarted = [ChatRequest(messages=msgs, prefill="<think>\n", stop=["</think>"], max_tokens=8)]
+    role = ModelRole(backend="openai_compatible", base_url="http://127.0.0.1:9/v1", model="m")
+
+    client, transport = make(server_that(continues=True), cache=cache, role=role)
+    assert client.prefill_mode() == "continue"
+    assert client.unless_prestartable(prestarted, 64) == (prestarted, True)
+    client.chat(prestarted[0])
+    assert transport.calls[-1]["continue_final_message"] is True
+    client.close()
+    again, transport = make(server_that(continues=True), cache=cache, role=role)
+    assert again.prefill_mode() == "continue" and transport.calls == []  # the verdict came from the cache
+    again.close()
+
+    # a server that restarts (llama-cpp-python's, Ollama's): the chat template where one is known ...
+    gguf = role.model_copy(update={"model": str(embedded_model_path("smollm2-135m-instruct"))})
+    client, transport = make(server_that(continues=False), role=gguf)
+    with pytest.warns(UserWarning, match="restarts a pre-filled reply.*with the chat template of"):
+        assert client.prefill_mode() == "template"
+    assert client.chat(prestarted[0]).text.startswith("<think>\n")
+    assert transport.calls[-1]["prompt"].endswith("<|im_start|>assistant\n<think>\n")
+    client.close()
+    # ... else one turn, the model writing its own <think>
+    client, transport = make(server_that(continues=False), role=role.model_copy(update={"model": "other"}))
+    with pytest.warns(UserWarning):
+        requests, kept = client.unless_prestartable(prestarted, 64)
+    assert not kept and requests[0].prefill is None and requests[0].stop is None and requests[0].max_tokens == 64
+    client.close()
+    # a server that rejects the extension's fields (400) does not continue either
+    client, _ = make(lambda body: 400 if body.get("continue_final_message") else "x",
+                     role=role.model_copy(update={"model": "o2"}))
+    with pytest.warns(UserWarning):
+        assert client.prefill_mode() == "off"
+    client.close()
 
 
 @pytest.mark.parametrize("prefill", [None, "<think>\n"])  # a prefilled call goes out as a raw prompt

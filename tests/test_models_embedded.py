@@ -271,6 +271,28 @@ def test_llama_cpp_python_server_still_serves_where_no_llama_server_is_built(tmp
     assert result.ok and result.text.strip()
 
 
+def test_a_prefill_is_continued_not_restarted_on_llama_cpp_pythons_own_server(tmp_path):
+    """llama-cpp-python's server ignores vLLM's continue_final_message and opens a new turn. As an
+    openai_compatible role, the probe notices, and the pre-fill goes through /completions over the GGUF's chat
+    template: the count goes on from 4, and a pre-started CoT is not started a second time."""
+    gguf = embedded_model_file()
+    server = EmbeddedServer(gguf, "smollm2", log_dir=tmp_path, binary=None)  # llama-cpp-python's server
+    with server:
+        role = ModelRole(backend="openai_compatible", base_url=server.base_url, model=str(gguf),
+                         sampling=Sampling(max_tokens=12, temperature=0.0))
+        with ModelClient(role, "generator", CacheParams(enabled=False), progress=False) as client:
+            with pytest.warns(UserWarning, match="restarts a pre-filled reply"):
+                assert client.prefill_mode() == "template"
+            count = client.chat(ChatRequest([{"role": "user", "content": "Count from 1 to 10, separated by commas."}],
+                                            prefill="1, 2, 3, 4,"))
+            cot = client.chat(ChatRequest([{"role": "system", "content": "Think inside <think> tags, then answer."},
+                                           {"role": "user", "content": "Is the sky blue?"}],
+                                          prefill="<think>\n", stop=["</think>"]))
+    assert count.ok and count.text.startswith("1, 2, 3, 4,")
+    assert count.text.removeprefix("1, 2, 3, 4,").lstrip().startswith("5")
+    assert cot.ok and cot.text.startswith("<think>\n") and "<think>" not in cot.text.removeprefix("<think>\n")
+
+
 CHILD = """
 import signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a foreground process (a background job ignores it)

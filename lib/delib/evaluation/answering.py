@@ -15,7 +15,7 @@ from delib.generation.cot import THINK_CLOSE, THINK_OPEN
 from delib.models import ChatRequest, ModelClient
 from delib.models.servers import TransformersServer
 from delib.policy.spec import Spec
-from delib.run.config import RunParams
+from delib.run.config import EvaluateParams, RunParams
 from delib.run.io import clip
 from delib.run.paths import resolve, stage_dir
 from delib.training.reward import shared_graders
@@ -69,9 +69,15 @@ def answer_with(variant: Variant, prompts: pd.DataFrame, params: RunParams, run_
         return _answer_with_transformers(variant, requests, params, run_dir, transport, progress)
     with ModelClient.for_run(params, variant.role, variant.name, STAGE, run_dir=run_dir, transport=transport,
                              progress=progress) as client:
-        results = client.chat_many(requests, desc=variant.name, batch=ev.batch)
-        if ev.prestart_think:
-            results = finish_prestarted(client, requests, results, ev.max_tokens)
+        return _answer(client, requests, variant.name, ev, ev.batch)
+
+
+def _answer(client, requests: list, desc: str, ev: EvaluateParams, batch: bool = False) -> list["ChatResult"]:
+    """The replies, in two steps where the CoT is pre-started and the server can continue it."""
+    requests, prestarted = client.unless_prestartable(requests, ev.max_tokens)
+    results = client.chat_many(requests, desc=desc, batch=batch)
+    if prestarted and ev.prestart_think:
+        results = finish_prestarted(client, requests, results, ev.max_tokens)
     return results
 
 
@@ -86,10 +92,7 @@ def _answer_with_transformers(variant: Variant, requests: list, params: RunParam
         role = server.role(params.models.policy)
         with ModelClient.for_run(params, role, variant.name, STAGE, run_dir=run_dir, transport=transport,
                                  progress=progress) as client:
-            results = client.chat_many(requests, desc=variant.name)
-            if ev.prestart_think:
-                results = finish_prestarted(client, requests, results, ev.max_tokens)
-    return results
+            return _answer(client, requests, variant.name, ev)
 
 
 def evaluate_variants(variants: Sequence[Variant], prompts: pd.DataFrame, params: RunParams, spec: Spec,

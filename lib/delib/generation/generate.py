@@ -178,6 +178,8 @@ def run_generation(client, requests: list, prestart_think: bool, batch: bool = F
     before the next: llama.cpp then reads each spec excerpt once rather than once per phase. Otherwise each phase
     goes out whole, as concurrently as the role allows (the client still sends one spec's calls one after another
     on the embedded server)."""
+    if prestart_think:  # a server that cannot continue the pre-started CoT gets each sample in one turn
+        requests, prestart_think = client.unless_prestartable(requests, max_tokens=None)
     if not prestart_think:
         return client.chat_many(requests, desc=desc, batch=batch)
     if batch or client.role.max_concurrency > 1:

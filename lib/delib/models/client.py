@@ -13,6 +13,7 @@ import os
 import random
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
@@ -29,7 +30,8 @@ from delib.models.batch import run_batch
 from delib.models.cache import CallCache, NoCache
 from delib.models.calls import ChatRequest, ChatResult, TokenLogprob, groups_by_first_message
 from delib.models.progress import LoopThread, Tracker
-from delib.models.requests import add_structured, plan_call
+from delib.models.cache import call_key
+from delib.models.requests import add_structured, plan_call, planned_prefill, template_source
 from delib.models.usage import Usage, add_usage
 from delib.models.wire import (
     PARSE_RETRY_SEED_STRIDE,
@@ -59,6 +61,9 @@ from .structured import parse_reply
 # one lane, 109 s on 2 and 106 s on 4 (measured in one run, 2 cores): more lanes read more specs at once, which
 # gains little, and bounding them keeps 8 slots from all reading prompts at once (measured: a crawl).
 SHARED_LANES = 2
+
+# The probe that tells whether an openai_compatible server continues a pre-filled reply (prefill_mode).
+PROBE_ASK, PROBE_PREFILL = "Count from 1 to 10, separated by commas.", "1, 2, 3, 4,"
 
 
 class ModelClient:
@@ -105,6 +110,7 @@ class ModelClient:
         self._fatal: Optional[str] = None
         self._structured = {"embedded": "grammar", "openai": "json_schema"}.get(role.backend, "json_schema")
         self._identity: Optional[str] = None
+        self._prefill: Optional[str] = None  # how a pre-filled reply is sent, once known (prefill_mode)
         self._closed = False
         self.last_usage = Usage()  # totals of the latest chat_many
         if role.backend == "embedded" and role.sampling.n > 1:
@@ -130,6 +136,8 @@ class ModelClient:
             if result is not None:
                 results[key] = result
         todo = [p for key, p in unique.items() if key not in results]
+        if any(p.request.prefill is not None for p in todo) and self.prefill_mode() != planned_prefill(self.role):
+            todo = [self._plan(p.request) if p.request.prefill is not None else p for p in todo]  # same keys
         tracker = Tracker(len(requests), desc or self.role_name, self.progress)
         tracker.advance(sum(p.key in results for p in plans), cache_hits=sum(p.key in results for p in plans))
         try:
@@ -224,7 +232,73 @@ class ModelClient:
 
     def _plan(self, req: ChatRequest) -> CallPlan:
         return plan_call(self.role, req, self.model_identity, self.run_seed, self.is_reasoning_model(),
-                         self._structured)
+                         self._structured, self._prefill)
+
+    def prefill_mode(self) -> str:
+        """How this role's server continues a pre-filled reply: "continue", "template" or "off" (see
+        ModelRole.prefill). For an openai_compatible role on auto, one probe request finds out, and the cache keeps
+        its verdict (a resumed run needs no server for it)."""
+        if self._prefill is None:
+            mode = planned_prefill(self.role)
+            if self.role.backend == "openai_compatible" and self.role.prefill == "auto":
+                mode = self._probed_prefill()
+            self._prefill = mode
+        return self._prefill
+
+    def unless_prestartable(self, requests: Sequence[ChatRequest], max_tokens: Optional[int]
+                            ) -> tuple[list[ChatRequest], bool]:
+        """Pre-started requests as this role can take them: unchanged (True) where its server continues a
+        pre-filled reply; otherwise each asked in one turn (no pre-fill, no stop, `max_tokens` for the whole reply:
+        None, the role's) with a warning (False)."""
+        requests = list(requests)
+        if not any(r.prefill is not None for r in requests) or self.prefill_mode() != "off":
+            return requests, True
+        warnings.warn(f"models.{self.role_name} ({self.role.backend}, model {self.role.model!r}) cannot continue a "
+                      "pre-started reply: each reply is asked for in one turn, the model writing its own <think>",
+                      stacklevel=2)
+        return [replace(r, prefill=None, stop=None, max_tokens=max_tokens) for r in requests], False
+
+    def _probed_prefill(self) -> str:
+        key = call_key({"probe": "prefill continued", "model": self.model_identity, "base_url": self.role.base_url})
+        verdict = self.cache.get_many([key]).get(key)
+        if verdict is None:
+            self._loop = self._loop or LoopThread()
+            self._openai_client()
+            verdict = {"continues": self._loop.run(self._probe_continues())}
+            self.cache.put(key, verdict, self.model_identity)
+        if verdict["continues"]:
+            return "continue"
+        source = template_source(self.role)
+        where = f"models.{self.role_name} ({self.role.base_url}, model {self.role.model!r})"
+        if source is not None:
+            warnings.warn(f"{where}: the server restarts a pre-filled reply instead of continuing it; pre-filling "
+                          f"through /completions with the chat template of {source}", stacklevel=3)
+            return "template"
+        warnings.warn(f"{where}: the server restarts a pre-filled reply instead of continuing it, and no chat "
+                      "template is known (set the role's chat_template to a GGUF file or Hugging Face folder): "
+                      "stages that pre-start the reply ask for it in one turn", stacklevel=3)
+        return "off"
+
+    async def _probe_continues(self) -> bool:
+        """Ask to count to ten with the reply pre-filled "1, 2, 3, 4,": a server that continues it goes on at 5, one
+        that opens a new turn starts over (or says something else)."""
+        body = {"model": self.role.model, "max_tokens": 8, "temperature": 0.0, "seed": self.run_seed,
+                "messages": [{"role": "user", "content": PROBE_ASK}, {"role": "assistant", "content": PROBE_PREFILL}],
+                "continue_final_message": True, "add_generation_prompt": False}
+        try:
+            response = await self._openai.post("/chat/completions", body=body, cast_to=httpx2.Response)
+            text = json_body(response)["choices"][0]["message"]["content"] or ""
+        except Exception as exc:  # noqa: BLE001 - a server that rejects the extension's fields does not continue
+            kind, _ = classify_error(exc)
+            if kind == "auth":
+                raise ModelAuthError(self._auth_message(exc)) from None
+            status = getattr(exc, "status_code", None)
+            if status is not None and 400 <= status < 500 and status != 429:
+                return False
+            message = scrub_secret(getattr(exc, "message", None) or str(exc) or type(exc).__name__, self._secret)
+            raise ModelCallsFailed(f"{self.role_name} ({self.role.backend}, model {self.role.model!r}): could not "
+                                   f"ask whether the server continues a pre-filled reply: {message}", []) from None
+        return text.lstrip().startswith("5")
 
     # ---------------------------------------------------------------- running calls
 

@@ -3,7 +3,8 @@ models' own fields, structured output, a pre-filled reply) and the cache key tha
 """
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 from pydantic import BaseModel
 
@@ -13,12 +14,22 @@ from delib.models.calls import ChatRequest
 from delib.models.structured import gbnf_for, json_object_response_format, openai_response_format, response_schema
 from delib.models.wire import CallPlan
 from delib.run.config import ModelRole
+from delib.run.paths import resolve
+
+
+def planned_prefill(role: ModelRole) -> str:
+    """How a pre-filled reply is sent before anything is known of the server: the role's `prefill`, or for auto
+    `template` (embedded), `off` (OpenAI), `continue` (openai_compatible, until a probe says otherwise)."""
+    if role.prefill != "auto":
+        return role.prefill
+    return {"embedded": "template", "openai": "off"}.get(role.backend, "continue")
 
 
 def plan_call(role: ModelRole, req: ChatRequest, identity: str, run_seed: int, reasoning: bool,
-          structured: str) -> CallPlan:
+              structured: str, prefill: Optional[str] = None) -> CallPlan:
     """The body to send for `req` and the key the cache knows it by (the model's identity, the messages, the
-    sampling, the schema: everything that changes the answer)."""
+    sampling, the schema: everything that changes the answer; not how a pre-fill is sent, `prefill`, which
+    defaults to `planned_prefill`)."""
     s = role.sampling
     seed = (s.seed if s.seed is not None else run_seed) + req.sample_index
     max_tokens = req.max_tokens if req.max_tokens is not None else s.max_tokens
@@ -61,7 +72,7 @@ def plan_call(role: ModelRole, req: ChatRequest, identity: str, run_seed: int, r
     if req.response_model is not None:
         add_structured(body, req.response_model, structured)
     if req.prefill is not None:
-        add_prefill(body, req, role)
+        add_prefill(body, req, role, prefill or planned_prefill(role))
     if req.grammar is not None:
         if role.backend != "embedded":
             raise ValueError(f"a free-text grammar is decoded by llama.cpp only: backend {role.backend!r} cannot "
@@ -70,18 +81,38 @@ def plan_call(role: ModelRole, req: ChatRequest, identity: str, run_seed: int, r
     return CallPlan(call_key(material), req, body, seed)
 
 
-def add_prefill(body: dict, req: ChatRequest, role: ModelRole) -> None:
-    """Make the model continue `req.prefill` as the start of its reply."""
-    if role.backend == "openai":
-        raise ValueError("OpenAI's chat API cannot continue a pre-started reply: set prefill only for the "
-                         "embedded or openai_compatible backends")
-    if role.backend == "openai_compatible":  # vLLM's extension of the chat API
+class PrefillUnsupported(ValueError):
+    """A pre-filled reply asked of a server that cannot continue one."""
+
+
+def template_source(role: ModelRole) -> Optional[Path]:
+    """The GGUF file or Hugging Face folder whose chat template pre-fills for `role`: its `chat_template`, the
+    embedded model's file, or `model` when that is a local path; None when there is none."""
+    if role.backend == "embedded":
+        return servers.embedded_model_path(role.model)
+    for named in (role.chat_template, role.model):
+        if named and resolve(named).exists():
+            return resolve(named)
+    return None
+
+
+def add_prefill(body: dict, req: ChatRequest, role: ModelRole, mode: str) -> None:
+    """Make the model continue `req.prefill` as the start of its reply, the way `mode` says."""
+    if mode == "continue":  # vLLM's extension of the chat API
         body["messages"] = [*req.messages, {"role": "assistant", "content": req.prefill}]
         body["continue_final_message"], body["add_generation_prompt"] = True, False
         return
-    from delib.models.template import render_prompt  # late: llama_cpp and gguf, only for a pre-filled reply
+    if mode == "off":
+        raise PrefillUnsupported(
+            f"the {role.backend} backend (model {role.model!r}) cannot continue a pre-started reply: set prefill "
+            "only where the role's prefill is continue or template (stages ask in one turn where it is off)")
+    source = template_source(role)
+    if source is None:
+        raise PrefillUnsupported(f"prefill 'template' for model {role.model!r} needs its chat template: set the "
+                                 "role's chat_template to the model's GGUF file or Hugging Face folder")
+    from delib.models.template import render_chat  # late: llama_cpp, gguf or transformers, only for a pre-fill
 
-    prompt, stop = render_prompt(req.messages, servers.embedded_model_path(role.model))
+    prompt, stop = render_chat(req.messages, source)
     del body["messages"]
     body["prompt"] = prompt + req.prefill
     body["stop"] = list(dict.fromkeys([*(req.stop or []), *stop]))

@@ -262,9 +262,11 @@ class TransformersServer(LocalServer):
             return r.status == 200
 
     def role(self, template: "ModelRole") -> "ModelRole":
-        """`template` (its sampling and limits) pointed at this server."""
+        """`template` (its sampling and limits) pointed at this server. Pre-started replies are asked in one turn:
+        `transformers serve` is not known here to continue a pre-filled reply or to serve /completions."""
         return template.model_copy(update={"backend": "openai_compatible", "base_url": self.base_url,
-                                           "model": self.folder, "adapter": None, "api_key_env": None})
+                                           "model": self.folder, "adapter": None, "api_key_env": None,
+                                           "prefill": "off"})
 
 
 def stop_process_group(proc: Optional[subprocess.Popen], wait_s: float = STOP_TIMEOUT_S) -> None:

@@ -1,7 +1,8 @@
-"""The embedded model's chat template, rendered here so that a reply can be pre-started (prefilled).
+"""A model's chat template, rendered here so that a reply can be pre-started (prefilled).
 
-llama.cpp's chat endpoint always opens a fresh assistant turn; to continue one ("<think>\\n..."), the client
-renders the GGUF's own template with llama-cpp-python's formatter (the one its server uses) and completes the text.
+llama.cpp's chat endpoint (and most servers' without vLLM's continue_final_message) always opens a fresh assistant
+turn; to continue one ("<think>\\n..."), the client renders the model's own template (a GGUF's, with
+llama-cpp-python's formatter, the one its server uses; or a Hugging Face folder's) and completes the text.
 """
 from __future__ import annotations
 
@@ -34,3 +35,25 @@ def render_prompt(messages: list[dict], gguf_path: str | Path) -> tuple[str, lis
     response = _formatter(str(gguf_path))(messages=messages)
     stop = response.stop if isinstance(response.stop, list) else [response.stop] if response.stop else []
     return response.prompt, stop
+
+
+@lru_cache(maxsize=4)
+def _hf_tokenizer(folder: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def render_chat(messages: list[dict], source: str | Path) -> tuple[str, list[str]]:
+    """render_prompt for a GGUF file or a Hugging Face folder (its tokenizer's chat template)."""
+    source = Path(source)
+    if source.is_file():
+        return render_prompt(messages, source)
+    if not (source / "tokenizer_config.json").is_file():
+        raise ValueError(f"{source}: neither a GGUF file nor a Hugging Face folder with a tokenizer: no chat "
+                         "template to pre-start a reply with")
+    tok = _hf_tokenizer(str(source))
+    if not tok.chat_template:
+        raise ValueError(f"{source}: the tokenizer has no chat template, so a reply cannot be pre-started")
+    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return prompt, [tok.eos_token] if tok.eos_token else []

@@ -59,6 +59,13 @@ class ModelRole(_Strict):
     parse_retries: int = Field(2, ge=0)  # extra tries for a reply that does not validate as the asked-for JSON
     max_failed_share: float = Field(0.5, ge=0, le=1)  # more failed requests than this in one batch stop the stage
     sampling: Sampling = Sampling()
+    # How a pre-started reply (prestart_think's "<think>") is continued. continue: sent as the last assistant
+    # message with vLLM's continue_final_message; template: the chat template rendered here (from chat_template, or
+    # from model when that is a local GGUF file or Hugging Face folder) and sent to /completions; off: the server
+    # cannot, so stages ask for the whole reply in one turn (with a warning). auto: template for the embedded
+    # model, off for OpenAI, and for openai_compatible one probe request (cached) that tells continue from restart.
+    prefill: Literal["auto", "continue", "template", "off"] = "auto"
+    chat_template: Optional[str] = None  # a GGUF file or Hugging Face folder whose chat template `template` renders
 
     @model_validator(mode="after")
     def _backend_needs(self) -> "ModelRole":
@@ -68,6 +75,9 @@ class ModelRole(_Strict):
             raise ValueError(f"base_url is only used with backend 'openai_compatible', not {self.backend!r}")
         if self.adapter and self.backend != "embedded":
             raise ValueError("adapter is only loaded by the embedded backend")
+        if self.backend == "openai" and self.prefill in ("continue", "template"):
+            raise ValueError(f"prefill {self.prefill!r}: OpenAI's API cannot continue a pre-started reply (use auto "
+                             "or off: stages then ask for the whole reply in one turn)")
         if self.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
             raise ValueError("api_key_env must be the NAME of an environment variable, not a key")
         return self
