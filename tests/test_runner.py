@@ -144,11 +144,11 @@ def test_a_stage_whose_requests_all_fail_stops_with_the_cause(tmp_path, root, mo
     closed = f"http://127.0.0.1:{free_port()}/v1"
     params = tmp_path / "p.yaml"
     params.write_text(f"run_name: down\noutputs_dir: {tmp_path / 'outputs'}\ncache: {{enabled: false}}\n"
-                      f"generate: {{max_prompts: 2, samples_per_prompt: 1}}\n"
+                      f"generate: {{max_prompts: 2, samples_per_prompt: 1, prestart_think: false}}\n"
                       f"models:\n  generator: {{backend: openai_compatible, base_url: '{closed}', model: m, "
                       f"max_retries: 0}}\n")
-    with pytest.raises(StageFailed) as failed:
-        run(params, stages="01-03", log=lambda s: None)
+    with pytest.raises(StageFailed) as failed:  # past the preflight check, which would stop it before stage 01
+        run(params, stages="01-03", log=lambda s: None, check=False)
     message = str(failed.value)
     assert failed.value.stage == "02_generate" and "ModelCallsFailed" in message
     assert "generator (openai_compatible, model 'm'): 2 of 2 requests failed; the first: connection" in message
@@ -224,3 +224,68 @@ def test_resume_reruns_a_stage_when_a_file_it_may_read_changes(project):
     before = fingerprint("01_policy", params, nb, project / "outputs" / "t4")
     labels.write_text("a,b\n1,3\n")
     assert fingerprint("01_policy", params, nb, project / "outputs" / "t4") != before
+
+
+def test_preflight_stops_a_run_whose_server_is_down_before_anything_runs(tmp_path, root, monkeypatch, capsys):
+    from delib.models.servers import free_port
+
+    monkeypatch.setenv("DELIB_ROOT", str(root))
+    monkeypatch.chdir(root)
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    params = tmp_path / "p.yaml"
+    params.write_text(f"run_name: down\noutputs_dir: {tmp_path / 'outputs'}\n"
+                      f"models:\n  generator: {{backend: openai_compatible, base_url: '{closed}', model: m}}\n")
+    assert cli.main(["run", str(params), "--stages", "01-03"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"error: preflight: models.generator: no server answers at {closed} (")
+    assert err[-1] == "(nothing was run; --no-preflight skips these checks)" and len(err) == 2
+    assert not (tmp_path / "outputs" / "down").exists()
+
+
+def test_preflight_names_a_refused_key_and_an_unserved_model_without_echoing_the_key(tmp_path, root, monkeypatch):
+    from delib.run.config import validate_params
+    from delib.run.preflight import preflight
+    from fault_server import FaultConfig, FaultServer
+
+    secret = "sk-test-preflight-0123456789abcdef"
+    monkeypatch.setenv("DELIB_ROOT", str(root))
+    monkeypatch.setenv("GOOD_KEY", secret)
+    monkeypatch.setenv("BAD_KEY", secret[::-1])
+    with FaultServer(FaultConfig(api_key=secret)) as srv:
+        role = {"backend": "openai_compatible", "base_url": srv.base_url}
+        params = validate_params({"run_name": "x", "models": {
+            "generator": {**role, "model": "fake", "api_key_env": "GOOD_KEY"},  # fine
+            "judge": {**role, "model": "fake", "api_key_env": "BAD_KEY"},
+            "policy": {**role, "model": "misspelt", "api_key_env": "GOOD_KEY"}}})
+        problems = preflight(params, ["02_generate", "03_judge", "06_evaluate"], env_file=tmp_path / ".env")
+    assert problems == [f"models.judge: {srv.base_url} refused the API key (HTTP 401): check BAD_KEY",
+                        f"models.policy: model 'misspelt' is not served at {srv.base_url} (served: 'fake')"]
+    assert secret not in "\n".join(problems) and secret[::-1] not in "\n".join(problems)
+    params = validate_params({"run_name": "x", "models": {"judge": {"backend": "openai", "model": "gpt-4o-mini",
+                                                                    "api_key_env": "NOT_SET_ANYWHERE"}}})
+    assert preflight(params, ["03_judge"], env_file=tmp_path / ".env") == [
+        f"models.judge: no API key: set the environment variable NOT_SET_ANYWHERE (or put `NOT_SET_ANYWHERE=...` "
+        f"in {tmp_path / '.env'})"]
+
+
+def test_the_gpu_recipe_is_refused_on_a_machine_without_its_gpus_server_and_deepspeed(root, monkeypatch):
+    import importlib.util
+
+    from delib.run import preflight as pf
+    from delib.run.config import load_params
+
+    if pf.cuda_devices() >= 4 or importlib.util.find_spec("deepspeed") is not None:
+        pytest.skip("this machine has what params/gpu_example.yaml needs")
+    monkeypatch.setenv("DELIB_ROOT", str(root))
+    monkeypatch.setattr(pf, "TIMEOUT_S", 2.0)
+    params = load_params(root / "params" / "gpu_example.yaml")
+    problems = pf.preflight(params, list(pf.st.STAGES))
+    assert any(p.startswith("sft.num_processes: 4 processes need as many GPUs; torch sees 0") for p in problems)
+    assert any(p.startswith("sft.deepspeed: configured, but the deepspeed package is not installed") for p in problems)
+    import socket
+
+    with socket.socket() as s:
+        nothing_on_8000 = s.connect_ex(("127.0.0.1", 8000)) != 0
+    if nothing_on_8000:
+        assert problems[0].startswith("models.generator: no server answers at http://127.0.0.1:8000/v1 (")
+        assert len([p for p in problems if p.startswith("models.")]) == 1  # one server and model: asked once

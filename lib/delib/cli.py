@@ -19,7 +19,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     try:
         rdir = run(args.params, stages=args.stages, resume=args.resume, force=args.force,
-                   command=["delib", *sys.argv[1:]])
+                   command=["delib", *sys.argv[1:]], check=not args.no_preflight)
     except StageFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", help="which stages: 02-03, 02,05, generate (default: all)")
     p.add_argument("--resume", action="store_true", help="continue an existing run; skip up-to-date stages")
     p.add_argument("--force", action="store_true", help="re-run the selected stages even if up to date")
+    p.add_argument("--no-preflight", dest="no_preflight", action="store_true",
+                   help="skip the checks of model servers, keys and GPUs before the first stage")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("serve", help="serve a trained variant of a run on an OpenAI-compatible port of 127.0.0.1")

@@ -22,6 +22,7 @@ from delib.run.config import ParamsError, RunParams, as_papermill_parameters, ke
 from delib.run.io import hash_tree, sha256_file, write_json_atomic
 from delib.run.manifest import Manifest, now
 from delib.run.paths import project_root, resolve, run_dir
+from delib.run.preflight import preflight
 from delib.run.stages import STAGE_SECTION, STAGES, USAGE_FILE
 
 DONE_MARKER = "_done.json"
@@ -183,10 +184,11 @@ def _describe_failure(err: Exception) -> str:
 
 def run(params_file: str | Path, stages: Optional[str] = None, resume: bool = False, force: bool = False,
         notebooks_dir: Optional[Path] = None, log: Callable[[str], None] = print,
-        command: Optional[Sequence[str]] = None) -> Path:
+        command: Optional[Sequence[str]] = None, check: bool = True) -> Path:
     """Run the selected stages of the recipe in `params_file`; return the run folder.
 
-    Raises ParamsError or UsageError for bad input (before anything runs) and StageFailed when a notebook fails.
+    Raises ParamsError or UsageError for bad input (before anything runs: with `check`, also every model role the
+    stages call and what the recipe needs of the machine, run.preflight) and StageFailed when a notebook fails.
     """
     import papermill
 
@@ -200,6 +202,11 @@ def run(params_file: str | Path, stages: Optional[str] = None, resume: bool = Fa
         if not (notebooks_dir / f"{stage}.ipynb").is_file():
             raise UsageError(f"notebook for stage {stage} not found: {notebooks_dir / (stage + '.ipynb')}")
 
+    if check:
+        problems = preflight(params, selected)
+        if problems:
+            raise UsageError("\n".join(f"preflight: {p}" for p in problems) +
+                             "\n(nothing was run; --no-preflight skips these checks)")
     rdir = run_dir(params)
     _check_writable(rdir.parent)
     if (rdir / "manifest.json").exists() and not (resume or force):

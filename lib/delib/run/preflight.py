@@ -1,0 +1,134 @@
+"""Checks before the first stage of `delib run`: every model role the selected stages will call answers, knows
+its model and takes its key, and the machine has what the recipe asks for (GPUs, DeepSpeed). One line per
+problem; `delib run --no-preflight` skips them (an offline dry run, a server that starts later).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+from delib.run import stages as st
+from delib.run.config import ModelRole, RunParams
+from delib.run.paths import project_root
+
+TIMEOUT_S = 10.0
+OPENAI_URL = "https://api.openai.com/v1"
+# The roles each stage calls (02 the generator; 03 and 05's reward the judge; 06 the policy and the grader).
+STAGE_ROLES = {st.GENERATE: ("generator",), st.JUDGE: ("judge", "second_judge"), st.RL: ("judge",),
+               st.EVALUATE: ("policy", "grader")}
+
+
+def roles_called(params: RunParams, stages: Sequence[str]) -> Iterator[tuple[str, ModelRole]]:
+    """(params key, role) of every model role the stages call, each once."""
+    seen = set()
+    for stage in stages:
+        for name in STAGE_ROLES.get(stage, ()):
+            role = getattr(params.models, name)
+            if role is not None and name not in seen:
+                seen.add(name)
+                yield f"models.{name}", role
+    if st.EVALUATE in stages:
+        for name, role in params.evaluate.extra_models.items():
+            yield f"evaluate.extra_models.{name}", role
+
+
+def _key(var: Optional[str], env_file: Path) -> Optional[str]:
+    from delib.models.wire import read_dotenv  # late: the models package is not needed to read params
+
+    return (os.environ.get(var) or read_dotenv(env_file).get(var)) if var else None
+
+
+def _get(url: str, key: Optional[str]) -> tuple[Optional[int], Optional[dict], str]:
+    """(status, JSON body, problem) of a GET; status None when nothing answered."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as r:
+            try:
+                return r.status, json.load(r), ""
+            except ValueError:
+                return r.status, None, "the answer is not JSON"
+    except urllib.error.HTTPError as err:
+        return err.code, None, f"HTTP {err.code}"
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        return None, None, str(getattr(reason, "strerror", None) or reason)
+
+
+def check_role(where: str, role: ModelRole, env_file: Path) -> list[str]:
+    """What stops `role` from answering: no server, an unknown model, a missing or refused key."""
+    if role.backend == "embedded":
+        from delib.models.servers import ServerError, embedded_model_path  # late: llama_cpp is not needed here
+
+        try:
+            embedded_model_path(role.model)
+        except ServerError as err:
+            return [f"{where}: {err}"]
+        return []
+    var = role.api_key_env or ("OPENAI_API_KEY" if role.backend == "openai" else None)
+    key = _key(var, env_file)
+    if var and not key:
+        return [f"{where}: no API key: set the environment variable {var} (or put `{var}=...` in {env_file})"]
+    base = (role.base_url or OPENAI_URL).rstrip("/")
+    status, body, problem = _get(f"{base}/models", key)
+    if status is None:
+        return [f"{where}: no server answers at {base} ({problem}); start it (e.g. `vllm serve {role.model}`), "
+                "or pass --no-preflight"]
+    if status in (401, 403):
+        fix = f"check {var}" if var else f"set {where}.api_key_env to the variable that holds the key"
+        return [f"{where}: {base} refused the API key (HTTP {status}): {fix}"]
+    if status != 200 or not isinstance(body, dict):
+        return [f"{where}: {base}/models did not list the models ({problem or f'HTTP {status}'})"]
+    served = [m.get("id") for m in body.get("data") or [] if isinstance(m, dict)]
+    if role.backend == "openai_compatible" and served and role.model not in served:
+        shown = ", ".join(map(repr, served[:8])) + (" ..." if len(served) > 8 else "")
+        return [f"{where}: model {role.model!r} is not served at {base} (served: {shown})"]
+    if role.backend == "openai" and role.model not in served:
+        return [f"{where}: model {role.model!r} is not among the {len(served)} models this key can use"]
+    return []
+
+
+def cuda_devices() -> int:
+    """GPUs torch can use here (0 without CUDA, or without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_machine(params: RunParams, stages: Sequence[str]) -> list[str]:
+    """What a training stage asks of the machine that it lacks: GPUs for several processes, DeepSpeed."""
+    problems = []
+    for section, stage in st.TRAINING.items():
+        p = getattr(params, section)
+        if stage not in stages:
+            continue
+        if p.backend == "openai":
+            if not _key("OPENAI_API_KEY", project_root() / ".env"):
+                problems.append(f"{section}.backend: openai fine-tuning needs the environment variable OPENAI_API_KEY")
+            continue
+        if p.num_processes > 1 and cuda_devices() < p.num_processes:
+            problems.append(f"{section}.num_processes: {p.num_processes} processes need as many GPUs; torch sees "
+                            f"{cuda_devices()} here")
+        if p.deepspeed and importlib.util.find_spec("deepspeed") is None:
+            problems.append(f"{section}.deepspeed: configured, but the deepspeed package is not installed "
+                            "(pip install deepspeed)")
+    return problems
+
+
+def preflight(params: RunParams, stages: Sequence[str], env_file: Optional[Path] = None) -> list[str]:
+    """Every problem found, one line each ([] when the run can start)."""
+    env_file = env_file or project_root() / ".env"
+    checked: dict[tuple, list[str]] = {}
+    problems = []
+    for where, role in roles_called(params, stages):
+        same = (role.backend, role.base_url, role.model, role.api_key_env)
+        if same not in checked:  # one request for roles that share a server and model
+            checked[same] = check_role(where, role, env_file)
+            problems += checked[same]
+    return problems + check_machine(params, stages)
