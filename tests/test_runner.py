@@ -289,3 +289,13 @@ def test_the_gpu_recipe_is_refused_on_a_machine_without_its_gpus_server_and_deep
     if nothing_on_8000:
         assert problems[0].startswith("models.generator: no server answers at http://127.0.0.1:8000/v1 (")
         assert len([p for p in problems if p.startswith("models.")]) == 1  # one server and model: asked once
+
+
+def test_a_key_pasted_into_api_key_env_never_reaches_stderr_or_a_run_folder(project, capsys):
+    secret = "sk-proj-pasted0123456789abcdefSECRET"
+    (project / "params" / "p.yaml").write_text(f"run_name: t5\nmodels:\n  judge:\n    backend: openai_compatible\n"
+                                                f"    base_url: http://127.0.0.1:9/v1\n    api_key_env: {secret}\n")
+    assert cli.main(["run", "params/p.yaml"]) == 2
+    captured = capsys.readouterr()
+    assert "api_key_env must be the NAME of an environment variable" in captured.err
+    assert secret not in captured.err + captured.out and not (project / "outputs").exists()
