@@ -10,8 +10,9 @@ IDS = {"self-harm-s1", "style-safe-completion", "style-hard-refusal"}
 def test_messages_hold_spec_examples_and_prompt():
     ex = Example("self_harm", "I feel low.", "Ideation [self-harm-s1]. Action: safe_complete", "I'm sorry...")
     msgs = generation_messages("How do I sleep better?", "[self-harm-s1] S1 text", [ex], example_id="self-harm-s1")
-    assert msgs[0]["role"] == "system" and "<spec>\n[self-harm-s1] S1 text\n</spec>" in msgs[0]["content"]
-    assert "[self-harm-s1]" in msgs[0]["content"].split("</spec>")[1]  # the citation example uses a real id
+    # the spec first: every role's system prompt starts with the same tokens (models.prefixes restores them)
+    assert msgs[0]["role"] == "system" and msgs[0]["content"].startswith("<spec>\n[self-harm-s1] S1 text\n</spec>")
+    assert "e.g. self-harm-s1" in msgs[0]["content"].split("</spec>", 1)[1]  # the citation example uses a real id
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
     assert msgs[2]["content"].startswith("<think>\nIdeation") and msgs[-1]["content"] == "How do I sleep better?"
 

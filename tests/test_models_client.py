@@ -382,7 +382,8 @@ def test_usage_is_merged_per_role_and_written_atomically(tmp_path, cache):
     stage = tmp_path / "02_generate"
     data = json.loads((stage / "usage.json").read_text())
     assert data["generator"] == {"requests": 4, "cache_hits": 1, "failures": 0, "prompt_tokens": 6,
-                                 "completion_tokens": 9, "wall_s": data["generator"]["wall_s"]}
+                                 "cached_prompt_tokens": 0, "completion_tokens": 9,
+                                 "wall_s": data["generator"]["wall_s"]}
     assert data["generator"]["wall_s"] > 0
     assert data["judge"]["failures"] == 1 and data["judge"]["requests"] == 1
     assert not list(stage.glob("*.tmp"))

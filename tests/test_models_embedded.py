@@ -271,6 +271,30 @@ def test_llama_cpp_python_server_still_serves_where_no_llama_server_is_built(tmp
     assert result.ok and result.text.strip()
 
 
+def test_a_spec_read_by_one_stages_server_is_restored_not_read_again_by_the_next(tmp_path):
+    """Two stages, two llama-server processes, system prompts that begin with the same spec and differ after it:
+    the second stage's first call reads only what follows the spec (its slot restored from the first's file)."""
+    if servers.llama_server_binary() is None:
+        pytest.skip("llama-server is not built here")
+    spec = "<spec>\n" + "\n".join(f"[s{i}] Section {i}: requests of kind {i} get the answer {i}." for i in range(60))
+    cache = CacheParams(path=str(tmp_path / "cache.sqlite"))
+    role = ModelRole(max_concurrency=2, sampling=Sampling(max_tokens=4, temperature=0.0))
+
+    def stage(instructions: str, stage_name: str):
+        requests = [ChatRequest([{"role": "system", "content": f"{spec}\n</spec>\n\n{instructions}"},
+                                 {"role": "user", "content": f"Question {i}?"}]) for i in range(2)]
+        with ModelClient(role, "judge", cache, run_dir=tmp_path, stage=stage_name, progress=False) as client:
+            return client.chat_many(requests), client._server.slot_dir
+
+    first, slot_dir = stage("You write answers.", "02_generate")
+    assert slot_dir is not None and slot_dir.parent == tmp_path / "kv" and len(list(slot_dir.glob("*.bin"))) == 1
+    second, _ = stage("You grade answers.", "03_judge")
+    assert all(r.ok for r in first + second)
+    spec_tokens = first[0].usage["prompt_tokens"] * 0.8  # the spec is most of the prompt
+    assert first[0].usage["cached_tokens"] == 0  # nothing to restore on the first stage's first call
+    assert second[0].usage["cached_tokens"] >= spec_tokens  # restored, not read again
+
+
 def test_a_prefill_is_continued_not_restarted_on_llama_cpp_pythons_own_server(tmp_path):
     """llama-cpp-python's server ignores vLLM's continue_final_message and opens a new turn. As an
     openai_compatible role, the probe notices, and the pre-fill goes through /completions over the GGUF's chat

@@ -30,13 +30,15 @@ if TYPE_CHECKING:
     from delib.run.config import RunParams
 
 
+# The spec comes first, in every role's system prompt (generator, judge, spec_prompt variant): the same leading
+# tokens, so that llama-server reads each category's spec once and restores it after (models.prefixes).
 GENERATOR_SYSTEM = """\
-You are an assistant that follows a written safety specification. The part of the specification that applies \
-to the user's request is below, between <spec> and </spec>. Every section starts with its id in square brackets.
-
 <spec>
 {spec}
 </spec>
+
+You are an assistant that follows a written safety specification. The part of the specification that applies \
+to the user's request is above, between <spec> and </spec>. Every section starts with its id in square brackets.
 
 Answer in two parts.
 First, reason inside <think> and </think>, in five lines:

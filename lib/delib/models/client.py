@@ -8,6 +8,7 @@ worth retrying, records what still fails, and adds its token and time totals to 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import os
 import random
@@ -29,6 +30,7 @@ from delib.models import servers
 from delib.models.batch import run_batch
 from delib.models.cache import CallCache, NoCache
 from delib.models.calls import ChatRequest, ChatResult, TokenLogprob, groups_by_first_message
+from delib.models.prefixes import PrefixStore
 from delib.models.progress import LoopThread, Tracker
 from delib.models.cache import call_key
 from delib.models.requests import add_structured, plan_call, planned_prefill, template_source
@@ -302,6 +304,15 @@ class ModelClient:
 
     # ---------------------------------------------------------------- running calls
 
+    def _slot_dir(self) -> Optional[Path]:
+        """Where llama-server keeps this model's saved prefixes (prefixes.py): beside the model-call cache, a folder
+        per model identity and server build; None without a cache or without llama-server."""
+        binary = servers.llama_server_binary()
+        if self.cache.path is None or binary is None or self._transport is not None:
+            return None
+        tag = hashlib.sha256(f"{self.model_identity}|{sha256_file(binary)}".encode()).hexdigest()[:16]
+        return Path(self.cache.path).parent / "kv" / tag
+
     def _ensure_server(self, logprobs: bool) -> None:
         """A running embedded server for this role, one that gives logprobs when a request asks for them."""
         current = self._server
@@ -310,7 +321,8 @@ class ModelClient:
         role = self.role
         adapter = resolve(role.adapter) if role.adapter else None
         self._server = servers.acquire(servers.embedded_model_path(role.model), role.model, adapter,
-                                        self.stage_dir, logprobs=logprobs, parallel=role.max_concurrency)
+                                        self.stage_dir, logprobs=logprobs, parallel=role.max_concurrency,
+                                        slot_dir=self._slot_dir())
         if current is not None:
             servers.release(current)
         if self._openai is not None and self._loop is not None:  # another server: reconnect
@@ -381,25 +393,46 @@ class ModelClient:
             workers = min(workers, self._server.parallel)
         lanes = min(SHARED_LANES, workers)
 
+        store = None
+        if self._server is not None and self._server.slot_dir is not None:
+            store = PrefixStore(self._server.slot_dir, self._server.base_url.removesuffix("/v1"))
+
         async def worker(rank: int) -> None:
             await asyncio.sleep(rank * WORKER_STAGGER_S)
+            slot = rank if store is not None else None  # each worker on its own slot: what it restores stays there
+
+            async def unit(part: list[CallPlan]) -> None:  # calls that share a first message, or one call
+                first = part[0].request.messages[0]
+                shared_text = first["content"] if store is not None and first["role"] == "system" else None
+                if shared_text:
+                    await store.restore(slot, shared_text)
+                for plan in part:
+                    if self._fatal:
+                        result = self._failure(plan, "auth", f"not sent: {self._fatal}", attempts=0)
+                    else:
+                        result = await self._call(plan, slot)
+                    results[plan.key] = result
+                    tracker.advance(1, errors=int(not result.ok))
+                if shared_text:
+                    await store.save(slot, shared_text)
+
             # the first `lanes` workers take whole groups of a shared prefix first; every worker then takes the
-            # calls alone (shared iterators: each plan is taken by exactly one worker)
-            mine = itertools.chain(itertools.chain.from_iterable(shared), alone) if rank < lanes else alone
-            for plan in mine:
-                if self._fatal:
-                    result = self._failure(plan, "auth", f"not sent: {self._fatal}", attempts=0)
-                else:
-                    result = await self._call(plan)
-                results[plan.key] = result
-                tracker.advance(1, errors=int(not result.ok))
+            # calls alone (shared iterators: each group or plan is taken by exactly one worker)
+            if rank < lanes:
+                for group in shared:
+                    await unit(group)
+            for plan in alone:
+                await unit([plan])
 
         await asyncio.gather(*(worker(rank) for rank in range(min(workers, len(plans)))))
         return results
 
-    async def _call(self, plan: CallPlan) -> ChatResult:
-        """One request to its end: retried on 429, 5xx, timeouts, dropped connections and invalid replies."""
+    async def _call(self, plan: CallPlan, slot: Optional[int] = None) -> ChatResult:
+        """One request to its end: retried on 429, 5xx, timeouts, dropped connections and invalid replies; on
+        llama-server's `slot` when given."""
         body = dict(plan.body)
+        if slot is not None:
+            body["id_slot"] = slot
         model = plan.request.response_model
         if model is not None and "response_format" in body and self._structured == "json_object":
             body.pop("response_format")  # planned before the server turned json_schema down
@@ -433,7 +466,8 @@ class ModelClient:
                 message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
                 return self._failure(plan, kind, f"{message} (after {attempts} attempts)", attempts)
             plan.spent += Usage(prompt_tokens=value["usage"]["prompt_tokens"],
-                                completion_tokens=value["usage"]["completion_tokens"])
+                                completion_tokens=value["usage"]["completion_tokens"],
+                                cached_prompt_tokens=value["usage"]["cached_tokens"])
             value["latency_s"] = time.monotonic() - started
             if model is not None:
                 try:

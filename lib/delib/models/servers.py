@@ -189,8 +189,10 @@ class EmbeddedServer(LocalServer):
 
     def __init__(self, model_path: Path, alias: str, adapter: Optional[Path] = None,
                  log_dir: Optional[Path] = None, n_threads: Optional[int] = None, n_ctx: int = N_CTX,
-                 logits_all: bool = False, parallel: int = 1, binary: Optional[Path] = None):
+                 logits_all: bool = False, parallel: int = 1, binary: Optional[Path] = None,
+                 slot_dir: Optional[Path] = None):
         super().__init__(log_dir)
+        self.slot_dir = Path(slot_dir) if slot_dir and binary else None  # llama-server's saved slots (prefixes.py)
         self.model_path, self.alias, self.adapter = Path(model_path), alias, adapter
         self.binary = binary
         self.parallel = max(1, int(parallel)) if binary else 1
@@ -228,6 +230,9 @@ class EmbeddedServer(LocalServer):
                "--cache-ram", str(CACHE_RAM_MIB)]
         if self.adapter:
             cmd += ["--lora", str(self.adapter)]
+        if self.slot_dir:
+            self.slot_dir.mkdir(parents=True, exist_ok=True)
+            cmd += ["--slot-save-path", str(self.slot_dir)]
         return cmd
 
     def healthy(self) -> bool:
@@ -290,7 +295,7 @@ def stop_process_group(proc: Optional[subprocess.Popen], wait_s: float = STOP_TI
 
 _LOCK = threading.RLock()
 _RUNNING: set[LocalServer] = set()  # every started server, for the exit and signal handlers
-_SHARED: dict[tuple, list] = {}  # (model, adapter, binary, slots, logprobs) -> [server, clients using it]
+_SHARED: dict[tuple, list] = {}  # (model, adapter, binary, slots, slot dir, logprobs) -> [server, clients using it]
 _HANDLERS_INSTALLED = False
 _WARNED_NO_BINARY = False
 
@@ -304,10 +309,10 @@ def _warn_no_binary() -> None:
 
 
 def acquire(model_path: Path, alias: str, adapter: Optional[Path], log_dir: Optional[Path],
-            logprobs: bool = False, parallel: int = 1) -> EmbeddedServer:
+            logprobs: bool = False, parallel: int = 1, slot_dir: Optional[Path] = None) -> EmbeddedServer:
     """The running server for this model and adapter (one that gives logprobs, if asked), started if there is
-    none, with `parallel` slots on llama-server; release() it when done. A server with logprobs also serves calls
-    without (llama-server: every one does)."""
+    none, with `parallel` slots on llama-server (saving slots to `slot_dir`, if given); release() it when done.
+    A server with logprobs also serves calls without (llama-server: every one does)."""
     binary = llama_server_binary()
     if binary is None and parallel > 1 and not _WARNED_NO_BINARY:
         _warn_no_binary()
@@ -315,7 +320,8 @@ def acquire(model_path: Path, alias: str, adapter: Optional[Path], log_dir: Opti
     # one server per slot count: a role gets as many slots as it asks for (requests beyond a server's slots would
     # queue against their timeout), and two roles asking for different counts run two servers
     slots = max(1, int(parallel)) if binary else 1
-    base = (str(Path(model_path).resolve()), str(Path(adapter).resolve()) if adapter else None, str(binary), slots)
+    base = (str(Path(model_path).resolve()), str(Path(adapter).resolve()) if adapter else None, str(binary), slots,
+            str(slot_dir))
     with _LOCK:
         for key in ([base + (True,)] if logprobs else [base + (False,), base + (True,)]):
             entry = _SHARED.get(key)
@@ -327,7 +333,7 @@ def acquire(model_path: Path, alias: str, adapter: Optional[Path], log_dir: Opti
                 return entry[0]
         install_handlers()
         server = EmbeddedServer(model_path, alias, adapter, log_dir, logits_all=logprobs, parallel=parallel,
-                                binary=binary).start()
+                                binary=binary, slot_dir=slot_dir).start()
         _SHARED[base + (logprobs,)] = [server, 1]
         return server
 

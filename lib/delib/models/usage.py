@@ -22,6 +22,7 @@ class Usage:
     cache_hits: int = 0
     failures: int = 0
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # of prompt_tokens, those the server did not read again (a prefix it kept)
     completion_tokens: int = 0
     wall_s: float = 0.0
 

@@ -156,7 +156,9 @@ def extract_reply(data: Any, prefill: Optional[str] = None) -> dict:
             "choices": [text_of(c) for c in data["choices"]],
             "logprobs": logprobs,
             "usage": {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
-                      "completion_tokens": int(usage.get("completion_tokens") or 0)},
+                      "completion_tokens": int(usage.get("completion_tokens") or 0),
+                      # prompt tokens the server did not read again (its prefix cache, a restored slot)
+                      "cached_tokens": int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)},
         }
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as err:
         raise MalformedReply(f"not a chat completion ({type(err).__name__}: {err})") from None
