@@ -4,6 +4,8 @@ It answers /v1/chat/completions after a set latency and, at set rates, with 429 
 (the client times out), malformed JSON, or a dropped connection. It also implements the little of /v1/files and
 /v1/batches that the Batch API path needs. /stats tells how many requests came and how often each distinct
 request body was answered successfully, so a test can prove that nothing was lost or sent again.
+With `stage_replies` its answers are good enough for the real stages to go on (a CoT and an answer for the
+generator, JSON that fits the asked-for schema for the judge); with `api_key` it answers 401 without that key.
 
 In a test:  with FaultServer(FaultConfig(rate_500=0.1)) as srv: ... srv.base_url ... srv.stats()
 Alone:      python tests/fault_server.py --latency-s 0.1 --port 0    (prints "PORT <n>", serves until killed)
@@ -15,6 +17,7 @@ import asyncio
 import hashlib
 import json
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -40,6 +43,8 @@ class FaultConfig:
     batch_polls_to_complete: int = 1  # GETs of a batch before it completes
     batch_line_error_rate: float = 0.0
     seed: int = 0
+    stage_replies: bool = False  # answer as stage_reply does (a stage can go on) rather than with an echo
+    api_key: Optional[str] = None  # answer 401 to every request without `Authorization: Bearer <api_key>`
 
 
 @dataclass
@@ -51,6 +56,7 @@ class _State:
     files: dict = field(default_factory=dict)
     batches: dict = field(default_factory=dict)
     batch_creates: int = 0
+    unauthorized: int = 0  # requests refused for a missing or wrong API key
 
 
 def body_hash(body: dict) -> str:
@@ -66,8 +72,53 @@ def reply_text(body: dict) -> str:
     return f"echo seed={body.get('seed')}: {str(last)[:60]}"
 
 
-def completion(body: dict) -> dict:
-    text = reply_text(body)
+SPEC_ID = re.compile(r"\[([a-z0-9][\w.:-]*)\]")  # a section's id, as a rendered spec shows it
+COUNT = re.compile(r"(\d+),\s*$")  # a pre-filled reply that ends in the middle of a count
+
+
+def schema_instance(schema: dict, h: str) -> object:
+    """A value that fits a JSON schema of the kind structured output asks for (objects, ints, strings, enums),
+    drawn from the hash `h`."""
+    if "enum" in schema:
+        return schema["enum"][int(h[:4], 16) % len(schema["enum"])]
+    kind = schema.get("type")
+    if kind == "object":
+        return {name: schema_instance(sub, hashlib.sha256((h + name).encode()).hexdigest())
+                for name, sub in (schema.get("properties") or {}).items()}
+    if kind in ("integer", "number"):
+        lo, hi = int(schema.get("minimum", 0)), int(schema.get("maximum", 10))
+        return lo + int(h[:4], 16) % (hi - lo + 1)
+    if kind == "boolean":
+        return int(h[:2], 16) % 2 == 0
+    return f"fake {h[:8]}"
+
+
+def stage_reply(body: dict) -> str:
+    """What a capable model would answer, from the hash of the request: JSON that fits a response_format's
+    schema; otherwise a CoT in <think> (citing the first section of the spec in the system prompt, if any) and an
+    answer, or the part of them that follows a pre-started reply (vLLM's continue_final_message)."""
+    h = body_hash(body)
+    fmt = body.get("response_format") or {}
+    schema = (fmt.get("json_schema") or {}).get("schema") or fmt.get("schema")
+    if schema:
+        return json.dumps(schema_instance(schema, h))
+    messages = body.get("messages") or []
+    system = next((m.get("content") or "" for m in messages if m.get("role") == "system"), "")
+    user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+    cited = "".join(f"[{i}]" for i in SPEC_ID.findall(system)[:1])
+    cot = (f"The user asks {str(user)[:40]!r}\nApplicable: {cited}\nReasoning: reasoning {h[:8]}\n"
+           f"Action: comply\nStyle: {cited}")
+    answer = f"Here is a short, helpful reply ({h[8:16]})."
+    prefill = (messages[-1].get("content") or "") if body.get("continue_final_message") and messages else None
+    if prefill is None:
+        return f"<think>\n{cot}\n</think>\n{answer}"
+    if count := COUNT.search(prefill):  # "1, 2, 3, 4," goes on " 5, 6, ...", as a model continuing a reply does
+        return " " + ", ".join(str(n) for n in range(int(count.group(1)) + 1, 11))
+    return answer if "</think>" in prefill else cot  # the CoT stops before </think>, as its stop string asks
+
+
+def completion(body: dict, stage_replies: bool = False) -> dict:
+    text = stage_reply(body) if stage_replies else reply_text(body)
     words = text.split() or [""]
     choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
               "logprobs": None}
@@ -92,6 +143,7 @@ class FaultServer:
         self.state = _State()
         self._rng = random.Random(config.seed)
         self._lock = threading.Lock()
+        self._in_flight = 0  # chat requests being answered (kept across resets)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._server = None
         self._thread: Optional[threading.Thread] = None
@@ -141,7 +193,13 @@ class FaultServer:
         with self._lock:
             return {"received": self.state.received, "faults": dict(self.state.faults),
                     "ok_by_body": dict(self.state.ok_by_body), "batch_creates": self.state.batch_creates,
+                    "unauthorized": self.state.unauthorized, "in_flight": self._in_flight,
                     "ok": sum(self.state.ok_by_body.values())}
+
+    def bodies(self) -> list[dict]:
+        """Every chat request body received since the last reset, in order."""
+        with self._lock:
+            return list(self.state.bodies)
 
     def reset(self) -> None:
         with self._lock:
@@ -180,8 +238,20 @@ class FaultServer:
 
     async def _route(self, method: str, path: str, headers: dict, raw: bytes, writer) -> bool:
         path = path.split("?", 1)[0]
+        key = self.config.api_key
+        if key is not None and path.startswith("/v1/") and headers.get("authorization") != f"Bearer {key}":
+            with self._lock:
+                self.state.unauthorized += 1
+            await self._send(writer, 401, {"error": {"message": "Incorrect API key provided", "type": "auth"}})
+            return True
         if path == "/v1/chat/completions" and method == "POST":
-            return await self._chat(json.loads(raw), writer)
+            with self._lock:
+                self._in_flight += 1
+            try:
+                return await self._chat(json.loads(raw), writer)
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
         if path == "/v1/models":
             await self._send(writer, 200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
         elif path == "/stats":
@@ -242,7 +312,7 @@ class FaultServer:
         elif fault == "malformed":
             await self._send(writer, 200, b'{"id": "chatcmpl-x", "choices": [{"message": ')
         else:
-            await self._send(writer, 200, completion(body))
+            await self._send(writer, 200, completion(body, cfg.stage_replies))
             with self._lock:
                 self.state.ok_by_body[body_hash(body)] += 1
         return True
@@ -285,7 +355,8 @@ class FaultServer:
                                        "error": {"code": "server_error", "message": "injected line failure"}})
                         continue
                     self.state.ok_by_body[body_hash(item["body"])] += 1
-                    response = {"status_code": 200, "request_id": "req", "body": completion(item["body"])}
+                    response = {"status_code": 200, "request_id": "req",
+                                "body": completion(item["body"], self.config.stage_replies)}
                     outputs.append({"id": "r", "custom_id": item["custom_id"], "error": None, "response": response})
                 out_id = f"file-{len(self.state.files) + 1}"
                 self.state.files[out_id] = "".join(json.dumps(o) + "\n" for o in outputs).encode()
@@ -313,7 +384,8 @@ def main() -> None:
     for name, default in asdict(FaultConfig()).items():
         if name == "status":
             continue
-        kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)
+        kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(default, bool) else \
+            str if default is None else type(default)
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default)
     args = vars(parser.parse_args())
     port = args.pop("port")
