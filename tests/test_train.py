@@ -193,6 +193,26 @@ def test_speed_goes_to_usage_for_the_manifest(tmp_path):
     assert back["loss_first"] == 1.0 and len(back_log) == 1
 
 
+def test_progress_file_says_how_far_training_got(tmp_path):
+    from transformers import TrainerState
+
+    progress = tmp_path / logs.PROGRESS_FILE
+    progress.write_text('{"step": 7, "max_steps": 7}')  # left by an earlier run of the stage
+    clock, state = logs.step_clock(progress), TrainerState(max_steps=5)
+    clock.on_train_begin(None, state, None)
+    assert json.loads(progress.read_text())["step"] == 0
+    for step in (1, 2):
+        clock.on_step_begin(None, state, None)
+        state.global_step = step
+        clock.on_step_end(None, state, None)
+    report = json.loads(progress.read_text())
+    assert (report["step"], report["max_steps"], len(clock.seconds)) == (2, 5, 2)
+    state.is_world_process_zero = False  # another process of an accelerate launch writes nothing
+    state.global_step = 3
+    clock.on_step_end(None, state, None)
+    assert json.loads(progress.read_text())["step"] == 2
+
+
 def test_no_spec_text_reaches_the_sft_set_although_the_generator_was_shown_the_spec(tmp_path, root, monkeypatch):
     """The paper's SFT data is (prompt, CoT, answer) with the spec taken out of the context: the model must learn
     the spec, not read it. Built the way stages 02-03 build it, from generation requests whose context holds the

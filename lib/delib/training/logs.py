@@ -2,7 +2,8 @@
 
 `log.jsonl` holds TRL's per-step log (loss; for RL reward, KL, completion lengths) with each step's wall time;
 `training.json` the summary (seconds per step, tokens per second, first and last loss or reward). The speed also
-goes into the stage's usage.json, the file the runner sums into the manifest.
+goes into the stage's usage.json, the file the runner sums into the manifest. While training runs, `progress.json`
+says how far it got, so that a long run can be watched and an interrupted one says where it stopped.
 """
 from __future__ import annotations
 
@@ -20,17 +21,27 @@ from delib.models.usage import Usage, add_usage
 from delib.run.figures import plt, save
 from delib.run.io import write_json_atomic
 
-LOG_FILE, SUMMARY_FILE = "log.jsonl", "training.json"
+LOG_FILE, SUMMARY_FILE, PROGRESS_FILE = "log.jsonl", "training.json", "progress.json"
 
 
-def step_clock():
-    """A transformers callback that times each optimizer step (wall seconds, in `.seconds`)."""
+def step_clock(progress: Optional[Path] = None):
+    """A transformers callback that times each optimizer step (wall seconds, in `.seconds`); with `progress`, it
+    also writes {"step", "max_steps", "seconds"} there when training starts and after every step (main process
+    only): the log files are written only at the end."""
     from transformers import TrainerCallback
 
     class StepClock(TrainerCallback):
         def __init__(self) -> None:
             self.seconds: list[float] = []
             self._t0: Optional[float] = None
+
+        def _report(self, state) -> None:
+            if progress is not None and state.is_world_process_zero:
+                write_json_atomic(progress, {"step": state.global_step, "max_steps": state.max_steps,
+                                             "seconds": round(sum(self.seconds), 2)})
+
+        def on_train_begin(self, args, state, control, **kw):
+            self._report(state)  # step 0: replaces what an earlier run of the stage left
 
         def on_step_begin(self, args, state, control, **kw):
             self._t0 = time.perf_counter()
@@ -39,6 +50,7 @@ def step_clock():
             if self._t0 is not None:
                 self.seconds.append(time.perf_counter() - self._t0)
                 self._t0 = None
+            self._report(state)
 
     return StepClock()
 

@@ -81,7 +81,7 @@ def train(params: "RunParams") -> dict:
         model, tokenizer, peft_config, lora = start_model(params)
     tokenizer.padding_side = "left"  # generation pads on the left
     (out / REWARDS_FILE).unlink(missing_ok=True)
-    clock = logs.step_clock()
+    clock = logs.step_clock(out / logs.PROGRESS_FILE)
     with ModelClient.for_run(params, params.models.judge, "judge", STAGE, progress=False) as judge:
         reward = AnswerReward(judge, rendered, r.reward_weights, params.judge.show_expected_action,
                               out / REWARDS_FILE if recipe.is_main_process() else None)

@@ -74,7 +74,7 @@ def train(params: "RunParams") -> dict:
         if not s.trl_args.get("chat_template_path"):
             weights.check_chat_template(tokenizer, base)
         model = AutoModelForCausalLM.from_pretrained(base, dtype=recipe.torch_dtype(s))
-        clock = logs.step_clock()
+        clock = logs.step_clock(out / logs.PROGRESS_FILE)
         trainer = SFTTrainer(model=model, args=recipe.sft_config(params, out / "trainer"),
                              train_dataset=sft_dataset(rows), processing_class=tokenizer,
                              peft_config=recipe.lora_config(s) if s.lora else None, callbacks=[clock])
