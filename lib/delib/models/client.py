@@ -14,6 +14,7 @@ import os
 import random
 import time
 import warnings
+from collections import deque
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence
@@ -30,7 +31,7 @@ from delib.models import servers
 from delib.models.batch import run_batch
 from delib.models.cache import CallCache, NoCache
 from delib.models.calls import ChatRequest, ChatResult, TokenLogprob, groups_by_first_message
-from delib.models.prefixes import PrefixStore
+from delib.models.prefixes import MIN_SHARED_CHARS, PrefixStore
 from delib.models.progress import LoopThread, Tracker
 from delib.models.cache import call_key
 from delib.models.requests import add_structured, plan_call, planned_prefill, template_source
@@ -376,56 +377,96 @@ class ModelClient:
         self._openai_client()
         if batch:
             plans = await self._run_batch(plans, tracker, results, poll_s, timeout_s, fallback_live)
-        if self.role.backend == "embedded":
-            # llama-server keeps each slot's KV cache but shares none between slots, and on a CPU reading a prompt
-            # is compute-bound: side by side, slots only re-read it (4 prompts of 1,750 tokens at once: 44 s, one
-            # after another: 39 s, measured). So the calls that share a first message (a spec in the system
-            # prompt) go one after another, a group on a lane (SHARED_LANES of them), where each reads only what
-            # follows the spec; calls with nothing in common (short prompts: decoding dominates) run side by side
-            # on the other slots.
-            groups = [[plans[i] for i in g] for g in groups_by_first_message([p.request for p in plans])]
-            shared = iter([g for g in groups if len(g) > 1])
-            alone = iter([g[0] for g in groups if len(g) == 1])
-        else:
-            shared, alone = iter(()), iter(plans)
         workers = self.role.max_concurrency
         if self._server is not None:  # no more in flight than the server has slots (llama-cpp-python's: 1)
             workers = min(workers, self._server.parallel)
-        lanes = min(SHARED_LANES, workers)
+        workers = min(workers, len(plans))
 
-        store = None
+        async def send(plan: CallPlan, slot: Optional[int] = None) -> None:
+            if self._fatal:
+                result = self._failure(plan, "auth", f"not sent: {self._fatal}", attempts=0)
+            else:
+                result = await self._call(plan, slot)
+            results[plan.key] = result
+            tracker.advance(1, errors=int(not result.ok))
+
         if self._server is not None and self._server.slot_dir is not None:
             store = PrefixStore(self._server.slot_dir, self._server.base_url.removesuffix("/v1"))
+            await self._fan_out(plans, store, workers, send)
+        elif self.role.backend == "embedded":
+            await self._in_lanes(plans, workers, send)
+        else:
+            queue = iter(plans)  # shared: each plan is taken by exactly one worker
+
+            async def worker(rank: int) -> None:
+                await asyncio.sleep(rank * WORKER_STAGGER_S)
+                for plan in queue:
+                    await send(plan)
+
+            await asyncio.gather(*(worker(rank) for rank in range(workers)))
+        return results
+
+    async def _fan_out(self, plans: list[CallPlan], store: PrefixStore, workers: int, send) -> None:
+        """llama-server with saved prefixes (models.prefixes): the first call of each group that shares a first
+        message (a spec in the system prompt) restores the closest saved prefix, reads the rest and saves its slot;
+        every other call of the group, on any worker, then restores that prefix and reads only what follows it. So
+        each spec is read once, and all workers decode side by side. Each worker keeps to its own slot."""
+        groups = [[plans[i] for i in g] for g in groups_by_first_message([p.request for p in plans])]
+        leaders: deque = deque()
+        followers: deque = deque()
+        ready: dict[str, asyncio.Event] = {}  # set once the group's first call has saved its prefix (or failed)
+        for group in groups:
+            first = group[0].request.messages[0]
+            text = first["content"] if first["role"] == "system" and len(first["content"]) >= MIN_SHARED_CHARS \
+                else None
+            if text is None:
+                followers.extend((plan, None) for plan in group)
+            else:
+                ready[text] = asyncio.Event()
+                leaders.append((group[0], text))
+                followers.extend((plan, text) for plan in group[1:])
+
+        async def worker(slot: int) -> None:
+            await asyncio.sleep(slot * WORKER_STAGGER_S)
+            holds = None  # the first message whose prefix this slot holds
+            while leaders or followers:
+                if leaders:
+                    plan, text = leaders.popleft()
+                    try:
+                        await store.restore(slot, text)
+                        await send(plan, slot)
+                        await store.save(slot, text)
+                    finally:
+                        ready[text].set()
+                else:
+                    plan, text = followers.popleft()
+                    if text is not None:
+                        await ready[text].wait()
+                        if holds != text:
+                            await store.restore(slot, text)
+                    await send(plan, slot)
+                holds = text
+
+        await asyncio.gather(*(worker(slot) for slot in range(workers)))
+
+    async def _in_lanes(self, plans: list[CallPlan], workers: int, send) -> None:
+        """llama-server without saved prefixes, or llama-cpp-python's server: each slot keeps its KV cache but
+        shares none, and on a CPU reading a prompt is compute-bound, so side by side slots would only re-read it
+        (4 prompts of 1,750 tokens at once: 44 s, one after another: 39 s, measured). So the calls that share a
+        first message go one after another, a group on a lane (SHARED_LANES of them), where each reads only what
+        follows it; calls with nothing in common run side by side on the other slots."""
+        groups = [[plans[i] for i in g] for g in groups_by_first_message([p.request for p in plans])]
+        shared = iter([g for g in groups if len(g) > 1])  # shared iterators: each taken by exactly one worker
+        alone = iter([g[0] for g in groups if len(g) == 1])
+        lanes = min(SHARED_LANES, workers)
 
         async def worker(rank: int) -> None:
             await asyncio.sleep(rank * WORKER_STAGGER_S)
-            slot = rank if store is not None else None  # each worker on its own slot: what it restores stays there
+            mine = itertools.chain(itertools.chain.from_iterable(shared), alone) if rank < lanes else alone
+            for plan in mine:
+                await send(plan)
 
-            async def unit(part: list[CallPlan]) -> None:  # calls that share a first message, or one call
-                first = part[0].request.messages[0]
-                shared_text = first["content"] if store is not None and first["role"] == "system" else None
-                if shared_text:
-                    await store.restore(slot, shared_text)
-                for plan in part:
-                    if self._fatal:
-                        result = self._failure(plan, "auth", f"not sent: {self._fatal}", attempts=0)
-                    else:
-                        result = await self._call(plan, slot)
-                    results[plan.key] = result
-                    tracker.advance(1, errors=int(not result.ok))
-                if shared_text:
-                    await store.save(slot, shared_text)
-
-            # the first `lanes` workers take whole groups of a shared prefix first; every worker then takes the
-            # calls alone (shared iterators: each group or plan is taken by exactly one worker)
-            if rank < lanes:
-                for group in shared:
-                    await unit(group)
-            for plan in alone:
-                await unit([plan])
-
-        await asyncio.gather(*(worker(rank) for rank in range(min(workers, len(plans)))))
-        return results
+        await asyncio.gather(*(worker(rank) for rank in range(workers)))
 
     async def _call(self, plan: CallPlan, slot: Optional[int] = None) -> ChatResult:
         """One request to its end: retried on 429, 5xx, timeouts, dropped connections and invalid replies; on
