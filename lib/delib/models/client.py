@@ -410,7 +410,9 @@ class ModelClient:
         """llama-server with saved prefixes (models.prefixes): the first call of each group that shares a first
         message (a spec in the system prompt) restores the closest saved prefix, reads the rest and saves its slot;
         every other call of the group, on any worker, then restores that prefix and reads only what follows it. So
-        each spec is read once, and all workers decode side by side. Each worker keeps to its own slot."""
+        each spec is read once, and all workers decode side by side. The first calls go on at most SHARED_LANES
+        workers, one after another: reading is compute-bound, and a later one restores what an earlier one read
+        (the categories' specs share their first half). Each worker keeps to its own slot."""
         groups = [[plans[i] for i in g] for g in groups_by_first_message([p.request for p in plans])]
         leaders: deque = deque()
         followers: deque = deque()
@@ -426,11 +428,13 @@ class ModelClient:
                 leaders.append((group[0], text))
                 followers.extend((plan, text) for plan in group[1:])
 
+        lanes = min(SHARED_LANES, workers)
+
         async def worker(slot: int) -> None:
             await asyncio.sleep(slot * WORKER_STAGGER_S)
             holds = None  # the first message whose prefix this slot holds
-            while leaders or followers:
-                if leaders:
+            while (leaders and slot < lanes) or followers:
+                if leaders and slot < lanes:
                     plan, text = leaders.popleft()
                     try:
                         await store.restore(slot, text)
