@@ -569,3 +569,17 @@ def test_a_model_served_from_a_local_folder_is_known_by_its_weights_not_its_path
     assert ask_once() == first and len(calls) == 2  # the first weights back: their replies are valid again
     named = role.model_copy(update={"model": "served-sft", "revision": "run-2"})
     assert make(answer, role=named)[0].model_identity == "served-sft@run-2"
+
+
+def test_a_resumed_run_whose_prefilled_answers_are_cached_needs_no_probe_of_a_server_that_is_down(cache):
+    msgs = [{"role": "user", "content": "Hi"}]
+    prestarted = [ChatRequest(messages=msgs, prefill="<think>\n", stop=["</think>"])]
+    role = ModelRole(backend="openai_compatible", base_url="http://127.0.0.1:9/v1", model="m", prefill="continue")
+    first, _ = make(server_that(continues=True), cache=cache, role=role)
+    first.chat(prestarted[0])
+    first.close()
+    down, transport = make(lambda body: httpx2.ConnectError("refused"), cache=cache,
+                           role=role.model_copy(update={"prefill": "auto"}))
+    assert down.unless_prestartable(prestarted, 64) == (prestarted, True)
+    assert down.chat(prestarted[0]).cached and transport.calls == []
+    down.close()

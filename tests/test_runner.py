@@ -211,8 +211,8 @@ def test_a_corrupt_cache_or_a_missing_adapter_stops_before_anything_runs(project
 
 
 def test_resume_reruns_a_stage_when_a_file_it_may_read_changes(project):
-    """The validity sets are optional (the report says when they are absent) but still part of a stage's
-    fingerprint: a changed file makes --resume run the stage again."""
+    """The validity sets are optional (the report says when they are absent) but still part of the fingerprint of
+    the stages that read them: a changed file makes --resume run stage 06 again, and not stage 01."""
     from delib.run.config import load_params
     from delib.run.runner import fingerprint
 
@@ -221,9 +221,11 @@ def test_resume_reruns_a_stage_when_a_file_it_may_read_changes(project):
     (project / "params" / "p.yaml").write_text(f"run_name: t4\nevaluate:\n  validity_xstest: {labels}\n")
     params = load_params(project / "params" / "p.yaml")
     nb = project / "notebooks" / "01_policy.ipynb"
-    before = fingerprint("01_policy", params, nb, project / "outputs" / "t4")
+    rdir = project / "outputs" / "t4"
+    before = {stage: fingerprint(stage, params, nb, rdir) for stage in ("01_policy", "06_evaluate")}
     labels.write_text("a,b\n1,3\n")
-    assert fingerprint("01_policy", params, nb, project / "outputs" / "t4") != before
+    assert fingerprint("06_evaluate", params, nb, rdir) != before["06_evaluate"]
+    assert fingerprint("01_policy", params, nb, rdir) == before["01_policy"]  # only 06-07 read them
 
 
 def test_preflight_stops_a_run_whose_server_is_down_before_anything_runs(tmp_path, root, monkeypatch, capsys):
@@ -299,3 +301,17 @@ def test_a_key_pasted_into_api_key_env_never_reaches_stderr_or_a_run_folder(proj
     captured = capsys.readouterr()
     assert "api_key_env must be the NAME of an environment variable" in captured.err
     assert secret not in captured.err + captured.out and not (project / "outputs").exists()
+
+
+@pytest.mark.pipeline
+def test_preflight_looks_only_at_the_stages_a_resumed_run_will_run(project, capsys):
+    """Every stage up to date: --resume has nothing to ask of a server that is down now."""
+    from delib.models.servers import free_port
+
+    (project / "params" / "p.yaml").write_text(
+        f"run_name: t6\nmodels:\n  generator: {{backend: openai_compatible, base_url: "
+        f"'http://127.0.0.1:{free_port()}/v1', model: m}}\n")
+    run("params/p.yaml", stages="01-02", log=lambda s: None, check=False)
+    assert cli.main(["run", "params/p.yaml", "--stages", "01-02", "--resume"]) == 0  # nothing left to run
+    assert cli.main(["run", "params/p.yaml", "--stages", "01-02", "--force"]) == 2  # stage 02 would call it
+    assert "preflight: models.generator: no server answers at" in capsys.readouterr().err

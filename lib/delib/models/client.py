@@ -196,10 +196,10 @@ class ModelClient:
                     adapter = resolve(role.adapter)
                     ident += (f"+lora@sha256:{sha256_file(adapter)[:16]}" if adapter.is_file()
                               else f"+lora:{role.adapter}")
-            elif role.revision:
-                ident += f"@{role.revision}"
             elif resolve(role.model).exists():  # weights in a local file or folder (e.g. `transformers serve`
                 ident += f"@sha256:{sha256_path(resolve(role.model))[:16]}"  # of a merged checkpoint): their hash
+            elif role.revision:
+                ident += f"@{role.revision}"
             self._identity = ident
         return self._identity
 
@@ -254,12 +254,20 @@ class ModelClient:
         pre-filled reply; otherwise each asked in one turn (no pre-fill, no stop, `max_tokens` for the whole reply:
         None, the role's) with a warning (False)."""
         requests = list(requests)
-        if not any(r.prefill is not None for r in requests) or self.prefill_mode() != "off":
-            return requests, True
+        prefilled = [r for r in requests if r.prefill is not None]
+        if not prefilled or self._all_cached(prefilled) or self.prefill_mode() != "off":
+            return requests, True  # (answered from the cache: no need to ask the server how it pre-fills)
         warnings.warn(f"models.{self.role_name} ({self.role.backend}, model {self.role.model!r}) cannot continue a "
                       "pre-started reply: each reply is asked for in one turn, the model writing its own <think>",
                       stacklevel=2)
         return [replace(r, prefill=None, stop=None, max_tokens=max_tokens) for r in requests], False
+
+    def _all_cached(self, requests: Sequence[ChatRequest]) -> bool:
+        try:
+            keys = [self._plan(r).key for r in requests]
+        except ValueError:  # a pre-fill this backend cannot plan (OpenAI): not cached either
+            return False
+        return len(self.cache.get_many(keys)) == len(set(keys))
 
     def _probed_prefill(self) -> str:
         key = call_key({"probe": "prefill continued", "model": self.model_identity, "base_url": self.role.base_url})
@@ -382,13 +390,14 @@ class ModelClient:
             workers = min(workers, self._server.parallel)
         workers = min(workers, len(plans))
 
-        async def send(plan: CallPlan, slot: Optional[int] = None) -> None:
+        async def send(plan: CallPlan, slot: Optional[int] = None) -> bool:
             if self._fatal:
                 result = self._failure(plan, "auth", f"not sent: {self._fatal}", attempts=0)
             else:
                 result = await self._call(plan, slot)
             results[plan.key] = result
             tracker.advance(1, errors=int(not result.ok))
+            return result.ok
 
         if self._server is not None and self._server.slot_dir is not None:
             store = PrefixStore(self._server.slot_dir, self._server.base_url.removesuffix("/v1"))
@@ -438,8 +447,8 @@ class ModelClient:
                     plan, text = leaders.popleft()
                     try:
                         await store.restore(slot, text)
-                        await send(plan, slot)
-                        await store.save(slot, text)
+                        if await send(plan, slot):  # a failed call may have left another prefix in the slot
+                            await store.save(slot, text)
                     finally:
                         ready[text].set()
                 else:

@@ -12,7 +12,9 @@ group. The files are keyed by the model's identity (weights, adapter, engine), b
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
+import http.client
 import json
 import os
 import threading
@@ -67,10 +69,12 @@ class PrefixStore:
     async def save(self, slot: int, text: str) -> None:
         """Keep `slot`'s KV cache, which starts with `text`, unless that first message is kept already."""
         name = hashlib.sha256(text.encode()).hexdigest()[:24] + ".bin"
-        if len(text) < MIN_SHARED_CHARS or (self.folder / name).is_file():
+        if len(text) < MIN_SHARED_CHARS or (name in self._index() and (self.folder / name).is_file()):
             return
         if await asyncio.to_thread(self._post, slot, "save", name):
-            with self._lock:  # several workers of one client save at once
+            # several workers of one client, or several processes, add entries at once
+            with self._lock, open(self.folder / f".{INDEX}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
                 write_json_atomic(self.folder / INDEX, {**self._index(), name: text})
             self.saved += 1
 
@@ -81,5 +85,5 @@ class PrefixStore:
         try:
             with urllib.request.urlopen(request, timeout=60) as r:
                 return r.status == 200
-        except OSError:  # an old file the server cannot read, a busy slot: carry on without it
-            return False
+        except (OSError, http.client.HTTPException):  # an old file the server cannot read, a busy slot, a
+            return False  # dropped connection: carry on without it

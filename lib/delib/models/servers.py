@@ -271,7 +271,7 @@ class TransformersServer(LocalServer):
         `transformers serve` is not known here to continue a pre-filled reply or to serve /completions."""
         return template.model_copy(update={"backend": "openai_compatible", "base_url": self.base_url,
                                            "model": self.folder, "adapter": None, "api_key_env": None,
-                                           "prefill": "off"})
+                                           "prefill": "off", "revision": None, "chat_template": None})
 
 
 def stop_process_group(proc: Optional[subprocess.Popen], wait_s: float = STOP_TIMEOUT_S) -> None:

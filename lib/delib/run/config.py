@@ -454,7 +454,8 @@ def injected_names(history: Any) -> list[str]:
 def from_namespace(namespace: dict) -> RunParams:
     """Validate the parameters a notebook received (its globals after the parameters cell). A name that papermill
     injected (`papermill -p KEY ...` or `-f params.yaml`) and that is not a parameter is refused, one line a name."""
-    unknown = [n for n in dict.fromkeys(injected_names(namespace.get("In"))) if n not in PARAM_NAMES]
+    unknown = [n for n in dict.fromkeys(injected_names(namespace.get("In")))
+               if n not in PARAM_NAMES and not n.startswith("PAPERMILL_")]  # --inject-paths adds PAPERMILL_*
     if unknown:
         raise ParamsError("\n".join(f"notebook parameters: {n}: unknown key" + _did_you_mean(n, PARAM_NAMES)
                                      for n in unknown))

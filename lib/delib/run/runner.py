@@ -23,7 +23,7 @@ from delib.run.io import hash_tree, sha256_file, write_json_atomic
 from delib.run.manifest import Manifest, now
 from delib.run.paths import project_root, resolve, run_dir
 from delib.run.preflight import preflight
-from delib.run.stages import STAGE_SECTION, STAGES, USAGE_FILE
+from delib.run.stages import ANALYSIS, EVALUATE, STAGE_SECTION, STAGES, USAGE_FILE
 
 DONE_MARKER = "_done.json"
 # The params section each stage owns; a stage's fingerprint leaves out the sections of the others.
@@ -115,7 +115,7 @@ def fingerprint(stage: str, params: RunParams, notebook: Path, rdir: Path) -> st
         if other_stage != stage:
             relevant.pop(section)
     h.update(json.dumps(relevant, sort_keys=True).encode())
-    for _, f in named_files(params, optional=True):
+    for _, f in named_files(params, optional=stage in (EVALUATE, ANALYSIS)):  # the validity sets: read by 06-07
         h.update(str(f).encode())
         h.update(sha256_file(f).encode() if f.is_file() else b"missing")
     for upstream in STAGES[: STAGES.index(stage)]:
@@ -182,6 +182,18 @@ def _describe_failure(err: Exception) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+def _stages_to_run(params: RunParams, selected: list[str], notebooks_dir: Path, rdir: Path, resume: bool
+                   ) -> list[str]:
+    """The selected stages from the first one that is not up to date (all of them unless resuming): what the
+    preflight check has to look at."""
+    if not resume or not (rdir / "manifest.json").is_file():
+        return selected
+    for i, stage in enumerate(selected):
+        if not is_up_to_date(stage, fingerprint(stage, params, notebooks_dir / f"{stage}.ipynb", rdir), rdir):
+            return selected[i:]
+    return []
+
+
 def run(params_file: str | Path, stages: Optional[str] = None, resume: bool = False, force: bool = False,
         notebooks_dir: Optional[Path] = None, log: Callable[[str], None] = print,
         command: Optional[Sequence[str]] = None, check: bool = True) -> Path:
@@ -202,12 +214,12 @@ def run(params_file: str | Path, stages: Optional[str] = None, resume: bool = Fa
         if not (notebooks_dir / f"{stage}.ipynb").is_file():
             raise UsageError(f"notebook for stage {stage} not found: {notebooks_dir / (stage + '.ipynb')}")
 
+    rdir = run_dir(params)
     if check:
-        problems = preflight(params, selected)
+        problems = preflight(params, _stages_to_run(params, selected, notebooks_dir, rdir, resume and not force))
         if problems:
             raise UsageError("\n".join(f"preflight: {p}" for p in problems) +
                              "\n(nothing was run; --no-preflight skips these checks)")
-    rdir = run_dir(params)
     _check_writable(rdir.parent)
     if (rdir / "manifest.json").exists() and not (resume or force):
         raise UsageError(f"run folder {rdir} already exists: pass --resume to continue it, --force to re-run "
