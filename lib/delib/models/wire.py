@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 import httpx2
@@ -66,20 +65,6 @@ def scrub_secret(text: str, secret: Optional[str]) -> str:
     if secret:
         text = text.replace(secret, "***")
     return _KEY_LIKE.sub("***", text)
-
-
-def read_dotenv(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines of a .env file (quotes stripped, comments and `export` ignored)."""
-    if not path.is_file():
-        return {}
-    values = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        name, value = line.removeprefix("export ").split("=", 1)
-        values[name.strip()] = value.strip().strip("'\"")
-    return values
 
 
 def retry_after_s(exc: Exception) -> Optional[float]:

@@ -96,3 +96,17 @@ def clip(text: Any, width: int) -> str:
     """`text` on one line (runs of white space folded), cut to `width` characters with an ellipsis."""
     one_line = " ".join(str(text or "").split())
     return one_line if len(one_line) <= width else one_line[: width - 1] + "…"
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a .env file (quotes stripped, comments and `export` ignored)."""
+    if not path.is_file():
+        return {}
+    values = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        name, value = line.removeprefix("export ").split("=", 1)
+        values[name.strip()] = value.strip().strip("'\"")
+    return values

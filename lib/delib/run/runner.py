@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -95,12 +96,12 @@ def check_named_files(params: RunParams, params_file: Path) -> None:
     problems = [f"{where(loc)}: file not found: {path}" for loc, path in named_files(params) if not path.is_file()]
     cache = resolve(params.cache.path)
     if params.cache.enabled and cache.exists():
-        from delib.models.cache import CacheError, CallCache  # late: only when a cache is there to open
-
         try:
-            CallCache(cache).close()
-        except CacheError as err:
-            problems.append(f"{where(('cache', 'path'))}: {err}")
+            with closing(sqlite3.connect(cache)) as db:
+                db.execute("PRAGMA schema_version")  # reads the header: fails on a file that is not a database
+        except sqlite3.DatabaseError as err:
+            problems.append(f"{where(('cache', 'path'))}: {cache}: the model-call cache is not a readable sqlite "
+                            f"database ({err}): move it aside, or point cache.path at a new file")
     if problems:
         raise ParamsError("\n".join(problems))
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 import typing_extensions
 
-from delib.models.wire import read_dotenv
+from delib.run.io import read_dotenv
 from delib.run import stages
 from delib.run.config import ModelRole
 from delib.run.io import write_json_atomic
