@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import random
 import time
 import warnings
@@ -49,7 +48,7 @@ from delib.models.wire import (
     retry_after_s,
     scrub_secret,
 )
-from delib.run.io import read_dotenv, sha256_file, sha256_path
+from delib.run.io import env_value, sha256_file, sha256_path
 from delib.run.paths import project_root, resolve
 from delib.run.paths import run_dir as run_folder
 
@@ -256,17 +255,17 @@ class ModelClient(PrefillMixin):
         role = self.role
         if role.backend == "embedded" or self._transport is not None:
             return "sk-embedded-no-key"
-        var = role.api_key_env or ("OPENAI_API_KEY" if role.backend == "openai" else None)
+        var = role.key_env
         if var is None:
             return "sk-no-key"  # a local server without auth (vLLM, Ollama, llama.cpp)
-        key = os.environ.get(var) or read_dotenv(self._env_file).get(var)
+        key = env_value(var, self._env_file)
         if not key:
             raise ModelAuthError(f"no API key for role {self.role_name!r}: set the environment variable {var} "
                                  f"(or put `{var}=...` in {self._env_file})")
         return key
 
     def _auth_message(self, exc: Exception) -> str:
-        var = self.role.api_key_env or ("OPENAI_API_KEY" if self.role.backend == "openai" else None)
+        var = self.role.key_env
         fix = (f"set the environment variable {var} to a valid key (or put it in {self._env_file})" if var else
                f"set models.{self.role_name}.api_key_env in params to the name of the variable holding the key")
         status = getattr(exc, "status_code", "")

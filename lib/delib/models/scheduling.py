@@ -69,6 +69,7 @@ async def fan_out(plans: list[CallPlan], store: PrefixStore, workers: int, send:
 
     await asyncio.gather(*(worker(slot) for slot in range(workers)))
 
+
 async def in_lanes(plans: list[CallPlan], workers: int, send: Send) -> None:
     """llama-server without saved prefixes, or llama-cpp-python's server: each slot keeps its KV cache but
     shares none, and on a CPU reading a prompt is compute-bound, so side by side slots would only re-read it

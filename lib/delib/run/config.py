@@ -67,6 +67,11 @@ class ModelRole(_Strict):
     prefill: Literal["auto", "continue", "template", "off"] = "auto"
     chat_template: Optional[str] = None  # a GGUF file or Hugging Face folder whose chat template `template` renders
 
+    @property
+    def key_env(self) -> Optional[str]:
+        """The environment variable that holds this role's API key (None: a local server without one)."""
+        return self.api_key_env or ("OPENAI_API_KEY" if self.backend == "openai" else None)
+
     @model_validator(mode="after")
     def _backend_needs(self) -> "ModelRole":
         if self.backend == "openai_compatible" and not self.base_url:

@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 _FILE_DIGESTS: dict[tuple, str] = {}
 
@@ -110,3 +110,8 @@ def read_dotenv(path: Path) -> dict[str, str]:
         name, value = line.removeprefix("export ").split("=", 1)
         values[name.strip()] = value.strip().strip("'\"")
     return values
+
+
+def env_value(var: str, env_file: Path) -> Optional[str]:
+    """A variable from the environment, else from the .env file; None when neither has it."""
+    return os.environ.get(var) or read_dotenv(env_file).get(var)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Iterator, Optional, Sequence
 
 from delib.run import stages as st
 from delib.run.config import ModelRole, RunParams
-from delib.run.io import read_dotenv
+from delib.run.io import env_value
 from delib.run.paths import embedded_model_path, project_root
 
 TIMEOUT_S = 10.0
@@ -36,10 +35,6 @@ def roles_called(params: RunParams, stages: Sequence[str]) -> Iterator[tuple[str
     if st.EVALUATE in stages:
         for name, role in params.evaluate.extra_models.items():
             yield f"evaluate.extra_models.{name}", role
-
-
-def _key(var: Optional[str], env_file: Path) -> Optional[str]:
-    return (os.environ.get(var) or read_dotenv(env_file).get(var)) if var else None
 
 
 def _get(url: str, key: Optional[str]) -> tuple[Optional[int], Optional[dict], str]:
@@ -66,8 +61,8 @@ def check_role(where: str, role: ModelRole, env_file: Path) -> list[str]:
         except FileNotFoundError as err:
             return [f"{where}: {err}"]
         return []
-    var = role.api_key_env or ("OPENAI_API_KEY" if role.backend == "openai" else None)
-    key = _key(var, env_file)
+    var = role.key_env
+    key = env_value(var, env_file) if var else None
     if var and not key:
         return [f"{where}: no API key: set the environment variable {var} (or put `{var}=...` in {env_file})"]
     base = (role.base_url or OPENAI_URL).rstrip("/")
@@ -106,12 +101,12 @@ def check_machine(params: RunParams, stages: Sequence[str]) -> list[str]:
         if stage not in stages:
             continue
         if p.backend == "openai":
-            if not _key("OPENAI_API_KEY", project_root() / ".env"):
+            if not env_value("OPENAI_API_KEY", project_root() / ".env"):
                 problems.append(f"{section}.backend: openai fine-tuning needs the environment variable OPENAI_API_KEY")
             continue
-        if p.num_processes > 1 and cuda_devices() < p.num_processes:
+        if p.num_processes > 1 and (gpus := cuda_devices()) < p.num_processes:
             problems.append(f"{section}.num_processes: {p.num_processes} processes need as many GPUs; torch sees "
-                            f"{cuda_devices()} here")
+                            f"{gpus} here")
         if p.deepspeed and importlib.util.find_spec("deepspeed") is None:
             problems.append(f"{section}.deepspeed: configured, but the deepspeed package is not installed "
                             "(pip install deepspeed)")

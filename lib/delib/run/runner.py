@@ -91,7 +91,8 @@ def check_named_files(params: RunParams, params_file: Path) -> None:
 
     def where(loc: tuple) -> str:
         line = key_line(root, loc)
-        return f"{params_file}:{line}: {'.'.join(map(str, loc))}" if line else f"{params_file}: {'.'.join(map(str, loc))}"
+        prefix = f"{params_file}:{line}" if line else str(params_file)
+        return f"{prefix}: {'.'.join(map(str, loc))}"
 
     problems = [f"{where(loc)}: file not found: {path}" for loc, path in named_files(params) if not path.is_file()]
     cache = resolve(params.cache.path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections.abc
 import datetime as dt
 import json
-import os
 import time
 import types
 import typing
@@ -20,7 +19,7 @@ from typing import Any, Callable, Optional
 
 import typing_extensions
 
-from delib.run.io import read_dotenv
+from delib.run.io import env_value
 from delib.run import stages
 from delib.run.config import ModelRole
 from delib.run.io import write_json_atomic
@@ -193,7 +192,7 @@ def validate_training_file(path: Path, method: str) -> tuple[int, list[str]]:
 
 def api_key(env_var: str = "OPENAI_API_KEY", env_file: Optional[Path] = None) -> Optional[str]:
     """The key from the environment or the project's .env, or None."""
-    return os.environ.get(env_var) or read_dotenv(env_file or project_root() / ".env").get(env_var)
+    return env_value(env_var, env_file or project_root() / ".env")
 
 
 def submit(payload: dict, training_path: Path, client, poll_s: float = 30.0, timeout_s: float = 24 * 3600,
