@@ -100,9 +100,10 @@ def check_machine(params: RunParams, stages: Sequence[str]) -> list[str]:
         p = getattr(params, section)
         if stage not in stages:
             continue
-        if p.backend == "openai":
-            if not env_value("OPENAI_API_KEY", project_root() / ".env"):
-                problems.append(f"{section}.backend: openai fine-tuning needs the environment variable OPENAI_API_KEY")
+        if p.backend == "openai":  # the key openai_ft submits with: the policy's variable, else OPENAI_API_KEY
+            var = params.models.policy.api_key_env or "OPENAI_API_KEY"
+            if not env_value(var, project_root() / ".env"):
+                problems.append(f"{section}.backend: openai fine-tuning needs the environment variable {var}")
             continue
         if p.num_processes > 1 and (gpus := cuda_devices()) < p.num_processes:
             problems.append(f"{section}.num_processes: {p.num_processes} processes need as many GPUs; torch sees "
