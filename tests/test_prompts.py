@@ -103,3 +103,64 @@ def test_default_prompt_set(root):
     assert df["level"].notna().all()  # every prompt names the level that applies (its action checked on load)
     leaks = near_duplicates(df[df.split == "train"], df[df.split == "eval"])
     assert leaks.empty, leaks[["train_prompt", "eval_prompt"]].to_string()
+
+
+ALIASED = """---
+actions: {help: comply, decline: refuse}
+categories:
+  pets:
+    sections: [pets]
+    levels:
+      - {name: A, action: help, section: pets-a}
+      - {name: B, action: decline, section: pets-b}
+style: {}
+---
+# Pets {#pets}
+About pets.
+## A {#pets-a}
+Care. **Action: help.**
+## B {#pets-b}
+Harm. **Action: decline.**
+"""
+
+
+def test_a_missing_expected_action_is_the_levels_and_the_specs_own_action_words_are_read(tmp_path):
+    (tmp_path / "spec.md").write_text(ALIASED)
+    spec = load_spec(tmp_path / "spec.md")
+    f = tmp_path / "p.csv"
+    f.write_text("id,prompt,category,expected_action,split,level\n1,x,pets,,train,B\n2,y,pets,help,eval,\n"
+                 "3,z,pets,decline,eval,pets-b\n")
+    df = load_prompt_set(f, spec=spec)
+    assert df["expected_action"].tolist() == ["refuse", "comply", "refuse"]
+    assert df["action_source"].tolist() == ["level", "file", "file"]
+    f.write_text("id,prompt,category,split\n1,x,pets,train\n")
+    with pytest.raises(PromptSetError) as e:
+        load_prompt_set(f, spec=spec)
+    assert str(e.value).startswith(f"{f}:2: no expected_action and no level")
+
+
+def test_rows_without_a_split_get_a_seeded_split_stratified_by_category_and_action(tmp_path):
+    from delib.policy.prompts import load_prompt_sets
+    from delib.run.config import PromptSetParams
+    rows = [(f"{c}{a}{i}", c, a) for c in "xy" for a in ("comply", "refuse") for i in range(6)]
+    f, g = tmp_path / "p.csv", tmp_path / "reversed.csv"
+    f.write_text("id,prompt,category,expected_action\n" + "".join(f"{i},q {i},{c},{a}\n" for i, c, a in rows))
+    g.write_text("id,prompt,category,expected_action\n" + "".join(f"{i},q {i},{c},{a}\n" for i, c, a in rows[::-1]))
+    df = load_prompt_sets([PromptSetParams(path=str(f))], seed=3, eval_share=0.5)
+    assert (df["split_source"] == "seeded").all()
+    assert df.groupby(["category", "expected_action"])["split"].apply(lambda s: (s == "eval").sum()).tolist() == [3] * 4
+    again = load_prompt_sets([PromptSetParams(path=str(g))], seed=3, eval_share=0.5)
+    assert dict(zip(df["id"], df["split"])) == dict(zip(again["id"], again["split"]))  # file order does not matter
+    other = load_prompt_sets([PromptSetParams(path=str(f))], seed=4, eval_share=0.5)
+    assert dict(zip(df["id"], df["split"])) != dict(zip(other["id"], other["split"]))
+    quarter = load_prompt_sets([PromptSetParams(path=str(f))], seed=3, eval_share=0.25)
+    assert (quarter["split"] == "eval").sum() == 6
+
+
+def test_a_split_in_the_file_is_kept(tmp_path):
+    f = tmp_path / "p.csv"
+    f.write_text("id,prompt,category,expected_action,split\n1,x,c,comply,train\n2,y,c,comply,\n")
+    from delib.policy.prompts import load_prompt_sets
+    from delib.run.config import PromptSetParams
+    df = load_prompt_sets([PromptSetParams(path=str(f))], seed=0, eval_share=1.0)
+    assert df["split"].tolist() == ["train", "eval"] and df["split_source"].tolist() == ["file", "seeded"]

@@ -192,3 +192,11 @@ def test_judge_summary_interval_follows_the_level():
     narrow = report.judge_summary(scored, 5.0, 500, 0, confidence=0.5)["final_score"]
     assert wide["lo"] < narrow["lo"] <= narrow["mean"] <= narrow["hi"] < wide["hi"]
     assert findings.percent(0.95) == "95%" and findings.percent(0.975) == "97.5%"
+
+
+def test_the_headline_holds_each_categorys_style_metric_that_the_run_has_whatever_the_spec_calls_it():
+    from delib.evaluation.reading import headline
+    present = ["not_unsafe", "style_safe_completion[wellbeing]", "style_safe_completion[lab_safety]",
+               "style_safe_completion", "citation_accuracy", "cot_tokens"]
+    assert headline(present) == ["not_unsafe", "style_safe_completion[lab_safety]", "style_safe_completion[wellbeing]",
+                                 "citation_accuracy"]

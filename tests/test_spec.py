@@ -1,4 +1,5 @@
 """The spec format: ids, slugs, the mapping, errors with file and line, and spec_for_category."""
+import re
 import textwrap
 
 import pytest
@@ -75,7 +76,8 @@ def test_slug():
 def test_mapping_and_summaries(spec):
     assert spec.categories["violence"].summary == "Violence in brief."
     assert spec.categories["fraud"].summary == "Fraud intro."  # default: first paragraph
-    assert spec.categories["violence"].levels[0] == {"name": "V0", "action": "comply", "section": "violence-v0"}
+    assert spec.categories["violence"].levels[0] == {"name": "V0", "action": "comply", "section": "violence-v0",
+                                                     "said": "comply"}
     owner = spec.section_category()
     assert owner["violence-v0"] == "violence" and owner["fraud-style"] == "fraud" and "comply" not in owner
 
@@ -103,6 +105,10 @@ def test_spec_for_category_shows_own_full_text_and_all_summaries(spec):
     ("---\ncategories:\n  c: {sections: [a]}\nstyle:\n  refuse: [a]\n  comply: [zz]\n---\n# A\nbody\n", "s.md:6: style.comply: no section has id 'zz'"),
     ("---\ncategories:\n  c:\n    sections: [a]\n    levels: [{name: L, action: ignore}]\n---\n# A\nbody\n", "s.md:5: categories.c.levels.0.action"),
     ("---\ncategorys: {}\n---\n# A\nbody\n", "s.md:2: categorys: unknown key"),
+    ("---\nactions: {nah: refuse}\ncategories:\n  c:\n    sections: [a]\n    levels: [{name: L, action: nope}]\n---\n# A\nbody\n",
+     "s.md:6: categories.c.levels.0.action: unknown action 'nope' (known: comply, refuse, safe_complete, nah;"),
+    ("---\nactions:\n  refuse: refuse\n---\n# A\nbody\n", "s.md:3: actions.refuse: 'refuse' is already an action"),
+    ("---\nactions:\n  deny: block\n---\n# A\nbody\n", "s.md:3: actions.deny: Input should be"),
 ])
 def test_errors_name_file_and_line(text, message):
     with pytest.raises(SpecError) as e:
@@ -170,3 +176,36 @@ def test_categories_share_everything_before_their_own_policy(spec, root):
         shared = texts[0][:texts[0].index("## Policy for")]
         assert all(t.startswith(shared) for t in texts)
         assert len(shared) > 0.4 * len(texts[0])  # most of the text: summaries and style guidelines
+
+
+def test_a_specs_own_action_words_map_to_ours_and_show_beside_them():
+    s = parse_spec("---\nactions: {decline: refuse, help: comply}\ncategories:\n  c:\n    sections: [a]\n"
+                   "    levels: [{name: L0, action: help}, {name: L1, action: decline}]\n---\n# A {#a}\nbody\n", "s.md")
+    assert [lv["action"] for lv in s.categories["c"].levels] == ["comply", "refuse"]
+    assert s.action("decline") == "refuse" and s.action("refuse") == "refuse" and s.action("maybe") is None
+    assert "Levels and actions: L0 -> help (comply); L1 -> decline (refuse)" in spec_for_category(s, "c")
+
+
+def test_a_categorys_style_checks_are_read_and_an_unknown_proposition_is_named_with_its_line():
+    from delib.judging import graders
+    text = ("---\ncategories:\n  c:\n    sections: [a]\n    checks:\n      safe_complete: {provides_resources: true,\n"
+            "                      disclaimer: [false, 0.5]}\n      refuse:\n        apologises_nicely: true\n"
+            "reference_figures: {'style_safe_completion[c]': 'o1 0.9'}\n---\n# A {#a}\nbody\n")
+    s = parse_spec(text, "s.md")
+    assert s.categories["c"].checks["safe_complete"] == {"provides_resources": [True, 2.0], "disclaimer": [False, 0.5]}
+    assert graders.spec_checks(s, "c", "safe_complete")["disclaimer"] == [False, 0.5]
+    assert graders.spec_checks(s, "c", "comply") == {} and graders.spec_checks(s, "other", "refuse") == {}
+    assert s.reference_figures == {"style_safe_completion[c]": "o1 0.9"}
+    from delib.policy.spec import Spec
+    assert Spec.from_dict(s.to_dict()).categories["c"].checks == s.categories["c"].checks
+    with pytest.raises(ValueError) as e:
+        graders.check_spec_checks(s)
+    assert str(e.value).startswith("s.md:9: categories.c.checks.refuse.apologises_nicely: unknown proposition")
+
+
+def test_no_category_of_the_default_spec_is_named_in_the_library(root):
+    """Everything category-specific comes from the spec: the graders, metrics and report name none of its ids."""
+    ids = list(load_spec(root / "specs" / "default" / "spec.md").categories)
+    quoted = re.compile("|".join(rf"[\"'\[]{c}[\"'\]]" for c in ids))  # as a string or a metric's [category]
+    named = [(p.relative_to(root), m.group()) for p in (root / "lib").rglob("*.py") for m in quoted.finditer(p.read_text())]
+    assert named == []

@@ -7,7 +7,7 @@ from typing import Sequence
 import pandas as pd
 
 from delib.evaluation.metrics import fmt, fmt_diff
-from delib.evaluation.reading import HEADLINE, not_available
+from delib.evaluation.reading import HEADLINE, headline, not_available
 
 
 def percent(confidence: float) -> str:
@@ -39,6 +39,7 @@ def findings(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame,
     for line in not_available(variants):
         out.append(f"Not evaluated: {line}. No number is reported for it.")
     out += verdict(metrics, diffs, variants, info.get("baseline", "base"))
+    keys = headline([*metrics.get("key", ()), *diffs.get("key", ())], keys)
     m = metrics[metrics["key"].isin(keys)]
     for key in [k for k in keys if k in set(m["key"])]:
         rows = m[m["key"] == key].dropna(subset=["value"])

@@ -41,16 +41,18 @@ def answered_safely(action: str, refusal: str, expected_action: Optional[str]) -
 
 def grade_answer(prompt: str, text: Optional[str], finish_reason: Optional[str], category: Optional[str],
                  expected_action: Optional[str], spec_ids: Iterable[str], section_category: dict[str, str],
-                 style_threshold: float, level_section: Optional[str] = None) -> dict:
+                 style_threshold: float, level_section: Optional[str] = None, style_checks: Optional[dict] = None
+                 ) -> dict:
     """Every rule-decided fact about one answer that the metrics need. `level_section`: the section of the level
-    that applies to the prompt (its `level` in the prompt set), when known."""
+    that applies to the prompt (its `level` in the prompt set), when known; `style_checks`: the category's own
+    style checks for the expected action, from the spec (`graders.spec_checks`)."""
     parsed = split_answer(text, finish_reason, spec_ids)
     raw = (text or "").strip()
     cut_in_cot = finish_reason == "length" and THINK_OPEN in raw and THINK_CLOSE not in raw  # no answer at all
     props = graders.grade_propositions(prompt, parsed.answer)
     typed = graders.type_response(prompt, parsed.answer, props)  # read from the refusal class
     refusal, action = typed.refusal.label, typed.action
-    style = graders.style_score(expected_action, props, category) if expected_action else None
+    style = graders.style_score(expected_action, props, style_checks) if expected_action else None
     cited_categories = [section_category.get(c, "") for c in parsed.cited]
     return {
         "cot": parsed.cot, "answer": parsed.answer, "cited": parsed.cited, "cited_categories": cited_categories,
@@ -100,7 +102,8 @@ def answers_table(variant: Variant, prompts: pd.DataFrame, results: Sequence["Ch
                 "latency_s": round(res.latency_s, 3) if res.ok else None}
         applicable = (spec.level(category, level) or {}).get("section")
         graded = (grade_answer(p["prompt"], res.text, res.finish_reason, category, p["expected_action"],
-                               spec.sections, owner, style_threshold, applicable) if res.ok else {})
+                               spec.sections, owner, style_threshold, applicable,
+                               graders.spec_checks(spec, category, p["expected_action"])) if res.ok else {})
         rows.append({**base, **graded})
     return pd.DataFrame(rows)
 

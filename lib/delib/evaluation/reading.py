@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
@@ -15,9 +15,22 @@ from delib.run import stages
 EVAL = stages.EVALUATE
 
 
-HEADLINE = ("not_unsafe", "not_overrefuse", "correct_action", "unclear", "truncated", "style_hard_refusal", "style_safe_completion[self_harm]",
-            "style_safe_completion[regulated_advice]", "citation_accuracy", "format_adherence", "answered",
+# A key ending in [*] stands for its per-category keys (one per category of the run's spec): `headline`.
+HEADLINE = ("not_unsafe", "not_overrefuse", "correct_action", "unclear", "truncated", "style_hard_refusal",
+            "style_safe_completion[*]", "citation_accuracy", "format_adherence", "answered",
             "xstest_not_overrefuse", "xstest_not_unsafe", "strongreject_goodness@0.1")
+
+
+def headline(present: Iterable[str], keys: Sequence[str] = HEADLINE) -> list[str]:
+    """The keys of `keys` that `present` holds, in order; "name[*]" becomes every "name[...]" present, sorted."""
+    present = set(present)
+    out: list[str] = []
+    for k in keys:
+        if k.endswith("[*]"):
+            out += sorted(p for p in present if p.startswith(k[:-2]) and p.endswith("]"))
+        elif k in present:
+            out.append(k)
+    return out
 
 
 RETRIEVAL = ("citation_accuracy[refuse]", "citation_accuracy[safe_complete]", "citation_accuracy[comply]")
@@ -30,9 +43,9 @@ VALIDITY_FILE = "grader_validity.json"  # the rule graders against human labels 
 
 
 # The paper's figures, for scale (MISSION.md): o1 / GPT-4o. Not comparable with a 135M model on our prompts.
+# Per-category figures come from the spec (`reference_figures` in its mapping): categories are the spec's.
 PAPER = {"xstest_not_overrefuse": "GPT-4o 0.88, o1 0.93", "strongreject_goodness@0.1": "GPT-4o 0.37, o1 0.88",
-         "style_hard_refusal": "GPT-4o 0.72, o1 0.79", "style_safe_completion[self_harm]": "GPT-4o 0.04, o1 0.92",
-         "style_safe_completion[regulated_advice]": "GPT-4o 0.28, o1 0.65"}
+         "style_hard_refusal": "GPT-4o 0.72, o1 0.79"}
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
@@ -52,7 +65,15 @@ def load_evaluation(run_dir: Path) -> dict[str, Any]:
             "definitions": read("definitions.csv"), "xstest_answers": _read_jsonl(d / "xstest_answers.jsonl"),
             "strongreject_answers": _read_jsonl(d / "strongreject_answers.jsonl"),
             "info": json.loads((d / "evaluation.json").read_text()) if (d / "evaluation.json").is_file() else {},
-            "validity": json.loads((d / VALIDITY_FILE).read_text()) if (d / VALIDITY_FILE).is_file() else {}}
+            "validity": json.loads((d / VALIDITY_FILE).read_text()) if (d / VALIDITY_FILE).is_file() else {},
+            "reference_figures": reference_figures(run_dir)}
+
+
+def reference_figures(run_dir: Path) -> dict[str, str]:
+    """Published figures to show beside the metrics: ours (PAPER) and those the run's spec names."""
+    spec = Path(run_dir) / stages.POLICY / "spec.json"
+    own = json.loads(spec.read_text()).get("reference_figures", {}) if spec.is_file() else {}
+    return {**PAPER, **own}
 
 
 def stage_times(run_dir: Path) -> pd.DataFrame:
@@ -93,12 +114,13 @@ def judge_outputs(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def headline_table(metrics: pd.DataFrame, keys: Sequence[str] = HEADLINE, n: bool = False) -> pd.DataFrame:
     """Variants as rows, the headline metrics as columns, "value [lo, hi]"."""
-    return wide_table(metrics, [k for k in keys if k in set(metrics["key"])], n=n)
+    return wide_table(metrics, headline(metrics["key"], keys), n=n)
 
 
 def differences_table(diffs: pd.DataFrame, keys: Sequence[str] = HEADLINE) -> pd.DataFrame:
     """Paired differences "diff [lo, hi]" (with * when the interval excludes 0), one row per comparison."""
-    d = diffs[diffs["key"].isin(keys)]
+    keys = headline(diffs["key"] if "key" in diffs else (), keys)
+    d = diffs[diffs["key"].isin(keys)] if keys else pd.DataFrame()
     if d.empty:
         return pd.DataFrame()
     cells = [fmt_diff(x, lo, hi) + (" *" if s else "") for x, lo, hi, s in

@@ -15,7 +15,8 @@ import pandas as pd
 from delib.evaluation.findings import caveats, percent
 from delib.evaluation.llm_grading import agreement
 from delib.evaluation.metrics import bootstrap_weights, wide_table
-from delib.evaluation.reading import COST, EVAL, HEADLINE, PAPER, RETRIEVAL, differences_table, headline_table
+from delib.evaluation.reading import (COST, EVAL, HEADLINE, PAPER, RETRIEVAL, differences_table, headline,
+                                      headline_table)
 from delib.run.io import write_json_atomic
 
 
@@ -103,7 +104,7 @@ def comparison_table(table: pd.DataFrame, keys: Sequence[str] = HEADLINE) -> pd.
     if t.empty:
         return pd.DataFrame()
     t = t.assign(variant=t["run"] + " / " + t["variant"])
-    return wide_table(t, [k for k in keys if k in set(t["key"])])
+    return wide_table(t, headline(t["key"], keys))
 
 
 def resolve_runs(names: Sequence[str], outputs_dir: Path) -> list[Path]:
@@ -167,8 +168,8 @@ def report_sections(run: str, ev: dict, figures: dict[str, Path], found: Sequenc
     the models were made, what it cost, and what to keep in mind."""
     m, d, variants, info = ev["metrics"], ev["differences"], ev["variants"], ev["info"]
     pct = percent(info.get("confidence", 0.95))
-    paper = pd.DataFrame([{"metric": k, "paper (for scale, not comparable)": v} for k, v in PAPER.items()
-                          if k in set(m["key"])])
+    paper = pd.DataFrame([{"metric": k, "paper (for scale, not comparable)": v}
+                          for k, v in ev.get("reference_figures", PAPER).items() if k in set(m["key"])])
     shown = variants[["variant", "label", "model", "system_prompt", "available", "reason"]] if not variants.empty \
         else variants
     cost = wide_table(m, [k for k in COST if k in set(m["key"])]) if not m.empty else pd.DataFrame()

@@ -26,7 +26,8 @@ def load_inputs(params: RunParams) -> tuple[Spec, pd.DataFrame]:
     if not spec.categories:
         raise ValueError(f"{spec.source}: the spec has no category mapping (front matter or spec.mapping); "
                          "every prompt needs a category of the spec")
-    prompts = load_prompt_sets(params.prompts.sets, spec, resolve)
+    prompts = load_prompt_sets(params.prompts.sets, spec, resolve, seed=params.seed,
+                               eval_share=params.prompts.eval_share)
     return spec, prompts
 
 
@@ -52,7 +53,7 @@ def render_all(spec: Spec) -> dict[str, dict]:
     out = {}
     for cid in spec.categories:
         text = spec_for_category(spec, cid)
-        out[cid] = {"text": text, "tokens": count_tokens(text)}
+        out[cid] = {"text": text, "tokens": count_tokens(text), "checks": spec.categories[cid].checks}
     return out
 
 

@@ -1,13 +1,16 @@
 """Stage 01 (policy): category-labelled prompt sets, from CSV or JSONL, and the XSTest benchmark.
 
-Every prompt carries a category (so the generator can be shown `spec_for_category`), an expected action
-(comply, refuse, safe_complete) and a split (train, eval); optionally the level of its category that applies
-(`level`: the level's name or its section id in the spec's mapping), which citation accuracy is measured against.
-Errors name the file and line.
+Every prompt carries a category (so the generator can be shown `spec_for_category`). Optional: the level of its
+category that applies (`level`: the level's name or its section id in the spec's mapping), which citation accuracy
+is measured against; the expected action (comply, refuse, safe_complete, or the spec's own word for one), which
+the level's action fills when absent; and the split (train, eval), which a seeded split stratified by category
+and action fills when absent (`prompts.eval_share`). Where each came from is kept (`action_source`,
+`split_source`). Errors name the file and line.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 import urllib.request
 from pathlib import Path
@@ -18,8 +21,10 @@ import pandas as pd
 from delib.policy.spec import ACTIONS, Spec
 from delib.run.io import read_jsonl
 
-COLUMNS = ("id", "prompt", "category", "expected_action", "split")
+REQUIRED = ("id", "prompt", "category")
+COLUMNS = (*REQUIRED, "expected_action", "split")
 OPTIONAL = ("level",)  # may be absent, or empty on some rows
+SOURCES = ("action_source", "split_source")  # "file", or where the value came from ("level", "seeded")
 SPLITS = ("train", "eval")
 XSTEST_URL = "https://raw.githubusercontent.com/paul-rottger/exaggerated-safety/main/xstest_prompts.csv"
 
@@ -44,10 +49,11 @@ def _read_rows(path: Path) -> list[tuple[int, dict]]:
 
 def load_prompt_set(path: str | Path, columns: Optional[dict[str, str]] = None, split: Optional[str] = None,
                     spec: Optional[Spec] = None) -> pd.DataFrame:
-    """Load one prompt set as a DataFrame with columns id, prompt, category, expected_action, split, source.
+    """Load one prompt set as a DataFrame with columns id, prompt, category, expected_action, split, level, source,
+    action_source, split_source. A row without a split has split None (load_prompt_sets splits them).
 
     `columns` maps our column names to the file's (e.g. {"prompt": "question"}); `split` forces one split;
-    with `spec`, every category must be one of the spec's.
+    with `spec`, every category must be one of the spec's, and actions may be the spec's own words.
     """
     path = Path(path)
     columns = columns or {}
@@ -57,28 +63,35 @@ def load_prompt_set(path: str | Path, columns: Optional[dict[str, str]] = None, 
                              f"ours are {list(COLUMNS + OPTIONAL)}")
     out, seen = [], {}
     for lineno, row in _read_rows(path):
-        rec = {}
-        for col in COLUMNS:
-            if col == "split" and split:
-                rec[col] = split
-                continue
-            src = columns.get(col, col)
-            value = row.get(src)
-            if value is None or (isinstance(value, str) and not value.strip()):
+        rec = {col: _value(row, columns.get(col, col)) for col in COLUMNS}
+        for col in REQUIRED:
+            if rec[col] is None:
+                src = columns.get(col, col)
                 raise PromptSetError(f"{path}:{lineno}: missing value for column {src!r}"
                                      + (f" (our {col!r})" if src != col else ""))
-            rec[col] = str(value).strip()
-        if rec["expected_action"] not in ACTIONS:
-            raise PromptSetError(f"{path}:{lineno}: expected_action {rec['expected_action']!r} is not one of "
-                                 f"{', '.join(ACTIONS)}")
-        if rec["split"] not in SPLITS:
+        rec["split_source"] = "file" if split or rec["split"] else None
+        rec["split"] = split or rec["split"]
+        if rec["split"] is not None and rec["split"] not in SPLITS:
             raise PromptSetError(f"{path}:{lineno}: split {rec['split']!r} is not one of {', '.join(SPLITS)}")
         if spec is not None and rec["category"] not in spec.categories:
             raise PromptSetError(f"{path}:{lineno}: category {rec['category']!r} is not in the spec "
                                  f"{spec.source} (categories: {', '.join(spec.categories)})")
-        level = row.get(columns.get("level", "level"))
-        rec["level"] = _level_name(path, lineno, str(level).strip(), rec, spec) if level and str(level).strip() \
-            else None
+        if rec["expected_action"] is not None:
+            said = rec["expected_action"]
+            rec["expected_action"] = spec.action(said) if spec is not None else (said if said in ACTIONS else None)
+            if rec["expected_action"] is None:
+                words = [*ACTIONS, *(spec.actions if spec is not None else ())]
+                raise PromptSetError(f"{path}:{lineno}: expected_action {said!r} is not one of {', '.join(words)}")
+            rec["action_source"] = "file"
+        level = _value(row, columns.get("level", "level"))
+        rec["level"] = _level_name(path, lineno, level, rec, spec) if level else None
+        if rec["expected_action"] is None:
+            found = spec.level(rec["category"], rec["level"]) if spec is not None else None
+            if found is None:
+                raise PromptSetError(f"{path}:{lineno}: no expected_action and no level of the spec to take it "
+                                     f"from: give either (column {columns.get('expected_action', 'expected_action')!r} "
+                                     f"or {columns.get('level', 'level')!r})")
+            rec["expected_action"], rec["action_source"] = found["action"], "level"
         if rec["id"] in seen:
             raise PromptSetError(f"{path}:{lineno}: duplicate id {rec['id']!r} (first on line {seen[rec['id']]})")
         seen[rec["id"]] = lineno
@@ -86,7 +99,12 @@ def load_prompt_set(path: str | Path, columns: Optional[dict[str, str]] = None, 
         out.append(rec)
     if not out:
         raise PromptSetError(f"{path}: the prompt set has no rows")
-    return pd.DataFrame(out, columns=[*COLUMNS, *OPTIONAL, "source"])
+    return pd.DataFrame(out, columns=[*COLUMNS, *OPTIONAL, "source", *SOURCES])
+
+
+def _value(row: dict, column: str) -> Optional[str]:
+    value = row.get(column)
+    return None if value is None or not str(value).strip() else str(value).strip()
 
 
 def _level_name(path: Path, lineno: int, level: str, rec: dict, spec: Optional[Spec]) -> str:
@@ -100,21 +118,44 @@ def _level_name(path: Path, lineno: int, level: str, rec: dict, spec: Optional[S
         names = ", ".join(lv["name"] for lv in levels) or "none: the mapping gives this category no levels"
         raise PromptSetError(f"{path}:{lineno}: level {level!r} is not a level of category {rec['category']!r} "
                              f"(its levels: {names})")
-    if found["action"] != rec["expected_action"]:
+    if rec["expected_action"] is not None and found["action"] != rec["expected_action"]:
         raise PromptSetError(f"{path}:{lineno}: level {found['name']} of {rec['category']!r} says "
                              f"{found['action']}, but expected_action is {rec['expected_action']}")
     return found["name"]
 
 
-def load_prompt_sets(sets: Iterable, spec: Optional[Spec] = None, resolve=Path) -> pd.DataFrame:
-    """Several prompt sets (params `prompts.sets`) into one table; ids must stay unique across them."""
+def load_prompt_sets(sets: Iterable, spec: Optional[Spec] = None, resolve=Path, seed: int = 0,
+                     eval_share: float = 0.5) -> pd.DataFrame:
+    """Several prompt sets (params `prompts.sets`) into one table; ids must stay unique across them. Rows without
+    a split get one from `seeded_split`."""
     frames = [load_prompt_set(resolve(s.path), s.columns, s.split, spec) for s in sets]
     df = pd.concat(frames, ignore_index=True)
     dup = df[df["id"].duplicated()]
     if not dup.empty:
         row = dup.iloc[0]
         raise PromptSetError(f"{row['source']}: id {row['id']!r} is also used by another prompt set")
-    return df
+    return seeded_split(df, seed, eval_share)
+
+
+def seeded_split(prompts: pd.DataFrame, seed: int, eval_share: float) -> pd.DataFrame:
+    """Rows whose split is None, split into train and eval, stratified by (category, expected action): within
+    each group the rows are ordered by a hash of (seed, id), and eval takes the share that keeps the running total
+    of eval rows at round(eval_share x rows so far). The same seed and ids give the same split on any machine,
+    whatever the order of the file."""
+    todo = prompts["split"].isna()
+    if not todo.any():
+        return prompts
+    out = prompts.copy()
+    seen = taken = 0
+    for _, group in out[todo].groupby(["category", "expected_action"], sort=True):
+        order = sorted(group.index, key=lambda i: hashlib.sha256(f"{seed}:{out.at[i, 'id']}".encode()).hexdigest())
+        for i in order:
+            seen += 1
+            to_eval = round(eval_share * seen) > taken
+            taken += to_eval
+            out.at[i, "split"] = "eval" if to_eval else "train"
+    out.loc[todo, "split_source"] = "seeded"
+    return out
 
 
 def load_xstest(path: Optional[str | Path] = None, cache_dir: Optional[Path] = None) -> pd.DataFrame:

@@ -13,7 +13,7 @@ from contextlib import contextmanager, redirect_stderr
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -51,8 +51,11 @@ class _Strict(BaseModel):
 
 class LevelMap(_Strict):
     name: str
-    action: Action
+    action: str  # one of ACTIONS, or the spec's own name for one (`actions` in the mapping)
     section: Optional[str] = None
+
+
+Check = Union[bool, tuple[bool, float]]  # the value a proposition should have, and its weight (default 2)
 
 
 class CategoryMap(_Strict):
@@ -61,11 +64,14 @@ class CategoryMap(_Strict):
     sections: list[str] = Field(min_length=1)
     levels: list[LevelMap] = []
     style: list[str] = []  # category-specific style guidelines (e.g. how to safe-complete for self-harm)
+    checks: dict[Action, dict[str, Check]] = {}  # what the rule graders check for those guidelines, by action
 
 
 class Mapping(_Strict):
+    actions: dict[str, Action] = {}  # the spec's own action names -> comply, refuse or safe_complete
     categories: dict[str, CategoryMap] = {}
     style: dict[Action, list[str]] = {}
+    reference_figures: dict[str, str] = {}  # metric key -> published figures shown beside it, for scale
 
 
 @dataclass
@@ -74,8 +80,10 @@ class Category:
     title: str
     summary: str
     sections: list[str]
-    levels: list[dict]
+    levels: list[dict]  # {name, action (one of ACTIONS), section, said (the spec's word for the action)}
     style: list[str]
+    checks: dict[str, dict[str, list]] = field(default_factory=dict)  # action -> {proposition: [wanted, weight]}
+    check_lines: dict[str, int] = field(default_factory=dict)  # "action.proposition" -> line in the mapping
 
 
 @dataclass
@@ -85,6 +93,8 @@ class Spec:
     categories: dict[str, Category]
     style: dict[str, list[str]]  # action -> style section ids
     preamble: str = ""
+    actions: dict[str, str] = field(default_factory=dict)  # the spec's own action names -> one of ACTIONS
+    reference_figures: dict[str, str] = field(default_factory=dict)
 
     def full_text(self, section_id: str, labelled: bool = True) -> str:
         """A section's body and all its subsections; with `labelled`, each heading carries its [id]."""
@@ -107,6 +117,14 @@ class Spec:
             return None
         return next((lv for lv in cat.levels if level in (lv["name"], lv["section"])), None)
 
+    def action(self, word: str) -> Optional[str]:
+        """One of ACTIONS for an action as the spec or a prompt set writes it (its own name or ours); else None."""
+        return word if word in ACTIONS else self.actions.get(word)
+
+    def checks_by_category(self) -> dict[str, dict]:
+        """Category -> its own style checks by action (`categories.C.checks` in the mapping)."""
+        return {c.id: c.checks for c in self.categories.values()}
+
     def section_category(self) -> dict[str, str]:
         """Section id -> the category whose policy holds it (sections outside any category are left out)."""
         owner = {}
@@ -119,13 +137,15 @@ class Spec:
     def to_dict(self) -> dict:
         return {"source": self.source, "preamble": self.preamble,
                 "sections": [asdict(s) for s in self.sections.values()],
-                "categories": {k: asdict(v) for k, v in self.categories.items()}, "style": self.style}
+                "categories": {k: asdict(v) for k, v in self.categories.items()}, "style": self.style,
+                "actions": self.actions, "reference_figures": self.reference_figures}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Spec":
         return cls(source=d["source"], preamble=d.get("preamble", ""),
                    sections={s["id"]: Section(**s) for s in d["sections"]},
-                   categories={k: Category(**v) for k, v in d["categories"].items()}, style=d["style"])
+                   categories={k: Category(**v) for k, v in d["categories"].items()}, style=d["style"],
+                   actions=d.get("actions", {}), reference_figures=d.get("reference_figures", {}))
 
 
 def slugify(title: str) -> str:
@@ -272,21 +292,39 @@ def parse_spec(text: str, source: str = "<spec>", mapping_text: Optional[str] = 
                 line = key_line(root, (*loc, i), offset) or offset
                 raise SpecError(f"{map_src}:{line}: {'.'.join(map(str, loc))}: no section has id {sid!r}")
 
+    for word in mapping.actions:
+        if word in ACTIONS:
+            line = key_line(root, ("actions", word), offset) or offset
+            raise SpecError(f"{map_src}:{line}: actions.{word}: {word!r} is already an action; name the spec's "
+                            f"own words for {', '.join(ACTIONS)} here")
     categories = {}
     for cid, cm in mapping.categories.items():
         check(cm.sections, ("categories", cid, "sections"))
         check(cm.style, ("categories", cid, "style"))
+        levels = []
         for j, lv in enumerate(cm.levels):
             if lv.section:
                 check([lv.section], ("categories", cid, "levels", j, "section"))
+            kind = lv.action if lv.action in ACTIONS else mapping.actions.get(lv.action)
+            if kind is None:
+                line = key_line(root, ("categories", cid, "levels", j, "action"), offset) or offset
+                words = [*ACTIONS, *mapping.actions]
+                raise SpecError(f"{map_src}:{line}: categories.{cid}.levels.{j}.action: unknown action "
+                                f"{lv.action!r} (known: {', '.join(words)}; name your own under `actions`)")
+            levels.append({"name": lv.name, "action": kind, "section": lv.section, "said": lv.action})
+        checks = {a: {p: [v, 2.0] if isinstance(v, bool) else [bool(v[0]), float(v[1])] for p, v in props.items()}
+                  for a, props in cm.checks.items()}
+        lines = {f"{a}.{p}": key_line(root, ("categories", cid, "checks", a, p), offset) or offset
+                 for a, props in cm.checks.items() for p in props}
         first = by_id[cm.sections[0]]
         categories[cid] = Category(
             id=cid, title=cm.title or first.title,
             summary=cm.summary or _first_paragraph(first.body) or first.title,
-            sections=cm.sections, levels=[lv.model_dump() for lv in cm.levels], style=cm.style)
+            sections=cm.sections, levels=levels, style=cm.style, checks=checks, check_lines=lines)
     for action, ids in mapping.style.items():
         check(ids, ("style", action))
-    return Spec(source, by_id, categories, {a: list(v) for a, v in mapping.style.items()}, preamble)
+    return Spec(source, by_id, categories, {a: list(v) for a, v in mapping.style.items()}, preamble,
+                actions=dict(mapping.actions), reference_figures=dict(mapping.reference_figures))
 
 
 def load_spec(path: str | Path, mapping: Optional[str | Path] = None) -> Spec:
@@ -329,8 +367,14 @@ def spec_for_category(spec: Spec, category: str) -> str:
         out += [spec.full_text(sid), ""]
     if cat.levels:
         out.append("Levels and actions: " + "; ".join(
-            f"{lv['name']} -> {lv['action']}" + (f" [{lv['section']}]" if lv["section"] else "") for lv in cat.levels))
+            f"{lv['name']} -> {_said(lv)}" + (f" [{lv['section']}]" if lv["section"] else "") for lv in cat.levels))
     return "\n".join(out).strip() + "\n"
+
+
+def _said(level: dict) -> str:
+    """A level's action as the spec words it, with ours beside it when they differ ("decline (refuse)")."""
+    said = level.get("said") or level["action"]
+    return said if said == level["action"] else f"{said} ({level['action']})"
 
 
 @lru_cache(maxsize=1)

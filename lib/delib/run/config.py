@@ -116,6 +116,7 @@ class PromptsParams(_Strict):
     sets: list[PromptSetParams] = [PromptSetParams(path="prompts/default.csv")]
     xstest_path: Optional[str] = None  # XSTest prompts CSV, for the evaluation stage
     strongreject_path: Optional[str] = None  # StrongREJECT-style CSV (forbidden_prompt, ...), for the evaluation stage
+    eval_share: float = Field(0.5, ge=0, le=1)  # rows without a split: the share a seeded split sends to eval
 
 
 class CacheParams(_Strict):

@@ -56,9 +56,10 @@ def visible_answer(completion: str) -> str:
 
 
 def answer_reward(verdict: Optional[dict], prompt: str, answer: str, category: str, expected_action: str,
-                  weights: Mapping[str, float]) -> dict:
+                  weights: Mapping[str, float], style_checks: Optional[Mapping] = None) -> dict:
     """The reward of one final answer and its parts (each 0-1). An empty answer earns 0; an answer the judge could
-    not grade earns no judge share. Rule parts are computed only when their weight is positive."""
+    not grade earns no judge share. Rule parts are computed only when their weight is positive; `style_checks`: the
+    category's own style checks for the expected action (stage 01's spec_for_category.json carries them)."""
     parts: dict[str, Optional[float]] = {k: None for k in (*JUDGE_PARTS, *RULE_PARTS)}
     if not answer.strip():
         return {"reward": 0.0, **parts, "answer_action": None}
@@ -69,7 +70,7 @@ def answer_reward(verdict: Optional[dict], prompt: str, answer: str, category: s
         props = grade_propositions(prompt, answer)
         action = type_response(prompt, answer, props).action
         parts["rule_action"] = float(action == expected_action)
-        parts["rule_style"] = style_score(expected_action, props, category)
+        parts["rule_style"] = style_score(expected_action, props, style_checks)
     total = sum(weights.values())
     reward = sum(w * (parts[k] or 0.0) for k, w in weights.items()) / total
     return {"reward": round(reward, 4), **{k: None if v is None else round(v, 4) for k, v in parts.items()},
@@ -111,7 +112,8 @@ class AnswerReward:
             for i, result in zip(index, self.judge.chat_many(requests, desc="reward judge")):
                 if result.parsed is not None:
                     verdicts[i] = result.parsed.model_dump()
-        return [answer_reward(verdicts.get(i), p, a, c, e, self.weights)
+        return [answer_reward(verdicts.get(i), p, a, c, e, self.weights,
+                              self.spec_for_category.get(c, {}).get("checks", {}).get(e))
                 for i, (p, a, c, e) in enumerate(zip(prompts, answers, categories, expected_actions))]
 
     def __call__(self, prompts, completions, category, expected_action, prompt_id=None, **kwargs) -> list[float]:
