@@ -23,12 +23,11 @@ ASKS, APPLICABLE, REASONING, ACTION, STYLE = "The user asks", "Applicable:", "Re
 
 
 def style_sections(spec: Spec, category: str, action: str) -> list[str]:
-    """The style sections for `action` in `category`: the category's own guideline for a safe completion where it
-    has one, else the spec's guideline for the action."""
+    """The style sections for `action` in `category`: the category's own guideline for that action where it has one
+    (`style` under the category: by action, or a list for safe_complete), else the spec's guideline for the action."""
     cat = spec.categories[category]
-    if action == "safe_complete" and cat.style:
-        return list(cat.style)
-    return list(spec.style.get(action, []))
+    own = cat.style_by_action or ({"safe_complete": cat.style} if cat.style else {})  # a spec.json of before
+    return list(own.get(action) or spec.style.get(action, []))
 
 
 def choices(spec: Spec, category: str) -> list[tuple[str, str, Optional[str]]]:

