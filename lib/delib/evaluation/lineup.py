@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import pandas as pd
 
-from delib.generation.generate import GENERATOR_SYSTEM
 from delib.policy.spec import Spec, spec_for_category
 from delib.run import stages
 from delib.run.config import ModelRole, RunParams
 from delib.run.paths import stage_dir
 from delib.training import serving
 from delib.training.serving import SERVED_FILE
+from delib.run.templates import fill, load_template
 
 if TYPE_CHECKING:
     pass
@@ -74,18 +74,19 @@ def whole_spec(spec: Spec) -> str:
     return "\n\n".join(spec.full_text(sid) for sid in top)
 
 
-def spec_system_prompt(spec: Spec, category: Optional[str] = None) -> str:
+def spec_system_prompt(spec: Spec, category: Optional[str] = None, template: Optional[str] = None) -> str:
     """The "spec in the system prompt" ablation: the generator's instructions with the spec. With `category`,
     that category's view of the spec (`spec_for_category`, what the generator is shown); without, the whole spec
-    (the model is not told the prompt's category)."""
+    (the model is not told the prompt's category). `template`: the generator's (None: the default)."""
+    template = template or load_template("generator")
     if category is not None:
         cat = spec.categories[category]
         example = next((lv["section"] for lv in cat.levels if lv["section"]), cat.sections[0])
-        return GENERATOR_SYSTEM.format(spec=spec_for_category(spec, category).strip(), example_id=example)
+        return fill(template, spec=spec_for_category(spec, category).strip(), example_id=example)
     first = next(iter(spec.categories.values()), None)
     example = (first.levels[0]["section"] if first and first.levels and first.levels[0]["section"]
                else next(iter(spec.sections)))
-    return GENERATOR_SYSTEM.format(spec=whole_spec(spec).strip(), example_id=example)
+    return fill(template, spec=whole_spec(spec).strip(), example_id=example)
 
 
 @dataclass
@@ -157,11 +158,12 @@ def resolve_variants(params: RunParams, spec: Spec) -> list[Variant]:
             out.append(Variant(name, LABELS[name], policy, "models.policy"))
         elif name == "spec_prompt":
             by_category = ev.spec_prompt == "category"
+            template = load_template("generator", params)
             out.append(Variant(name, LABELS[name], policy,
                                "models.policy + " + ("the prompt's category's spec" if by_category
                                                      else "whole spec") + " as system prompt",
-                               system_prompt=spec_system_prompt(spec),
-                               category_prompts={c: spec_system_prompt(spec, c) for c in spec.categories}
+                               system_prompt=spec_system_prompt(spec, template=template),
+                               category_prompts={c: spec_system_prompt(spec, c, template) for c in spec.categories}
                                if by_category else None))
         else:
             label = "RL only" if name == "sft_rl" and not params.rl.from_sft else LABELS[name]

@@ -23,6 +23,7 @@ from delib.models.calls import groups_by_first_message
 from delib.models.progress import progress_bar
 from delib.policy.spec import Spec
 from delib.run.io import clip
+from delib.run.templates import fill, load_template
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,25 +31,9 @@ if TYPE_CHECKING:
     from delib.run.config import RunParams
 
 
-# The spec comes first, in every role's system prompt (generator, judge, spec_prompt variant): the same leading
+# The generator's system prompt is the template specs/default/templates/generator.txt (params: spec.templates):
+# the spec comes first, in every role's system prompt (generator, judge, spec_prompt variant), the same leading
 # tokens, so that llama-server reads each category's spec once and restores it after (models.prefixes).
-GENERATOR_SYSTEM = """\
-<spec>
-{spec}
-</spec>
-
-You are an assistant that follows a written safety specification. The part of the specification that applies \
-to the user's request is above, between <spec> and </spec>. Every section starts with its id in square brackets.
-
-Answer in two parts.
-First, reason inside <think> and </think>, in five lines:
-The user asks <what the user is asking for, in one sentence>
-Applicable: [<the id of the section that applies, e.g. {example_id}>]
-Reasoning: <why it applies and what it requires>
-Action: <comply, refuse or safe_complete, as that section says>
-Style: [<the id of the style guideline for that action>]
-Then, after </think>, write only the reply to the user. Follow the style guideline. The reply must not mention \
-the specification, its sections, ids or policies."""
 
 
 @dataclass
@@ -84,9 +69,11 @@ def load_examples(path: str | Path, spec: Spec) -> list[Example]:
 
 
 def generation_messages(prompt: str, spec_text: str, examples: Iterable[Example] = (),
-                        example_id: str = "section-id") -> list[dict]:
-    """The generator's chat: the spec for the prompt's category in the system turn, worked examples, the prompt."""
-    messages = [{"role": "system", "content": GENERATOR_SYSTEM.format(spec=spec_text.strip(), example_id=example_id)}]
+                        example_id: str = "section-id", template: Optional[str] = None) -> list[dict]:
+    """The generator's chat: the spec for the prompt's category in the system turn (the generator template, the
+    default one unless given), worked examples, the prompt."""
+    system = fill(template or load_template("generator"), spec=spec_text.strip(), example_id=example_id)
+    messages = [{"role": "system", "content": system}]
     for ex in examples:
         messages += ex.as_messages()
     messages.append({"role": "user", "content": prompt})
@@ -133,12 +120,14 @@ def structured_for(params: "RunParams") -> bool:
 
 def generation_requests(selected: "pd.DataFrame", rendered: dict[str, dict], spec: Spec, examples: list[Example],
                         k_shot: int, samples_per_prompt: int, prestart_think: bool = False,
-                        cot_max_tokens: Optional[int] = None, structured: bool = False) -> list:
+                        cot_max_tokens: Optional[int] = None, structured: bool = False,
+                        template: Optional[str] = None) -> list:
     """One ChatRequest per (prompt, sample): the spec for the prompt's category in context, a seed per sample.
 
     With `prestart_think`, the request is the first of two: the reply is pre-started with <think> and stops at
     </think> (at most `cot_max_tokens`); `finish_answers` then asks for the answer after the closed CoT. With
-    `structured` (which needs `prestart_think`), the CoT follows the category's skeleton grammar.
+    `structured` (which needs `prestart_think`), the CoT follows the category's skeleton grammar. `template`: the
+    generator's system prompt template (`load_template("generator", params)`; None: the default).
     """
     if structured and not prestart_think:
         raise ValueError("generate.structured writes the CoT as its own first step: it needs generate.prestart_think")
@@ -149,7 +138,7 @@ def generation_requests(selected: "pd.DataFrame", rendered: dict[str, dict], spe
         cat = spec.categories[row.category]
         example_id = cat.levels[0]["section"] if cat.levels and cat.levels[0]["section"] else cat.sections[0]
         messages = generation_messages(row.prompt, rendered[row.category]["text"],
-                                       pick_examples(examples, row.category, k_shot), example_id)
+                                       pick_examples(examples, row.category, k_shot), example_id, template)
         for s in range(samples_per_prompt):
             requests.append(ChatRequest(messages=messages, sample_index=s, meta={"prompt_id": row.id},
                                         grammar=grammars.get(row.category), **phase))

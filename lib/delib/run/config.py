@@ -99,9 +99,20 @@ class Models(_Strict):
     grader: Optional[ModelRole] = None  # stage 06's LLM grader (prompt, category spec, answer); null: rules grade
 
 
+class TemplateParams(_Strict):
+    """The prompt template files of the model roles (run/templates.py); null: the default beside the default
+    spec (specs/default/templates/NAME.txt)."""
+
+    generator: Optional[str] = None  # the generator's and the spec_prompt variant's system prompt
+    judge: Optional[str] = None  # the judge's (stage 03 and the RL reward)
+    grader: Optional[str] = None  # the LLM grader's (stage 06, models.grader)
+    strongreject: Optional[str] = None  # the StrongREJECT rubric's (stage 06)
+
+
 class SpecParams(_Strict):
     path: str = "specs/default/spec.md"
     mapping: Optional[str] = None  # YAML category mapping beside the spec; null: the spec's front matter
+    templates: TemplateParams = TemplateParams()
 
 
 class PromptSetParams(_Strict):

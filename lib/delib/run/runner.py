@@ -25,6 +25,7 @@ from delib.run.manifest import Manifest, now
 from delib.run.paths import project_root, resolve, run_dir
 from delib.run.preflight import preflight
 from delib.run.stages import ANALYSIS, EVALUATE, STAGE_SECTION, STAGES, USAGE_FILE
+from delib.run.templates import FIELDS as TEMPLATE_FIELDS, TemplateError, load_template, template_path
 
 DONE_MARKER = "_done.json"
 # The params section each stage owns; a stage's fingerprint leaves out the sections of the others.
@@ -68,12 +69,13 @@ def notebook_code(nb_path: Path) -> str:
 
 
 def named_files(params: RunParams, optional: bool = False) -> list[tuple[tuple, Path]]:
-    """(key path, file) of every file params name that stages read: the spec, its mapping, the worked examples,
-    the prompt sets, the benchmarks, the roles' adapters; with `optional`, also the files a stage reads only when
-    they are there (the human-labelled validity sets)."""
+    """(key path, file) of every file params name that stages read: the spec, its mapping, the prompt templates
+    (the defaults when params name none), the worked examples, the prompt sets, the benchmarks, the roles'
+    adapters; with `optional`, also the files a stage reads only when they are there (the validity sets)."""
     pairs = [(("spec", "path"), params.spec.path), (("spec", "mapping"), params.spec.mapping),
              (("generate", "examples"), params.generate.examples), (("prompts", "xstest_path"), params.prompts.xstest_path),
              (("prompts", "strongreject_path"), params.prompts.strongreject_path)]
+    pairs += [(("spec", "templates", name), str(template_path(params, name))) for name in TEMPLATE_FIELDS]
     pairs += [(("prompts", "sets", i, "path"), s.path) for i, s in enumerate(params.prompts.sets)]
     pairs += [(("models", name, "adapter"), role.adapter) for name, role in params.models if role is not None]
     pairs += [(("evaluate", "extra_models", name, "adapter"), role.adapter)
@@ -95,6 +97,12 @@ def check_named_files(params: RunParams, params_file: Path) -> None:
         return f"{prefix}: {'.'.join(map(str, loc))}"
 
     problems = [f"{where(loc)}: file not found: {path}" for loc, path in named_files(params) if not path.is_file()]
+    for name in TEMPLATE_FIELDS:
+        try:
+            load_template(name, params)
+        except TemplateError as err:
+            if template_path(params, name).is_file():  # a missing file is reported above
+                problems.append(f"{where(('spec', 'templates', name))}: {err}")
     cache = resolve(params.cache.path)
     if params.cache.enabled and cache.exists():
         try:

@@ -87,8 +87,9 @@ class AnswerReward:
     __name__ = "answer_reward"  # TRL names the reward's log columns after it
 
     def __init__(self, judge: "ModelClient", spec_for_category: dict[str, dict], weights: dict[str, float],
-                 show_expected_action: bool = True, log_path: Optional[Path] = None):
+                 show_expected_action: bool = True, log_path: Optional[Path] = None, template: Optional[str] = None):
         self.judge, self.spec_for_category, self.weights = judge, spec_for_category, weights
+        self.template = template  # the judge template (None: the default)
         self.show_expected_action = show_expected_action
         self.log_path = Path(log_path) if log_path else None
         self.calls = 0
@@ -102,7 +103,8 @@ class AnswerReward:
         for i, (prompt, answer, category, expected) in enumerate(zip(prompts, answers, categories, expected_actions)):
             if answer.strip():
                 messages = judge_messages(prompt, answer, self.spec_for_category[category]["text"], cot=None,
-                                          expected_action=expected if self.show_expected_action else None)
+                                          expected_action=expected if self.show_expected_action else None,
+                                          template=self.template)
                 requests.append(ChatRequest(messages=messages, response_model=RewardVerdict,
                                             meta={"reward_item": i}))
                 index.append(i)

@@ -13,6 +13,7 @@ from delib.models import ModelClient
 from delib.policy.overview import read_outputs
 from delib.run import stages
 from delib.run.paths import require, stage_dir
+from delib.run.templates import load_template
 from delib.training import logs, loop, recipe, weights
 from delib.training.errors import TrainingError
 from delib.training.reward import AnswerReward
@@ -84,7 +85,8 @@ def train(params: "RunParams") -> dict:
     clock = logs.step_clock(out / logs.PROGRESS_FILE)
     with ModelClient.for_run(params, params.models.judge, "judge", STAGE, progress=False) as judge:
         reward = AnswerReward(judge, rendered, r.reward_weights, params.judge.show_expected_action,
-                              out / REWARDS_FILE if recipe.is_main_process() else None)
+                              out / REWARDS_FILE if recipe.is_main_process() else None,
+                              template=load_template("judge", params))
         with logs.quiet():
             trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=recipe.grpo_config(params, out / "trainer"),
                                   train_dataset=rl_dataset(rows), processing_class=tokenizer,
