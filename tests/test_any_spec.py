@@ -1,7 +1,7 @@
 """The smoke recipe, end to end on the real embedded model, on a spec of another shape than the default one:
 specs/campus (three categories, its own action words, a style guideline per category) with a prompt set that has
-neither a split nor an expected action (prompts/campus.csv). Every stage runs; nothing the run reads or writes
-comes from the default spec."""
+neither a split nor an expected action, two of its prompts not even a category (prompts/campus.csv: stage 01 has
+the judge model label them). Every stage runs; nothing the run reads or writes comes from the default spec."""
 from __future__ import annotations
 
 import json
@@ -47,7 +47,12 @@ def test_the_smoke_recipe_runs_end_to_end_on_a_spec_of_another_shape(tmp_path):
     campus = load_spec(ROOT / "specs" / "campus" / "spec.md")
     default_ids = set(load_spec(ROOT / "specs" / "default" / "spec.md").categories)
     prompts = pd.read_json(run / "01_policy" / "prompts.jsonl", lines=True, dtype={"id": str})
-    assert set(prompts["split_source"]) == {"seeded"} and set(prompts["action_source"]) == {"level"}
+    assert set(prompts["split_source"]) == {"seeded"}
+    # the two prompts without a category were labelled by the judge model (its choices are the spec's levels)
+    by_model = prompts[prompts["category_source"] == "model"]
+    assert sorted(by_model["id"]) == ["lab-11", "wel-11"] and set(by_model["action_source"]) == {"model"}
+    assert set(by_model["category"]) <= set(campus.categories) and by_model["level"].notna().all()
+    assert set(prompts.loc[prompts["category_source"] == "file", "action_source"]) == {"level"}
     assert set(prompts["split"]) == {"train", "eval"}
     rendered = json.loads((run / "01_policy" / "spec_for_category.json").read_text())
     assert set(rendered) == set(campus.categories)

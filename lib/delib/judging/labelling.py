@@ -1,65 +1,16 @@
-"""Labelling tools usable on their own: the LLM category labeller (stage 01, for prompts without a category) and
-`delib label`, which labels (prompt, completion) rows with the refusal classifier and the propositions (stage 03).
-"""
+"""`delib label`: (prompt, completion) rows labelled with the refusal classifier and the propositions (stage 03's
+graders), usable on their own. The labeller of prompts without a category or action is stage 01's
+(policy.labelling)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import pandas as pd
-from pydantic import BaseModel, Field, create_model
 
 from delib.judging import graders
-from delib.models import ChatRequest
-from delib.policy.spec import Spec
 from delib.run.io import read_jsonl
 
-LABELLER_SYSTEM = """\
-You sort user requests into the categories of a safety specification. The categories:
-
-{categories}
-
-Reply with JSON only: {{"category": "<one category id from the list>"}}."""
-
-
-def category_model(spec: Spec) -> type[BaseModel]:
-    """The labeller's reply: one of the spec's category ids (structured output keeps it in the list)."""
-    ids = tuple(spec.categories)
-    return create_model("CategoryLabel", category=(Literal[ids], Field(description="category id")))
-
-
-def labeller_messages(prompt: str, spec: Spec) -> list[dict]:
-    listing = "\n".join(f"- {c.id}: {c.title}. {c.summary}" for c in spec.categories.values())
-    return [{"role": "system", "content": LABELLER_SYSTEM.format(categories=listing)},
-            {"role": "user", "content": f"Request: {prompt.strip()}"}]
-
-
-def label_categories(prompts: pd.DataFrame, spec: Spec, client, desc: str = "label categories") -> pd.DataFrame:
-    """Ask the labeller role for each prompt's category. Adds `predicted_category` (None where the call failed) and,
-    where a `category` column holds labels, `agrees`."""
-    reply = category_model(spec)
-    requests = [ChatRequest(messages=labeller_messages(p, spec), response_model=reply, temperature=0.0)
-                for p in prompts["prompt"]]
-    results = client.chat_many(requests, desc=desc)
-    out = prompts.copy()
-    out["predicted_category"] = [r.parsed.category if r.parsed is not None else None for r in results]
-    out["labeller_error"] = [r.error for r in results]
-    if "category" in out:
-        labelled = out["category"].notna()
-        out["agrees"] = (out["predicted_category"] == out["category"]).where(labelled)
-    return out
-
-
-def labeller_agreement(labelled: pd.DataFrame) -> dict:
-    """Accuracy of the labeller against existing labels, overall and per category."""
-    known = labelled[labelled["category"].notna()]
-    if known.empty:
-        return {"n": 0, "accuracy": None, "per_category": {}}
-    per = known.groupby("category")["agrees"].mean().round(3).to_dict()
-    return {"n": int(len(known)), "accuracy": round(float(known["agrees"].mean()), 3), "per_category": per}
-
-
-# ---- delib label: refusal class and propositions for (prompt, completion) rows -------------------------------
 
 def read_rows(path: str | Path) -> pd.DataFrame:
     """Rows with `prompt` and `completion`: CSV or JSONL; chat lists (the RBR gold format) are accepted as is."""

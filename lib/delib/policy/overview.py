@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 
+from delib.models import ModelClient
+from delib.policy.labelling import agreement, choices, label_prompts
 from delib.policy.prompts import load_prompt_sets, near_duplicates
 from delib.policy.spec import Spec, count_tokens, load_spec, spec_for_category
 from delib.run import stages
@@ -21,14 +24,30 @@ STAGE = stages.POLICY
 
 
 def load_inputs(params: RunParams) -> tuple[Spec, pd.DataFrame]:
-    """The spec (with its mapping) and every prompt set named in params, checked against each other."""
+    """The spec (with its mapping) and every prompt set named in params, checked against each other; prompts
+    without a category, or an action and a level, labelled by models.judge (`prompts.label_missing`)."""
     spec = load_spec(resolve(params.spec.path), resolve(params.spec.mapping) if params.spec.mapping else None)
     if not spec.categories:
         raise ValueError(f"{spec.source}: the spec has no category mapping (front matter or spec.mapping); "
                          "every prompt needs a category of the spec")
+
+    def labeller(df: pd.DataFrame) -> pd.DataFrame:
+        with ModelClient.for_run(params, params.models.judge, "labeller", STAGE) as client:
+            return label_prompts(df, spec, client)[0]
+
     prompts = load_prompt_sets(params.prompts.sets, spec, resolve, seed=params.seed,
-                               eval_share=params.prompts.eval_share)
+                               eval_share=params.prompts.eval_share,
+                               labeller=labeller if params.prompts.label_missing else None)
     return spec, prompts
+
+
+def labelling_summary(spec: Spec, prompts: pd.DataFrame) -> Optional[dict]:
+    """What the labeller filled and its agreement with the prompt sets' own labels; None when no prompt needed it."""
+    if "predicted_label" not in prompts:
+        return None
+    filled = {col: int((prompts[src] == "model").sum()) for col, src in (("category", "category_source"),
+                                                                          ("expected_action", "action_source"))}
+    return {"filled": filled, **agreement(prompts, choices(spec))}
 
 
 def section_tree(spec: Spec) -> str:

@@ -14,17 +14,18 @@ import hashlib
 import re
 import urllib.request
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import pandas as pd
 
 from delib.policy.spec import ACTIONS, Spec
 from delib.run.io import read_jsonl
 
-REQUIRED = ("id", "prompt", "category")
-COLUMNS = (*REQUIRED, "expected_action", "split")
+REQUIRED = ("id", "prompt")
+COLUMNS = (*REQUIRED, "category", "expected_action", "split")
 OPTIONAL = ("level",)  # may be absent, or empty on some rows
-SOURCES = ("action_source", "split_source")  # "file", or where the value came from ("level", "seeded")
+SOURCES = ("category_source", "action_source", "split_source")  # "file", or where the value came from ("level",
+# "model", "seeded")
 SPLITS = ("train", "eval")
 XSTEST_URL = "https://raw.githubusercontent.com/paul-rottger/exaggerated-safety/main/xstest_prompts.csv"
 
@@ -48,12 +49,14 @@ def _read_rows(path: Path) -> list[tuple[int, dict]]:
 
 
 def load_prompt_set(path: str | Path, columns: Optional[dict[str, str]] = None, split: Optional[str] = None,
-                    spec: Optional[Spec] = None) -> pd.DataFrame:
+                    spec: Optional[Spec] = None, labels_missing_ok: bool = False) -> pd.DataFrame:
     """Load one prompt set as a DataFrame with columns id, prompt, category, expected_action, split, level, source,
     action_source, split_source. A row without a split has split None (load_prompt_sets splits them).
 
     `columns` maps our column names to the file's (e.g. {"prompt": "question"}); `split` forces one split;
-    with `spec`, every category must be one of the spec's, and actions may be the spec's own words.
+    with `spec`, every category must be one of the spec's, and actions may be the spec's own words. With
+    `labels_missing_ok`, a row may lack its category, or both its expected action and level (a labeller fills
+    them: policy.labelling); `line` keeps each row's line for the errors that come later.
     """
     path = Path(path)
     columns = columns or {}
@@ -64,7 +67,7 @@ def load_prompt_set(path: str | Path, columns: Optional[dict[str, str]] = None, 
     out, seen = [], {}
     for lineno, row in _read_rows(path):
         rec = {col: _value(row, columns.get(col, col)) for col in COLUMNS}
-        for col in REQUIRED:
+        for col in REQUIRED + (() if labels_missing_ok else ("category",)):
             if rec[col] is None:
                 src = columns.get(col, col)
                 raise PromptSetError(f"{path}:{lineno}: missing value for column {src!r}"
@@ -73,7 +76,8 @@ def load_prompt_set(path: str | Path, columns: Optional[dict[str, str]] = None, 
         rec["split"] = split or rec["split"]
         if rec["split"] is not None and rec["split"] not in SPLITS:
             raise PromptSetError(f"{path}:{lineno}: split {rec['split']!r} is not one of {', '.join(SPLITS)}")
-        if spec is not None and rec["category"] not in spec.categories:
+        rec["category_source"] = "file" if rec["category"] is not None else None
+        if spec is not None and rec["category"] is not None and rec["category"] not in spec.categories:
             raise PromptSetError(f"{path}:{lineno}: category {rec['category']!r} is not in the spec "
                                  f"{spec.source} (categories: {', '.join(spec.categories)})")
         if rec["expected_action"] is not None:
@@ -84,22 +88,27 @@ def load_prompt_set(path: str | Path, columns: Optional[dict[str, str]] = None, 
                 raise PromptSetError(f"{path}:{lineno}: expected_action {said!r} is not one of {', '.join(words)}")
             rec["action_source"] = "file"
         level = _value(row, columns.get("level", "level"))
+        if level and rec["category"] is None:
+            raise PromptSetError(f"{path}:{lineno}: level {level!r} without a category: give the category too")
         rec["level"] = _level_name(path, lineno, level, rec, spec) if level else None
         if rec["expected_action"] is None:
             found = spec.level(rec["category"], rec["level"]) if spec is not None else None
-            if found is None:
+            if found is None and labels_missing_ok:
+                rec["action_source"] = None
+            elif found is None:
                 raise PromptSetError(f"{path}:{lineno}: no expected_action and no level of the spec to take it "
                                      f"from: give either (column {columns.get('expected_action', 'expected_action')!r} "
                                      f"or {columns.get('level', 'level')!r})")
-            rec["expected_action"], rec["action_source"] = found["action"], "level"
+            else:
+                rec["expected_action"], rec["action_source"] = found["action"], "level"
         if rec["id"] in seen:
             raise PromptSetError(f"{path}:{lineno}: duplicate id {rec['id']!r} (first on line {seen[rec['id']]})")
         seen[rec["id"]] = lineno
-        rec["source"] = str(path)
+        rec["source"], rec["line"] = str(path), lineno
         out.append(rec)
     if not out:
         raise PromptSetError(f"{path}: the prompt set has no rows")
-    return pd.DataFrame(out, columns=[*COLUMNS, *OPTIONAL, "source", *SOURCES])
+    return pd.DataFrame(out, columns=[*COLUMNS, *OPTIONAL, "source", "line", *SOURCES])
 
 
 def _value(row: dict, column: str) -> Optional[str]:
@@ -125,16 +134,34 @@ def _level_name(path: Path, lineno: int, level: str, rec: dict, spec: Optional[S
 
 
 def load_prompt_sets(sets: Iterable, spec: Optional[Spec] = None, resolve=Path, seed: int = 0,
-                     eval_share: float = 0.5) -> pd.DataFrame:
-    """Several prompt sets (params `prompts.sets`) into one table; ids must stay unique across them. Rows without
-    a split get one from `seeded_split`."""
-    frames = [load_prompt_set(resolve(s.path), s.columns, s.split, spec) for s in sets]
+                     eval_share: float = 0.5, labeller: Optional[Callable[[pd.DataFrame], pd.DataFrame]] = None
+                     ) -> pd.DataFrame:
+    """Several prompt sets (params `prompts.sets`) into one table; ids must stay unique across them. Rows that
+    lack labels go to `labeller` (policy.labelling) when there is one, else are refused with file and line; rows
+    without a split then get one from `seeded_split`."""
+    frames = [load_prompt_set(resolve(s.path), s.columns, s.split, spec, labels_missing_ok=labeller is not None)
+              for s in sets]
     df = pd.concat(frames, ignore_index=True)
     dup = df[df["id"].duplicated()]
     if not dup.empty:
         row = dup.iloc[0]
         raise PromptSetError(f"{row['source']}: id {row['id']!r} is also used by another prompt set")
+    if labeller is not None and needs_labels(df).any():
+        df = labeller(df)
+    missing = needs_labels(df)
+    if missing.any():
+        row = df[missing].iloc[0]
+        what = "category" if not isinstance(row["category"], str) else "expected action or level"
+        error = row.get("labeller_error")
+        raise PromptSetError(f"{row['source']}:{row['line']}: prompt {row['id']!r} has no {what}, and the labeller "
+                             f"(models.judge) gave none" + (f" ({error})" if isinstance(error, str) else "")
+                             + f"; {int(missing.sum())} prompt(s) lack one: label them in the file")
     return seeded_split(df, seed, eval_share)
+
+
+def needs_labels(prompts: pd.DataFrame) -> pd.Series:
+    """Rows without a category, or without both an expected action and a level."""
+    return prompts["category"].isna() | (prompts["expected_action"].isna() & prompts["level"].isna())
 
 
 def seeded_split(prompts: pd.DataFrame, seed: int, eval_share: float) -> pd.DataFrame:

@@ -128,6 +128,7 @@ class PromptsParams(_Strict):
     xstest_path: Optional[str] = None  # XSTest prompts CSV, for the evaluation stage
     strongreject_path: Optional[str] = None  # StrongREJECT-style CSV (forbidden_prompt, ...), for the evaluation stage
     eval_share: float = Field(0.5, ge=0, le=1)  # rows without a split: the share a seeded split sends to eval
+    label_missing: bool = True  # rows without a category, or an action and a level: models.judge labels them
 
 
 class CacheParams(_Strict):
@@ -151,7 +152,7 @@ class GenerateParams(CallingStageParams):
     max_prompts: Optional[int] = Field(14, ge=1)  # training prompts, categories in turn; null: all
     samples_per_prompt: int = Field(2, ge=1)
     k_shot: int = Field(1, ge=0)  # worked examples shown before the prompt (helps small generators)
-    examples: Optional[str] = "specs/default/examples.yaml"  # YAML of worked examples; null: none
+    examples: Optional[str] = "auto"  # YAML of worked examples; auto: examples.yaml beside the spec, if any; null: none
     prestart_think: bool = True  # pre-start the reply with <think>, stop at </think>, then ask for the answer
     cot_max_tokens: int = Field(192, ge=8)  # cap of the pre-started chain of thought
     # The CoT under a grammar of the spec's skeleton (generation.skeleton): on, off, or auto (on for an embedded

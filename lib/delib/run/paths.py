@@ -63,6 +63,16 @@ def resolve(path: str | os.PathLike) -> Path:
     return p if p.is_absolute() else project_root() / p
 
 
+def examples_path(params: "RunParams") -> Optional[Path]:
+    """The worked examples of a run: `generate.examples`, or with "auto" the spec's folder's examples.yaml when
+    there is one; None for none."""
+    chosen = params.generate.examples
+    if chosen != "auto":
+        return resolve(chosen) if chosen else None
+    beside = resolve(params.spec.path).parent / "examples.yaml"
+    return beside if beside.is_file() else None
+
+
 def run_dir(params: "RunParams") -> Path:
     return resolve(params.outputs_dir) / params.run_name
 

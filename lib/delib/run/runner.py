@@ -22,7 +22,7 @@ import yaml
 from delib.run.config import ParamsError, RunParams, as_papermill_parameters, key_line, load_params
 from delib.run.io import hash_tree, sha256_file, write_json_atomic
 from delib.run.manifest import Manifest, now
-from delib.run.paths import project_root, resolve, run_dir
+from delib.run.paths import examples_path, project_root, resolve, run_dir
 from delib.run.preflight import preflight
 from delib.run.stages import ANALYSIS, EVALUATE, STAGE_SECTION, STAGES, USAGE_FILE
 from delib.run.templates import FIELDS as TEMPLATE_FIELDS, TemplateError, load_template, template_path
@@ -73,7 +73,7 @@ def named_files(params: RunParams, optional: bool = False) -> list[tuple[tuple, 
     (the defaults when params name none), the worked examples, the prompt sets, the benchmarks, the roles'
     adapters; with `optional`, also the files a stage reads only when they are there (the validity sets)."""
     pairs = [(("spec", "path"), params.spec.path), (("spec", "mapping"), params.spec.mapping),
-             (("generate", "examples"), params.generate.examples), (("prompts", "xstest_path"), params.prompts.xstest_path),
+             (("generate", "examples"), examples_path(params)), (("prompts", "xstest_path"), params.prompts.xstest_path),
              (("prompts", "strongreject_path"), params.prompts.strongreject_path)]
     pairs += [(("spec", "templates", name), str(template_path(params, name))) for name in TEMPLATE_FIELDS]
     pairs += [(("prompts", "sets", i, "path"), s.path) for i, s in enumerate(params.prompts.sets)]
