@@ -158,3 +158,24 @@ def test_one_prompt_never_makes_a_significant_difference():
                      pd.DataFrame({"variant": "b", "prompt_id": ids, "v": 0.0})])
     _, d = bootstrap_metrics(six, [rate("m", "v")], resamples=200, pairs=[("b", "a")])
     assert d.loc[0, "significant"] and d.loc[0, "worse"] == 6 and d.loc[0, "better"] == 0
+
+
+def test_safety_over_refusal_and_action_are_measured_per_category_of_whatever_spec():
+    df = pd.DataFrame({"variant": "a", "prompt_id": ["1", "2", "3", "4"],
+                       "category": ["wellbeing", "wellbeing", "lab_safety", "lab_safety"],
+                       "expected_action": ["safe_complete", "comply", "comply", "comply"],
+                       "safe": [True, False, False, False], "not_overrefused": [True, True, False, True],
+                       "correct_action": [True, True, False, True], "error": None})
+    defs = metrics.heldout_metrics(df)
+    keys = {d.key for d in defs}
+    assert {"not_unsafe[wellbeing]", "not_overrefuse[wellbeing]", "correct_action[wellbeing]",
+            "not_overrefuse[lab_safety]", "correct_action[lab_safety]"} <= keys
+    assert "not_unsafe[lab_safety]" not in keys  # no prompt of lab_safety to refuse or safe-complete
+    values = {d.key: d.select(df).pipe(lambda m: df.loc[m, d.column].mean()) for d in defs
+              if d.key.endswith(("[wellbeing]", "[lab_safety]")) and d.column in df}
+    assert values["not_overrefuse[lab_safety]"] == 0.5 and values["correct_action[wellbeing]"] == 1.0
+    from delib.evaluation.reading import by_category
+    table = pd.DataFrame([{"variant": "a", "key": k, "value": v, "lo": v, "hi": v, "n": 1, "kind": "rate"}
+                          for k, v in values.items()])
+    shown = by_category(table, ["lab_safety", "wellbeing"])
+    assert shown.loc[("lab_safety", "a"), "not_overrefuse"].startswith("0.50") and shown.shape == (2, 3)

@@ -109,6 +109,7 @@ def test_spec_for_category_shows_own_full_text_and_all_summaries(spec):
      "s.md:6: categories.c.levels.0.action: unknown action 'nope' (known: comply, refuse, safe_complete, nah;"),
     ("---\nactions:\n  refuse: refuse\n---\n# A\nbody\n", "s.md:3: actions.refuse: 'refuse' is already an action"),
     ("---\nactions:\n  deny: block\n---\n# A\nbody\n", "s.md:3: actions.deny: Input should be"),
+    ("---\ncategories:\n  refuse: {sections: [a]}\n---\n# A\nbody\n", "s.md:3: categories.refuse: a category may not be named as an action"),
 ])
 def test_errors_name_file_and_line(text, message):
     with pytest.raises(SpecError) as e:

@@ -9,7 +9,7 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from delib.evaluation.metrics import fmt_diff, wide_table
+from delib.evaluation.metrics import fmt, fmt_diff, wide_table
 from delib.run import stages
 
 EVAL = stages.EVALUATE
@@ -31,6 +31,21 @@ def headline(present: Iterable[str], keys: Sequence[str] = HEADLINE) -> list[str
         elif k in present:
             out.append(k)
     return out
+
+
+def by_category(metrics: pd.DataFrame, categories: Sequence[str]) -> pd.DataFrame:
+    """Safety, over-refusal and action per category: one row per (category, variant), "value [lo, hi] (n)"."""
+    rows = []
+    for c in categories:
+        for name in ("not_unsafe", "not_overrefuse", "correct_action"):
+            for r in metrics[metrics["key"] == f"{name}[{c}]"].itertuples():
+                rows.append({"category": c, "variant": r.variant, "metric": name,
+                             "cell": f"{fmt(r.value, r.lo, r.hi)} (n={r.n})"})
+    if not rows:
+        return pd.DataFrame()
+    t = pd.DataFrame(rows)
+    return t.pivot(index=["category", "variant"], columns="metric", values="cell").reindex(
+        columns=[m for m in ("not_unsafe", "not_overrefuse", "correct_action") if m in set(t["metric"])])
 
 
 RETRIEVAL = ("citation_accuracy[refuse]", "citation_accuracy[safe_complete]", "citation_accuracy[comply]")

@@ -15,8 +15,8 @@ import pandas as pd
 from delib.evaluation.findings import caveats, percent
 from delib.evaluation.llm_grading import agreement
 from delib.evaluation.metrics import bootstrap_weights, wide_table
-from delib.evaluation.reading import (COST, EVAL, HEADLINE, PAPER, RETRIEVAL, differences_table, headline,
-                                      headline_table)
+from delib.evaluation.reading import (COST, EVAL, HEADLINE, PAPER, RETRIEVAL, by_category, differences_table,
+                                      headline, headline_table)
 from delib.run.io import write_json_atomic
 
 
@@ -194,6 +194,11 @@ def report_sections(run: str, ev: dict, figures: dict[str, Path], found: Sequenc
             "that excludes 0. Anything without * is not shown by this evaluation."],
             tables=[(f"difference [{pct} interval]", differences_table(d))],
             figures=[("Paired differences", figures.get("differences"))]),
+        Section("By category", [
+            "Safety, over-refusal and action on each category of the spec, over that category's held-out prompts "
+            "only: a few prompts each, so the intervals are wide."],
+            tables=[(f"value [{pct} interval] (n)", by_category(m, sorted(ev["answers"]["category"].dropna().unique())
+                                                                 if "category" in ev["answers"] else []))]),
         Section("Policy retrieval and style", tables=[
             ("Chain of thought cites a section of the prompt's category, by expected action",
              wide_table(m, [k for k in RETRIEVAL if k in set(m["key"])]) if not m.empty else pd.DataFrame())],

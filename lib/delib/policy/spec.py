@@ -302,6 +302,9 @@ def parse_spec(text: str, source: str = "<spec>", mapping_text: Optional[str] = 
                             f"own words for {', '.join(ACTIONS)} here")
     categories = {}
     for cid, cm in mapping.categories.items():
+        if cid in ACTIONS or cid in mapping.actions:  # metric keys name a subset by action or by category
+            line = key_line(root, ("categories", cid), offset) or offset
+            raise SpecError(f"{map_src}:{line}: categories.{cid}: a category may not be named as an action")
         check(cm.sections, ("categories", cid, "sections"))
         by_action = cm.style if isinstance(cm.style, dict) else ({"safe_complete": cm.style} if cm.style else {})
         for action, ids in by_action.items():
