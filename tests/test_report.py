@@ -200,3 +200,10 @@ def test_the_headline_holds_each_categorys_style_metric_that_the_run_has_whateve
                "style_safe_completion", "citation_accuracy", "cot_tokens"]
     assert headline(present) == ["not_unsafe", "style_safe_completion[lab_safety]", "style_safe_completion[wellbeing]",
                                  "citation_accuracy"]
+
+
+def test_a_caveat_says_when_held_out_labels_came_from_the_labeller_model():
+    info = {"label_sources": {"category_source": {"file": 10, "model": 2}, "action_source": {"level": 9, "model": 3}}}
+    found = [c for c in findings.caveats(info) if "labeller model" in c]
+    assert len(found) == 1 and "2 categories and 3 expected actions" in found[0]
+    assert not [c for c in findings.caveats({"label_sources": {"action_source": {"file": 12}}}) if "labeller" in c]

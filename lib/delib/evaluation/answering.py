@@ -139,6 +139,9 @@ def evaluation_info(selected: pd.DataFrame, variants: Sequence[Variant], params:
     return {"prompts": int(len(selected)),
             "prompts_by_action": {a: int(n) for a, n in selected["expected_action"].value_counts().sort_index().items()},
             "prompt_ids": [str(i) for i in selected["id"]],
+            # where each held-out prompt's labels came from (policy.prompts: file, level, model, seeded)
+            "label_sources": {col: {str(k): int(n) for k, n in selected[col].fillna("file").value_counts().items()}
+                              for col in ("category_source", "action_source") if col in selected},
             "variants_evaluated": [v.name for v in variants if v.available],
             "variants_not_available": {v.name: v.reason for v in variants if not v.available},
             "resamples": ev.bootstrap_resamples, "confidence": ev.confidence, "seed": params.seed,

@@ -165,6 +165,13 @@ def caveats(info: dict) -> list[str]:
     extra = [f"The RL reward of this run uses {', '.join(shared)}, which stage 06 also grades with: RL was trained "
              "on functions it is then scored by, so its gains on the metrics they decide may be overstated."
              ] if shared else []
+    by_model = {col: n for col, counts in info.get("label_sources", {}).items() if (n := counts.get("model", 0))}
+    if by_model:
+        what = " and ".join(f"{n} {'categories' if col == 'category_source' else 'expected actions'}"
+                            for col, n in by_model.items())
+        extra.append(f"Of the held-out prompts' labels, {what} were given by the labeller model at stage 01 (its "
+                     "agreement with the prompt set's own labels is in stage 01's notebook), not by the prompt set: "
+                     "every metric that reads a category or an expected action counts them as given.")
     if graders.get("sft_filter_shares_evaluation_graders"):
         extra.append("Stage 03 kept SFT samples partly by the rules stage 06 grades with (judge.score_weights: "
                      f"{', '.join(graders['sft_filter_shares_evaluation_graders'])}): the SFT data was selected to "
