@@ -65,7 +65,9 @@ def test_stage_01_labels_what_a_prompt_set_leaves_out_and_measures_the_labeller_
     assert df["level"].tolist()[:2] == ["S1", "K1"]
     phishing = next(str(b) for b in seen if "phishing" in str(b))
     assert "illicit_behaviour/K1" in phishing and "self_harm/S0" not in phishing  # its own category's levels only
+    assert df["label_confidence"].tolist()[:2] == [0.6065, 0.6065]  # the fake model: one token, log-prob -0.5
     summary = labelling_summary(spec, df)
+    assert summary["confidence_of_filled"] == {"median": 0.607, "min": 0.607}
     assert summary["filled"] == {"category": 1, "expected_action": 2}
     assert summary["category"] == {"n": 2, "accuracy": 1.0}  # the fully labelled rows, asked among every choice
     assert summary["action"] == {"n": 2, "accuracy": 0.5}  # the lock prompt: comply (K0) against the file's refuse
@@ -78,3 +80,15 @@ def test_stage_01_labels_what_a_prompt_set_leaves_out_and_measures_the_labeller_
     assert str(e.value).startswith(f"{f}:2: prompt '1' has no category, and the labeller (models.judge) gave none (")
     with pytest.raises(PromptSetError, match=r"p.csv:2: missing value for column 'category'"):
         load_prompt_sets([PromptSetParams(path=str(f))], spec)  # prompts.label_missing: false
+
+
+def test_a_labels_confidence_is_the_probability_of_the_tokens_that_spell_it():
+    import math
+    from types import SimpleNamespace
+    from delib.models.calls import TokenLogprob
+    from delib.policy.labelling import label_confidence
+    tokens = [("{\"", -0.1), ("label", -0.1), ("\": \"", -0.1), ("pets", -0.2), ("/A", -0.3), ("\"}", -0.1)]
+    result = SimpleNamespace(parsed=SimpleNamespace(label="pets/A"), logprobs=[TokenLogprob(t, lp) for t, lp in tokens])
+    assert label_confidence(result) == round(math.exp(-0.5), 4)  # "pets" and "/A" only
+    assert label_confidence(SimpleNamespace(parsed=SimpleNamespace(label="pets/A"), logprobs=None)) is None
+    assert label_confidence(SimpleNamespace(parsed=None, logprobs=result.logprobs)) is None

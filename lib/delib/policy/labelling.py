@@ -9,6 +9,7 @@ that the labeller's agreement with the labels that exist is measured on the same
 """
 from __future__ import annotations
 
+import math
 from typing import Literal, Optional
 
 import pandas as pd
@@ -73,11 +74,12 @@ def label_prompts(prompts: pd.DataFrame, spec: Spec, client, desc: str = "label 
         category = r.category if isinstance(r.category, str) and not has_action else None
         options = list(choices(spec, category))
         requests.append(ChatRequest(messages=labeller_messages(r.prompt, spec, category),
-                                    response_model=label_model(options), temperature=0.0,
+                                    response_model=label_model(options), temperature=0.0, logprobs=True,
                                     meta={"prompt_id": r.id}))
     results = client.chat_many(requests, desc=desc)
     out = prompts.copy()
     out["predicted_label"] = [res.parsed.label if res.parsed is not None else None for res in results]
+    out["label_confidence"] = [label_confidence(res) for res in results]
     out["labeller_error"] = [res.error for res in results]
     every = choices(spec)
     for i, label in zip(out.index, out["predicted_label"]):
@@ -92,6 +94,23 @@ def label_prompts(prompts: pd.DataFrame, spec: Spec, client, desc: str = "label 
             out.at[i, "level"] = level
             out.at[i, "expected_action"], out.at[i, "action_source"] = action, "model"
     return out, agreement(out, every)
+
+
+def label_confidence(result) -> Optional[float]:
+    """The model's probability of the label it wrote: exp of the summed log-probabilities of the tokens that spell
+    the label in its reply; None without log-probabilities (a backend that gives none) or without a label."""
+    if result.parsed is None or not result.logprobs:
+        return None
+    text = "".join(t.token for t in result.logprobs)
+    start = text.find(f'"{result.parsed.label}"')
+    if start < 0:
+        return None
+    start, end, pos, total = start + 1, start + 1 + len(result.parsed.label), 0, 0.0
+    for tok in result.logprobs:
+        if pos < end and pos + len(tok.token) > start:
+            total += tok.logprob
+        pos += len(tok.token)
+    return round(math.exp(total), 4)
 
 
 def agreement(labelled: pd.DataFrame, every: dict) -> dict:

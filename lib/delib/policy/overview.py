@@ -47,7 +47,11 @@ def labelling_summary(spec: Spec, prompts: pd.DataFrame) -> Optional[dict]:
         return None
     filled = {col: int((prompts[src] == "model").sum()) for col, src in (("category", "category_source"),
                                                                           ("expected_action", "action_source"))}
-    return {"filled": filled, **agreement(prompts, choices(spec))}
+    confidence = prompts.loc[(prompts["category_source"] == "model") | (prompts["action_source"] == "model"),
+                             "label_confidence"].dropna()
+    return {"filled": filled, "confidence_of_filled": {"median": round(float(confidence.median()), 3),
+                                                        "min": round(float(confidence.min()), 3)}
+            if not confidence.empty else None, **agreement(prompts, choices(spec))}
 
 
 def section_tree(spec: Spec) -> str:
