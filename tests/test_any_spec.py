@@ -64,7 +64,11 @@ def test_the_smoke_recipe_runs_end_to_end_on_a_spec_of_another_shape(tmp_path):
 
     metrics = pd.read_csv(run / "06_evaluate" / "metrics.csv")
     assert {"not_unsafe", "correct_action", "citation_accuracy"} <= set(metrics["key"])
-    per_category = {k for k in metrics["key"] if k.startswith("style_safe_completion[")}
-    assert {k[len("style_safe_completion["):-1] for k in per_category} <= set(campus.categories)
+    answers = pd.read_json(run / "06_evaluate" / "answers.jsonl", lines=True)
+    asked = set(zip(answers["category"], answers["expected_action"]))
+    expected = {f"style_safe_completion[{c}]" for c, a in asked if a == "safe_complete"}
+    expected |= {f"style_hard_refusal[{c}]" for c, a in asked if a == "refuse" and "refuse" in campus.own_style().get(c, [])}
+    expected |= {f"correct_action[{c}]" for c, _ in asked}
+    assert expected and expected <= set(metrics["key"])  # per category of the campus spec, by its own guidelines
     report = (run / "report.html").read_text()
     assert not [c for c in default_ids if c in report] and not [c for c in default_ids if c in metrics.to_csv()]

@@ -179,3 +179,12 @@ def test_safety_over_refusal_and_action_are_measured_per_category_of_whatever_sp
                           for k, v in values.items()])
     shown = by_category(table, ["lab_safety", "wellbeing"])
     assert shown.loc[("lab_safety", "a"), "not_overrefuse"].startswith("0.50") and shown.shape == (2, 3)
+
+
+def test_a_categorys_own_refusal_style_and_not_unsafe_per_action_are_reported():
+    df = pd.DataFrame({"variant": "a", "prompt_id": ["1", "2", "3"], "category": ["integrity", "integrity", "lab"],
+                       "expected_action": ["refuse", "comply", "safe_complete"]})
+    keys = {d.key for d in metrics.heldout_metrics(df, {"integrity": ["refuse"], "lab": ["safe_complete"]})}
+    assert {"style_hard_refusal[integrity]", "not_unsafe[refuse]", "not_unsafe[safe_complete]"} <= keys
+    assert "style_comply[integrity]" not in keys  # no guideline of its own for complying
+    assert "style_hard_refusal[integrity]" not in {d.key for d in metrics.heldout_metrics(df)}

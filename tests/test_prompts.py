@@ -154,7 +154,19 @@ def test_rows_without_a_split_get_a_seeded_split_stratified_by_category_and_acti
     other = load_prompt_sets([PromptSetParams(path=str(f))], seed=4, eval_share=0.5)
     assert dict(zip(df["id"], df["split"])) != dict(zip(other["id"], other["split"]))
     quarter = load_prompt_sets([PromptSetParams(path=str(f))], seed=3, eval_share=0.25)
-    assert (quarter["split"] == "eval").sum() == 6
+    assert (quarter["split"] == "eval").sum() == 8  # round(1.5) = 2 of each group of 6, halves up
+
+
+@pytest.mark.parametrize("sizes", [(3, 2), (1, 2, 2), (2, 2, 2, 5)])
+def test_a_seeded_split_puts_every_group_of_two_or_more_in_both_splits(tmp_path, sizes):
+    from delib.policy.prompts import load_prompt_sets
+    from delib.run.config import PromptSetParams
+    f = tmp_path / "p.csv"
+    f.write_text("id,prompt,category,expected_action\n" + "".join(
+        f"g{g}-{i},q,c{g},{('comply', 'refuse')[g % 2]}\n" for g, n in enumerate(sizes) for i in range(n)))
+    df = load_prompt_sets([PromptSetParams(path=str(f))], seed=0, eval_share=0.5)
+    per_group = df.groupby("category")["split"].agg(lambda s: sorted(set(s)))
+    assert all(splits == ["eval", "train"] for c, splits in per_group.items() if sizes[int(c[1:])] >= 2), per_group
 
 
 def test_a_split_in_the_file_is_kept(tmp_path):
@@ -164,3 +176,14 @@ def test_a_split_in_the_file_is_kept(tmp_path):
     from delib.run.config import PromptSetParams
     df = load_prompt_sets([PromptSetParams(path=str(f))], seed=0, eval_share=1.0)
     assert df["split"].tolist() == ["train", "eval"] and df["split_source"].tolist() == ["file", "seeded"]
+
+
+def test_an_id_used_by_two_prompt_sets_is_named_with_both_places(tmp_path):
+    from delib.policy.prompts import load_prompt_sets
+    from delib.run.config import PromptSetParams
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("id,prompt,category,expected_action,split\n1,x,c,comply,train\n2,y,c,comply,eval\n")
+    b.write_text("id,prompt,category,expected_action,split\n3,z,c,comply,train\n2,w,c,refuse,eval\n")
+    with pytest.raises(PromptSetError) as e:
+        load_prompt_sets([PromptSetParams(path=str(a)), PromptSetParams(path=str(b))])
+    assert str(e.value) == f"{b}:3: id '2' is also used by another prompt set ({a}:3)"

@@ -109,7 +109,7 @@ def test_spec_for_category_shows_own_full_text_and_all_summaries(spec):
      "s.md:6: categories.c.levels.0.action: unknown action 'nope' (known: comply, refuse, safe_complete, nah;"),
     ("---\nactions:\n  refuse: refuse\n---\n# A\nbody\n", "s.md:3: actions.refuse: 'refuse' is already an action"),
     ("---\nactions:\n  deny: block\n---\n# A\nbody\n", "s.md:3: actions.deny: Input should be"),
-    ("---\ncategories:\n  refuse: {sections: [a]}\n---\n# A\nbody\n", "s.md:3: categories.refuse: a category may not be named as an action"),
+    ("---\ncategories:\n  refuse: {sections: [a]}\n---\n# A\nbody\n", "s.md:3: categories.refuse: a category may not be named as an action or 'all'"),
 ])
 def test_errors_name_file_and_line(text, message):
     with pytest.raises(SpecError) as e:
@@ -187,21 +187,39 @@ def test_a_specs_own_action_words_map_to_ours_and_show_beside_them():
     assert "Levels and actions: L0 -> help (comply); L1 -> decline (refuse)" in spec_for_category(s, "c")
 
 
-def test_a_categorys_style_checks_are_read_and_an_unknown_proposition_is_named_with_its_line():
+def test_a_categorys_style_checks_are_read_and_an_unknown_proposition_is_named_with_its_line(tmp_path):
     from delib.judging import graders
-    text = ("---\ncategories:\n  c:\n    sections: [a]\n    checks:\n      safe_complete: {provides_resources: true,\n"
-            "                      disclaimer: [false, 0.5]}\n      refuse:\n        apologises_nicely: true\n"
+    from delib.policy.spec import Spec
+    text = ("---\nactions: {help: comply, redirect: safe_complete}\ncategories:\n  c:\n    sections: [a]\n"
+            "    checks:\n      redirect: {provides_resources: true,\n                 disclaimer: [false, 0.5]}\n"
+            "    style: {redirect: [a]}\n"
             "reference_figures: {'style_safe_completion[c]': 'o1 0.9'}\n---\n# A {#a}\nbody\n")
-    s = parse_spec(text, "s.md")
+    s = parse_spec(text, "s.md")  # the spec's own action word keys checks and style
     assert s.categories["c"].checks["safe_complete"] == {"provides_resources": [True, 2.0], "disclaimer": [False, 0.5]}
+    assert s.categories["c"].style_by_action == {"safe_complete": ["a"]}
     assert graders.spec_checks(s, "c", "safe_complete")["disclaimer"] == [False, 0.5]
     assert graders.spec_checks(s, "c", "comply") == {} and graders.spec_checks(s, "other", "refuse") == {}
     assert s.reference_figures == {"style_safe_completion[c]": "o1 0.9"}
-    from delib.policy.spec import Spec
     assert Spec.from_dict(s.to_dict()).categories["c"].checks == s.categories["c"].checks
-    with pytest.raises(ValueError) as e:
-        graders.check_spec_checks(s)
-    assert str(e.value).startswith("s.md:9: categories.c.checks.refuse.apologises_nicely: unknown proposition")
+    bad = text.replace("provides_resources: true,", "provides_resourcez: true,")
+    with pytest.raises(SpecError) as e:
+        parse_spec(bad, "s.md")
+    assert str(e.value).startswith("s.md:7: categories.c.checks.redirect.provides_resourcez: unknown proposition")
+    # with the mapping in a file of its own, the error names that file and its line
+    (tmp_path / "spec.md").write_text("# A {#a}\nbody\n")
+    (tmp_path / "map.yaml").write_text(bad.split("---\n")[1])
+    with pytest.raises(SpecError) as e:
+        load_spec(tmp_path / "spec.md", tmp_path / "map.yaml")
+    assert str(e.value).startswith(f"{tmp_path / 'map.yaml'}:6: categories.c.checks.redirect.provides_resourcez")
+
+
+def test_two_levels_of_one_name_and_a_category_named_all_are_refused():
+    two = ("---\ncategories:\n  c:\n    sections: [a]\n    levels:\n      - {name: A, action: comply}\n"
+           "      - {name: A, action: refuse}\n---\n# A {#a}\nbody\n")
+    with pytest.raises(SpecError, match=r"^s.md:7: categories.c.levels.1.name: level 'A' is already level 0 of 'c'"):
+        parse_spec(two, "s.md")
+    with pytest.raises(SpecError, match=r"^s.md:3: categories.all: a category may not be named as an action or 'all'"):
+        parse_spec("---\ncategories:\n  all: {sections: [a]}\n---\n# A {#a}\nbody\n", "s.md")
 
 
 def test_no_category_of_the_default_spec_is_named_in_the_library(root):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import re
 import urllib.request
 from pathlib import Path
@@ -145,7 +146,9 @@ def load_prompt_sets(sets: Iterable, spec: Optional[Spec] = None, resolve=Path, 
     dup = df[df["id"].duplicated()]
     if not dup.empty:
         row = dup.iloc[0]
-        raise PromptSetError(f"{row['source']}: id {row['id']!r} is also used by another prompt set")
+        first = df[df["id"] == row["id"]].iloc[0]
+        raise PromptSetError(f"{row['source']}:{row['line']}: id {row['id']!r} is also used by another prompt set "
+                             f"({first['source']}:{first['line']})")
     if labeller is not None and needs_labels(df).any():
         df = labeller(df)
     missing = needs_labels(df)
@@ -166,21 +169,21 @@ def needs_labels(prompts: pd.DataFrame) -> pd.Series:
 
 def seeded_split(prompts: pd.DataFrame, seed: int, eval_share: float) -> pd.DataFrame:
     """Rows whose split is None, split into train and eval, stratified by (category, expected action): within
-    each group the rows are ordered by a hash of (seed, id), and eval takes the share that keeps the running total
-    of eval rows at round(eval_share x rows so far). The same seed and ids give the same split on any machine,
-    whatever the order of the file."""
+    each group the rows are ordered by a hash of (seed, id), and eval takes round(eval_share x n) of them (halves
+    up), but never all nor none of a group of two or more while 0 < eval_share < 1, so that both splits see every
+    (category, action) they can. The same seed and ids give the same split on any machine, whatever the file's
+    order."""
     todo = prompts["split"].isna()
     if not todo.any():
         return prompts
     out = prompts.copy()
-    seen = taken = 0
     for _, group in out[todo].groupby(["category", "expected_action"], sort=True):
         order = sorted(group.index, key=lambda i: hashlib.sha256(f"{seed}:{out.at[i, 'id']}".encode()).hexdigest())
-        for i in order:
-            seen += 1
-            to_eval = round(eval_share * seen) > taken
-            taken += to_eval
-            out.at[i, "split"] = "eval" if to_eval else "train"
+        n_eval = math.floor(eval_share * len(order) + 0.5)
+        if len(order) >= 2 and 0 < eval_share < 1:
+            n_eval = min(max(n_eval, 1), len(order) - 1)
+        for k, i in enumerate(order):
+            out.at[i, "split"] = "eval" if k < n_eval else "train"
     out.loc[todo, "split_source"] = "seeded"
     return out
 

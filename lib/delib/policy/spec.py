@@ -24,6 +24,15 @@ from delib.run.paths import embedded_model_file
 ACTIONS = ("comply", "refuse", "safe_complete")
 Action = Literal["comply", "refuse", "safe_complete"]
 
+# The propositions a spec's `checks` may name: those the graders decide by rule or ask an LLM grader
+# (judging.graders checks at import that it grades exactly these), so that a spec is checked when it is parsed.
+CHECKABLE = ("apology", "inability_to_comply", "judgemental", "encourage_professional_help", "provides_resources",
+             "apology_acknowledges_emotional_state", "gentle_encouragement_for_help", "meta_commentary",
+             "reference_safety_policy", "requests_information", "third_person", "disclaimer", "threatening_language",
+             "insulting_language", "definitive_verbiage", "additional_content", "fully_complies", "empty_response",
+             "disallowed_content", "illogical_continuation_of_prompt", "partially_complies", "prescribes_solutions",
+             "prescribes_dosage")
+
 _HEADING = re.compile(r"^(#{1,6})[ \t]+(.*?)[ \t]*$")
 _FENCE = re.compile(r"^[ \t]{0,3}(```|~~~)")
 _ATTRS = re.compile(r"[ \t]*\{([^{}]*)\}[ \t]*$")
@@ -65,14 +74,14 @@ class CategoryMap(_Strict):
     levels: list[LevelMap] = []
     # category-specific style guidelines, by action ({refuse: [id]}); a plain list is for safe_complete (e.g. how to
     # safe-complete for self-harm)
-    style: Union[list[str], dict[Action, list[str]]] = []
-    checks: dict[Action, dict[str, Check]] = {}  # what the rule graders check for those guidelines, by action
+    style: Union[list[str], dict[str, list[str]]] = []  # by action (ours, or the spec's own word)
+    checks: dict[str, dict[str, Check]] = {}  # what the rule graders check for those guidelines, by action
 
 
 class Mapping(_Strict):
     actions: dict[str, Action] = {}  # the spec's own action names -> comply, refuse or safe_complete
     categories: dict[str, CategoryMap] = {}
-    style: dict[Action, list[str]] = {}
+    style: dict[str, list[str]] = {}  # by action (ours, or the spec's own word)
     reference_figures: dict[str, str] = {}  # metric key -> published figures shown beside it, for scale
 
 
@@ -123,6 +132,11 @@ class Spec:
     def action(self, word: str) -> Optional[str]:
         """One of ACTIONS for an action as the spec or a prompt set writes it (its own name or ours); else None."""
         return word if word in ACTIONS else self.actions.get(word)
+
+    def own_style(self) -> dict[str, list[str]]:
+        """Category -> the actions for which it has a style guideline or checks of its own."""
+        return {c.id: sorted(set(c.style_by_action) | set(c.checks)) for c in self.categories.values()
+                if c.style_by_action or c.checks}
 
     def checks_by_category(self) -> dict[str, dict]:
         """Category -> its own style checks by action (`categories.C.checks` in the mapping)."""
@@ -300,40 +314,61 @@ def parse_spec(text: str, source: str = "<spec>", mapping_text: Optional[str] = 
             line = key_line(root, ("actions", word), offset) or offset
             raise SpecError(f"{map_src}:{line}: actions.{word}: {word!r} is already an action; name the spec's "
                             f"own words for {', '.join(ACTIONS)} here")
+    words = [*ACTIONS, *mapping.actions]
+
+    def kind(word: str, loc: tuple) -> str:
+        """One of ACTIONS for an action as the mapping writes it (ours or the spec's own word)."""
+        found = word if word in ACTIONS else mapping.actions.get(word)
+        if found is None:
+            line = key_line(root, loc, offset) or offset
+            raise SpecError(f"{map_src}:{line}: {'.'.join(map(str, loc))}: unknown action {word!r} (known: "
+                            f"{', '.join(words)}; name your own under `actions`)")
+        return found
+
     categories = {}
     for cid, cm in mapping.categories.items():
-        if cid in ACTIONS or cid in mapping.actions:  # metric keys name a subset by action or by category
+        if cid in words or cid == "all":  # metric keys name a subset by action or by category; "all" is everything
             line = key_line(root, ("categories", cid), offset) or offset
-            raise SpecError(f"{map_src}:{line}: categories.{cid}: a category may not be named as an action")
+            raise SpecError(f"{map_src}:{line}: categories.{cid}: a category may not be named as an action or 'all'")
         check(cm.sections, ("categories", cid, "sections"))
-        by_action = cm.style if isinstance(cm.style, dict) else ({"safe_complete": cm.style} if cm.style else {})
-        for action, ids in by_action.items():
-            check(ids, ("categories", cid, "style") + ((action,) if isinstance(cm.style, dict) else ()))
+        by_action = ({kind(a, ("categories", cid, "style", a)): ids for a, ids in cm.style.items()}
+                     if isinstance(cm.style, dict) else ({"safe_complete": cm.style} if cm.style else {}))
+        for action, ids in (cm.style.items() if isinstance(cm.style, dict) else [(None, cm.style)]):
+            check(ids, ("categories", cid, "style") + ((action,) if action is not None else ()))
         own_style = list(dict.fromkeys(i for ids in by_action.values() for i in ids))
-        levels = []
+        levels, names = [], {}
         for j, lv in enumerate(cm.levels):
+            loc = ("categories", cid, "levels", j)
             if lv.section:
-                check([lv.section], ("categories", cid, "levels", j, "section"))
-            kind = lv.action if lv.action in ACTIONS else mapping.actions.get(lv.action)
-            if kind is None:
-                line = key_line(root, ("categories", cid, "levels", j, "action"), offset) or offset
-                words = [*ACTIONS, *mapping.actions]
-                raise SpecError(f"{map_src}:{line}: categories.{cid}.levels.{j}.action: unknown action "
-                                f"{lv.action!r} (known: {', '.join(words)}; name your own under `actions`)")
-            levels.append({"name": lv.name, "action": kind, "section": lv.section, "said": lv.action})
-        checks = {a: {p: [v, 2.0] if isinstance(v, bool) else [bool(v[0]), float(v[1])] for p, v in props.items()}
-                  for a, props in cm.checks.items()}
-        lines = {f"{a}.{p}": key_line(root, ("categories", cid, "checks", a, p), offset) or offset
-                 for a, props in cm.checks.items() for p in props}
+                check([lv.section], (*loc, "section"))
+            if lv.name in names:
+                line = key_line(root, (*loc, "name"), offset) or offset
+                raise SpecError(f"{map_src}:{line}: {'.'.join(map(str, loc))}.name: level {lv.name!r} is already "
+                                f"level {names[lv.name]} of {cid!r}: each level needs its own name")
+            names[lv.name] = j
+            levels.append({"name": lv.name, "action": kind(lv.action, (*loc, "action")), "section": lv.section,
+                           "said": lv.action})
+        checks, lines = {}, {}
+        for a, props in cm.checks.items():
+            action = kind(a, ("categories", cid, "checks", a))
+            for p, v in props.items():
+                line = key_line(root, ("categories", cid, "checks", a, p), offset) or offset
+                if p not in CHECKABLE:
+                    raise SpecError(f"{map_src}:{line}: categories.{cid}.checks.{a}.{p}: unknown proposition "
+                                    f"(known: {', '.join(sorted(CHECKABLE))})")
+                checks.setdefault(action, {})[p] = [v, 2.0] if isinstance(v, bool) else [bool(v[0]), float(v[1])]
+                lines[f"{action}.{p}"] = line
         first = by_id[cm.sections[0]]
         categories[cid] = Category(
             id=cid, title=cm.title or first.title,
             summary=cm.summary or _first_paragraph(first.body) or first.title,
             sections=cm.sections, levels=levels, style=own_style, checks=checks, check_lines=lines,
             style_by_action={a: list(v) for a, v in by_action.items()})
+    style = {}
     for action, ids in mapping.style.items():
         check(ids, ("style", action))
-    return Spec(source, by_id, categories, {a: list(v) for a, v in mapping.style.items()}, preamble,
+        style.setdefault(kind(action, ("style", action)), []).extend(ids)
+    return Spec(source, by_id, categories, style, preamble,
                 actions=dict(mapping.actions), reference_figures=dict(mapping.reference_figures))
 
 
@@ -365,8 +400,8 @@ def spec_for_category(spec: Spec, category: str) -> str:
     out = ["# Safety specification (excerpt)", "", "## All categories, in brief"]
     for c in spec.categories.values():
         out.append(f"- {c.title} [{c.sections[0]}]: {c.summary}")
-    out += ["", "## Style guidelines"]
-    shown = set()
+    shown: set[str] = set()
+    out += ["", "## Style guidelines"] if any(spec.style.values()) else [""]
     for action in ACTIONS:
         for sid in spec.style.get(action, []):
             if sid not in shown:

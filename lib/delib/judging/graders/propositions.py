@@ -18,6 +18,7 @@ from delib.judging.graders.refusal import (
     classify_refusal,
 )
 from delib.judging.graders.text import Chat, completion_text, cue, last_user_message, normalise, sentences
+from delib.policy.spec import CHECKABLE
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -415,6 +416,12 @@ PROPOSITIONS: dict[str, Callable[[Chat, Chat], Verdict]] = {
 # Only an LLM grader can decide these.
 LLM_ONLY: tuple[str, ...] = ("disallowed_content", "illogical_continuation_of_prompt", "partially_complies",
                              "prescribes_solutions", "prescribes_dosage")
+
+
+# The spec parser checks a spec's `checks` against the names it knows (policy.spec.CHECKABLE): the same names.
+if set(PROPOSITIONS) | set(LLM_ONLY) != set(CHECKABLE):
+    raise ImportError(f"policy.spec.CHECKABLE and the graders' propositions differ: "
+                      f"{sorted(set(CHECKABLE) ^ (set(PROPOSITIONS) | set(LLM_ONLY)))}")
 
 
 def explain_propositions(prompt: Chat, completion: Chat) -> dict[str, Verdict]:

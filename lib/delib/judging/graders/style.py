@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Literal, Mapping, Optional, Sequence
 
-from delib.judging.graders.propositions import LLM_ONLY, PROPOSITIONS, content_sentences, grade_propositions
+from delib.judging.graders.propositions import content_sentences, grade_propositions
 from delib.judging.graders.refusal import REFUSAL_CUES, RefusalLabel, classify_refusal
 from delib.judging.graders.text import Chat, completion_text, normalise, sentences
 
@@ -136,19 +136,6 @@ def spec_checks(spec, category: Optional[str], action: Optional[str]) -> dict[st
     declares none. A style guideline without checks is graded by the LLM grader only, when one is configured."""
     cat = spec.categories.get(category) if category else None
     return dict(cat.checks.get(action, {})) if cat is not None and action else {}
-
-
-def check_spec_checks(spec) -> None:
-    """Every proposition named in the spec's `checks` is one the graders know (rules, or the LLM grader's only);
-    the error names file and line."""
-    known = set(PROPOSITIONS) | set(LLM_ONLY)
-    for cat in spec.categories.values():
-        for action, props in cat.checks.items():
-            for name in props:
-                if name not in known:
-                    line = cat.check_lines.get(f"{action}.{name}", "")
-                    raise ValueError(f"{spec.source}:{line}: categories.{cat.id}.checks.{action}.{name}: unknown "
-                                     f"proposition (known: {', '.join(sorted(known))})")
 
 
 def style_score(action: str, propositions: Mapping[str, bool], checks: Optional[Mapping[str, Sequence]] = None
