@@ -19,7 +19,8 @@ def test_csv_with_column_mapping(tmp_path):
 def test_jsonl_and_forced_split(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text(json.dumps({"id": "a", "prompt": "x", "category": "c", "expected_action": "safe_complete"}) + "\n")
-    assert load_prompt_set(f, split="eval")["split"].tolist() == ["eval"]
+    forced = load_prompt_set(f, split="eval")
+    assert forced["split"].tolist() == ["eval"] and forced["split_source"].tolist() == ["params"]
 
 
 @pytest.mark.parametrize("content, message", [

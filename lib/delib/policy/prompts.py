@@ -26,7 +26,7 @@ REQUIRED = ("id", "prompt")
 COLUMNS = (*REQUIRED, "category", "expected_action", "split")
 OPTIONAL = ("level",)  # may be absent, or empty on some rows
 SOURCES = ("category_source", "action_source", "split_source")  # "file", or where the value came from ("level",
-# "model", "seeded")
+# "model", "seeded", "params")
 SPLITS = ("train", "eval")
 XSTEST_URL = "https://raw.githubusercontent.com/paul-rottger/exaggerated-safety/main/xstest_prompts.csv"
 
@@ -73,7 +73,7 @@ def load_prompt_set(path: str | Path, columns: Optional[dict[str, str]] = None, 
                 src = columns.get(col, col)
                 raise PromptSetError(f"{path}:{lineno}: missing value for column {src!r}"
                                      + (f" (our {col!r})" if src != col else ""))
-        rec["split_source"] = "file" if split or rec["split"] else None
+        rec["split_source"] = "params" if split else "file" if rec["split"] else None  # params: prompts.sets[].split
         rec["split"] = split or rec["split"]
         if rec["split"] is not None and rec["split"] not in SPLITS:
             raise PromptSetError(f"{path}:{lineno}: split {rec['split']!r} is not one of {', '.join(SPLITS)}")
