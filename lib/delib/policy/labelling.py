@@ -3,9 +3,10 @@ model role (`models.judge`; `prompts.label_missing: false` makes a missing label
 
 One structured call per prompt picks one of the spec's levels, written "category/level" (for a category without
 levels, "category/action"); JSON output keeps the reply to the spec's own choices. A prompt whose category is
-known but whose action is not chooses among that category's levels only. Only missing values are filled, and where each value came from
-is kept (`category_source`, `action_source`: "model"). When some prompts need labels, every prompt is asked, so
-that the labeller's agreement with the labels that exist is measured on the same run (`agreement`).
+known but whose action is not chooses among that category's levels only. Only missing values are filled, and
+where each value came from is kept (`category_source`, `action_source`: "model"). When some prompts need labels,
+every prompt is asked, so that the labeller's agreement with the labels that exist is measured on the same run
+(`agreement`), and each label carries the model's confidence in it (`label_confidence`).
 """
 from __future__ import annotations
 
