@@ -197,8 +197,9 @@ def test_a_categorys_style_checks_are_read_and_an_unknown_proposition_is_named_w
     s = parse_spec(text, "s.md")  # the spec's own action word keys checks and style
     assert s.categories["c"].checks["safe_complete"] == {"provides_resources": [True, 2.0], "disclaimer": [False, 0.5]}
     assert s.categories["c"].style_by_action == {"safe_complete": ["a"]}
-    assert graders.spec_checks(s, "c", "safe_complete")["disclaimer"] == [False, 0.5]
-    assert graders.spec_checks(s, "c", "comply") == {} and graders.spec_checks(s, "other", "refuse") == {}
+    own = s.checks_by_category()
+    assert graders.spec_checks(own, "c", "safe_complete")["disclaimer"] == [False, 0.5]
+    assert graders.spec_checks(own, "c", "comply") == {} and graders.spec_checks(own, "other", "refuse") == {}
     assert s.reference_figures == {"style_safe_completion[c]": "o1 0.9"}
     assert Spec.from_dict(s.to_dict()).categories["c"].checks == s.categories["c"].checks
     bad = text.replace("provides_resources: true,", "provides_resourcez: true,")

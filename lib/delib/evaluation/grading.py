@@ -88,6 +88,7 @@ def answers_table(variant: Variant, prompts: pd.DataFrame, results: Sequence["Ch
     """One graded row per answer; a failed request is kept with its error and left out of every metric."""
     by_id = prompts.assign(id=prompts["id"].astype(str)).set_index("id")
     owner = section_owner(spec)
+    own_checks = spec.checks_by_category()
     rows = []
     for res in results:
         p = by_id.loc[res.meta["prompt_id"]]
@@ -103,7 +104,7 @@ def answers_table(variant: Variant, prompts: pd.DataFrame, results: Sequence["Ch
         applicable = (spec.level(category, level) or {}).get("section")
         graded = (grade_answer(p["prompt"], res.text, res.finish_reason, category, p["expected_action"],
                                spec.sections, owner, style_threshold, applicable,
-                               graders.spec_checks(spec, category, p["expected_action"])) if res.ok else {})
+                               graders.spec_checks(own_checks, category, p["expected_action"])) if res.ok else {})
         rows.append({**base, **graded})
     return pd.DataFrame(rows)
 

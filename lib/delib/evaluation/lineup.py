@@ -14,9 +14,9 @@ from delib.policy.spec import Spec, spec_for_category
 from delib.run import stages
 from delib.run.config import ModelRole, RunParams
 from delib.run.paths import stage_dir
+from delib.run.templates import fill, load_template
 from delib.training import serving
 from delib.training.serving import SERVED_FILE
-from delib.run.templates import fill, load_template
 
 if TYPE_CHECKING:
     pass

@@ -219,8 +219,9 @@ def score_samples(samples: "pd.DataFrame", judgements: "pd.DataFrame", how: str,
         verdicts = [] if g is None else [r for r in g[list(CRITERIA)].to_dict("records")
                                          if all(v is not None and v == v for v in r.values())]
         agg = aggregate(verdicts, how) or {}
+        own = graders.spec_checks(style_checks or {}, row.category, row.expected_action)
         checks = rule_checks(row.prompt, row.answer, row.category, row.expected_action, row.action, row.cited,
-                             section_category, ((style_checks or {}).get(row.category) or {}).get(row.expected_action))
+                             section_category, own)
         expected = None if g is None else g["expected_overall"].dropna()
         rows.append({"prompt_id": row.prompt_id, "sample_index": row.sample_index,
                      "judged": len(verdicts), **{f"judge_{c}": agg.get(c) for c in CRITERIA},

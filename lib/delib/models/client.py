@@ -55,9 +55,6 @@ from delib.run.paths import run_dir as run_folder
 from .structured import parse_reply
 
 
-
-
-
 class ModelClient(PrefillMixin):
     """Calls one model role (generator, judge, policy) for a stage; a context manager."""
 

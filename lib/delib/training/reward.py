@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 from pydantic import Field
 
 from delib.generation.cot import THINK_CLOSE, THINK_OPEN
-from delib.judging.graders import completion_text, grade_propositions, last_user_message, style_score, type_response
+from delib.judging.graders import (completion_text, grade_propositions, last_user_message, spec_checks, style_score,
+                                   type_response)
 from delib.judging.judge import AnswerVerdict, judge_messages
 from delib.models import ChatRequest
 
@@ -90,6 +91,7 @@ class AnswerReward:
                  show_expected_action: bool = True, log_path: Optional[Path] = None, template: Optional[str] = None):
         self.judge, self.spec_for_category, self.weights = judge, spec_for_category, weights
         self.template = template  # the judge template (None: the default)
+        self.style_checks = {c: r.get("checks", {}) for c, r in spec_for_category.items()}  # stage 01 wrote them
         self.show_expected_action = show_expected_action
         self.log_path = Path(log_path) if log_path else None
         self.calls = 0
@@ -115,7 +117,7 @@ class AnswerReward:
                 if result.parsed is not None:
                     verdicts[i] = result.parsed.model_dump()
         return [answer_reward(verdicts.get(i), p, a, c, e, self.weights,
-                              self.spec_for_category.get(c, {}).get("checks", {}).get(e))
+                              spec_checks(self.style_checks, c, e))
                 for i, (p, a, c, e) in enumerate(zip(prompts, answers, categories, expected_actions))]
 
     def __call__(self, prompts, completions, category, expected_action, prompt_id=None, **kwargs) -> list[float]:

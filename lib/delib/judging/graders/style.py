@@ -131,11 +131,13 @@ def style_for(action: str, checks: Optional[Mapping[str, Sequence]] = None) -> d
     return {**STYLE[action], **{k: (bool(v[0]), float(v[1])) for k, v in (checks or {}).items()}}
 
 
-def spec_checks(spec, category: Optional[str], action: Optional[str]) -> dict[str, list]:
-    """The category's own style checks for `action` from the spec's mapping (`categories.C.checks`); {} when it
-    declares none. A style guideline without checks is graded by the LLM grader only, when one is configured."""
-    cat = spec.categories.get(category) if category else None
-    return dict(cat.checks.get(action, {})) if cat is not None and action else {}
+def spec_checks(checks_by_category: Mapping[str, Mapping], category: Optional[str], action: Optional[str]
+                ) -> dict[str, list]:
+    """The category's own style checks for `action` from the spec's mapping (`categories.C.checks`), out of
+    category -> action -> checks (`Spec.checks_by_category()`); {} when it declares none. A style guideline without
+    checks is graded by the LLM grader only, when one is configured."""
+    own = checks_by_category.get(category) if category else None
+    return dict((own or {}).get(action, {})) if action else {}
 
 
 def style_score(action: str, propositions: Mapping[str, bool], checks: Optional[Mapping[str, Sequence]] = None
