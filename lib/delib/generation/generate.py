@@ -204,7 +204,9 @@ def samples_table(selected: "pd.DataFrame", results: list, spec: Spec, cot_hidde
         else:
             parsed = parse_completion(res.text, res.finish_reason, spec.sections, cot_hidden)
         rows.append({"prompt_id": pid, "sample_index": res.sample_index, "category": prompt.category,
-                     "expected_action": prompt.expected_action, "prompt": prompt.prompt, **parsed.to_dict(),
+                     "expected_action": prompt.expected_action,
+                     "level": prompt.level if isinstance(getattr(prompt, "level", None), str) else None,
+                     "prompt": prompt.prompt, **parsed.to_dict(),
                      "completion": res.text, "finish_reason": res.finish_reason,
                      "completion_tokens": res.usage.get("completion_tokens", 0), "latency_s": res.latency_s,
                      "cached": res.cached, "cot_hidden": cot_hidden})

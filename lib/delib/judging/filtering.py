@@ -21,6 +21,7 @@ from delib.run.io import write_jsonl
 # What each of stage 03's gates checks (params: judge.gates), in the funnel's words.
 GATES = {
     "cites_level": "the CoT cites a level of the prompt's own category",
+    "applicable_level": "it cites the level the prompt set gives (prompts without one pass)",
     "action_of_level": "its action is the one the cited level prescribes",
     "style_of_action": "it cites the style section for that action",
     "answer_takes_action": "the answer's response type is that action",
@@ -29,7 +30,8 @@ GATES = {
 
 
 def gate_values(row, spec: Spec) -> dict[str, bool]:
-    """Every gate's verdict on one sample (a row with category, cited, action, prompt, answer, expected_action)."""
+    """Every gate's verdict on one sample (a row with category, cited, action, prompt, answer, expected_action, and
+    optionally level: the name or section id of the level that applies, from the prompt set)."""
     cat = spec.categories.get(row.category)
     allowed: dict[str, set] = {}  # cited id -> the actions it may prescribe (the skeleton grammar's choices)
     for sid, act, _ in (choices(spec, row.category) if cat else []):
@@ -40,7 +42,10 @@ def gate_values(row, spec: Spec) -> dict[str, bool]:
     styles = style_sections(spec, row.category, action) if cat and action else []
     answer = row.answer if isinstance(row.answer, str) else ""
     typed = graders.type_response(row.prompt, answer).action if action else None
+    applicable = spec.level(row.category, getattr(row, "level", None) if isinstance(getattr(row, "level", None), str)
+                            else None)
     return {"cites_level": first is not None,
+            "applicable_level": applicable is None or applicable["section"] in cited,
             "action_of_level": first is not None and action in allowed[first],
             # a spec with no style guideline for the action has nothing to cite
             "style_of_action": action is not None and (not styles or any(c in styles for c in cited)),

@@ -190,7 +190,7 @@ def _check_weights(v: dict[str, float], known: dict[str, float], what: str) -> d
 
 
 # Stage 03's gates from the spec, in the order the funnel applies them (judging.filtering.GATES says what each checks).
-GATES = ("cites_level", "action_of_level", "style_of_action", "answer_takes_action", "expected_action")
+GATES = ("cites_level", "applicable_level", "action_of_level", "style_of_action", "answer_takes_action", "expected_action")
 
 
 class JudgeParams(CallingStageParams):
