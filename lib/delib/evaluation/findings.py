@@ -177,3 +177,38 @@ def caveats(info: dict) -> list[str]:
                      f"{', '.join(graders['sft_filter_shares_evaluation_graders'])}): the SFT data was selected to "
                      "pass them, so SFT's gains on action and style may be overstated.")
     return extra + CAVEATS
+
+
+def summary(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame, info: dict, training: dict,
+            funnel: pd.DataFrame) -> list[str]:
+    """The report's opening paragraphs: what was trained, what the trained variants do and how they differ from the
+    baseline (with intervals; significant or not), what this n cannot show, and the main caveat."""
+    out = [trained_on(training, funnel)]
+    out += verdict(metrics, diffs, variants, info.get("baseline", "base"))
+    alpha = 1 - info.get("confidence", 0.95)
+    floor = sign_test_floor(alpha)
+    n = info.get("prompts")
+    if n:
+        out.append(f"Each variant answered {n} held-out prompts. A difference is significant only when its paired "
+                   f"{percent(info.get('confidence', 0.95))} interval excludes 0 and the sign test agrees, which "
+                   f"needs at least {floor} prompts that differ, all one way; on a metric counted over fewer prompts "
+                   "(by expected action or by category) most differences cannot reach it.")
+    out.append(caveats(info)[0])
+    return out
+
+
+def trained_on(training: dict, funnel: pd.DataFrame) -> str:
+    """One sentence on the data and steps of stages 04-05, from their training.json and stage 03's funnel."""
+    sft, rl = training.get("04_sft"), training.get("05_rl")
+    parts = []
+    if sft:
+        kept = ""
+        if not funnel.empty and {"step", "samples"} <= set(funnel.columns):
+            kept = f" (kept by stage 03 from {int(funnel['samples'].iloc[0])} generated)"
+        parts.append(f"SFT trained on {sft.get('examples', '?')} samples{kept} for {sft.get('steps', '?')} steps"
+                     + (" (LoRA)" if sft.get("lora") else ""))
+    if rl:
+        parts.append(f"RL ran {rl.get('steps', '?')} GRPO steps from "
+                     + ("the SFT model" if rl.get("from_sft") else "the base model")
+                     + f" on {rl.get('prompts_seen', '?')} prompts, rewarded by the judge on the final answer only")
+    return ("; ".join(parts) + ".") if parts else "No model was trained in this run (stages 04-05 wrote no log)."

@@ -207,3 +207,35 @@ def compare_runs(table: pd.DataFrame, keys: Sequence[str], path: Path) -> Path:
     """The same metrics across run folders (one colour per run/variant), with intervals."""
     t = table.assign(variant=table["run"] + ": " + table["variant"])
     return metrics_per_variant(t, keys, path, title="runs compared")
+
+
+CATEGORY_METRICS = ("not_unsafe", "not_overrefuse", "correct_action")
+
+
+def by_category(metrics: pd.DataFrame, categories: Sequence[str], path: Path,
+                labels: Optional[Mapping[str, str]] = None) -> Path:
+    """One panel per headline metric (not_unsafe, not_overrefuse, correct_action): each category (y) for each
+    variant (colour), point and bootstrap interval over that category's held-out prompts."""
+    rows = [(name, c) for name in CATEGORY_METRICS for c in categories
+            if (metrics["key"] == f"{name}[{c}]").any()]
+    if not rows:
+        return _empty(path, "no per-category metric to show")
+    variants = list(dict.fromkeys(metrics["variant"]))
+    colors = _colors(variants)
+    names = [n for n in CATEGORY_METRICS if any(r[0] == n for r in rows)]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names) + 1.6, 0.42 * len(categories) + 1.4),
+                             sharey=True, squeeze=False)
+    height = 0.8 / max(1, len(variants))
+    for ax, name in zip(axes[0], names):
+        for i, v in enumerate(variants):
+            m = metrics[metrics["variant"] == v].set_index("key").reindex([f"{name}[{c}]" for c in categories])
+            y = np.arange(len(categories)) + (i - (len(variants) - 1) / 2) * height
+            x = m["value"].to_numpy(float)
+            err = np.vstack([x - m["lo"].to_numpy(float), m["hi"].to_numpy(float) - x])
+            ax.errorbar(x, y, xerr=np.nan_to_num(err), fmt="o", ms=4, capsize=2, color=colors[v],
+                        label=(labels or {}).get(v, v))
+        ax.set(xlim=(-0.05, 1.05), title=name)
+        ax.set_yticks(range(len(categories)), categories)
+        ax.invert_yaxis()
+    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+    return save(fig, path)

@@ -12,7 +12,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 import pandas as pd
 
-from delib.evaluation.findings import caveats, percent
+from delib.evaluation.answer_view import VIEW_SCRIPT, VIEW_STYLE
+from delib.evaluation.findings import caveats, percent, summary
 from delib.evaluation.llm_grading import agreement
 from delib.evaluation.metrics import bootstrap_weights, wide_table
 from delib.evaluation.reading import (COST, EVAL, HEADLINE, PAPER, RETRIEVAL, by_category, differences_table,
@@ -123,12 +124,17 @@ class Section:
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (caption, table)
     figures: list[tuple[str, Path]] = field(default_factory=list)  # (caption, PNG file)
     bullets: list[str] = field(default_factory=list)
+    html: str = ""  # a fragment of our own (the answers view), after the tables
+    collapsed: bool = False  # folded under its heading (details a reader opens when they want them)
 
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.2em}th,td{border:1px solid #ccc;padding:3px 7px;
-text-align:left}th{background:#f3f3f3}figure{margin:1em 0}figcaption{font-size:13px;color:#555}
-img{max-width:100%}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}"""
+.tbl{max-width:100%;overflow-x:auto;margin:.5em 0 1.2em}
+table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;
+vertical-align:top;max-width:38em;overflow-wrap:anywhere}th{background:#f3f3f3}figure{margin:1em 0}
+figcaption{font-size:13px;color:#555}img{max-width:100%;height:auto}h1{font-size:1.6em}
+h2{border-bottom:1px solid #ddd;padding-bottom:.2em}details.section>summary{font-size:1.3em;font-weight:600;
+cursor:pointer;margin:1em 0 .4em}.summary p{font-size:15px;line-height:1.45}""" + "\n" + VIEW_STYLE
 
 
 def _img(path: Path) -> str:
@@ -136,23 +142,39 @@ def _img(path: Path) -> str:
     return f'<img alt="{html.escape(Path(path).stem)}" src="data:image/png;base64,{data}">'
 
 
+def _table_html(table: pd.DataFrame) -> str:
+    """A table without pandas' 0, 1, 2 index (a named index becomes the first column), in a box that scrolls
+    sideways rather than overflow the page."""
+    if not isinstance(table.index, pd.RangeIndex):
+        table = table.reset_index()
+    table.columns.name = None
+    return f'<div class="tbl">{table.to_html(escape=True, na_rep="", index=False)}</div>'
+
+
 def render_html(title: str, sections: Sequence[Section]) -> str:
-    """A self-contained page: tables and figures (embedded PNGs), no code."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    """A self-contained page: tables and figures (embedded PNGs), the answers view and its script; no code."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' "
+             f"content='width=device-width,initial-scale=1'><title>{html.escape(title)}</title>"
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
     for s in sections:
-        parts.append(f"<h2>{html.escape(s.heading)}</h2>")
-        parts += [f"<p>{html.escape(p)}</p>" for p in s.paragraphs]
+        body = [f"<p>{html.escape(p)}</p>" for p in s.paragraphs]
         if s.bullets:
-            parts.append("<ul>" + "".join(f"<li>{html.escape(b)}</li>" for b in s.bullets) + "</ul>")
+            body.append("<ul>" + "".join(f"<li>{html.escape(b)}</li>" for b in s.bullets) + "</ul>")
+        for caption, png in s.figures:
+            if png and Path(png).is_file():
+                body.append(f"<figure>{_img(png)}<figcaption>{html.escape(caption)}</figcaption></figure>")
         for caption, table in s.tables:
             if table is None or table.empty:
                 continue
-            parts.append(f"<p><b>{html.escape(caption)}</b></p>" + table.to_html(escape=True, na_rep=""))
-        for caption, png in s.figures:
-            if png and Path(png).is_file():
-                parts.append(f"<figure>{_img(png)}<figcaption>{html.escape(caption)}</figcaption></figure>")
-    parts.append("</body></html>")
+            body.append(f"<p><b>{html.escape(caption)}</b></p>" + _table_html(table))
+        body.append(s.html)
+        slug = "".join(ch if ch.isalnum() else "-" for ch in s.heading.lower()).strip("-")
+        if s.collapsed:
+            parts.append(f'<details class="section" id="{slug}"><summary>{html.escape(s.heading)}</summary>'
+                         + "\n".join(body) + "</details>")
+        else:
+            parts.append(f'<section id="{slug}"><h2>{html.escape(s.heading)}</h2>' + "\n".join(body) + "</section>")
+    parts.append(f"<script>{VIEW_SCRIPT}</script></body></html>")
     return "\n".join(parts)
 
 
@@ -162,10 +184,11 @@ def write_html(path: Path, title: str, sections: Sequence[Section]) -> Path:
 
 
 def report_sections(run: str, ev: dict, figures: dict[str, Path], found: Sequence[str], times: pd.DataFrame,
-                    funnel: pd.DataFrame, judge: dict, training: dict, comparison: Optional[pd.DataFrame] = None
-                    ) -> list[Section]:
-    """The report's sections, in the order a reader asks: what was measured, what it showed, how the data and
-    the models were made, what it cost, and what to keep in mind."""
+                    funnel: pd.DataFrame, judge: dict, training: dict, comparison: Optional[pd.DataFrame] = None,
+                    answers_html: str = "") -> list[Section]:
+    """The report's sections, in the order a reader asks: the answer in short and the headline figure, the
+    differences, the answers themselves, by category, how the data and models were made, what it cost; then, folded,
+    the definitions, every finding and the caveats."""
     m, d, variants, info = ev["metrics"], ev["differences"], ev["variants"], ev["info"]
     pct = percent(info.get("confidence", 0.95))
     paper = pd.DataFrame([{"metric": k, "paper (for scale, not comparable)": v}
@@ -176,29 +199,32 @@ def report_sections(run: str, ev: dict, figures: dict[str, Path], found: Sequenc
     judge_rows = pd.DataFrame([{"score": k, **v} for k, v in judge.items() if isinstance(v, dict)])
     train = pd.DataFrame([{"stage": s, **{k: v for k, v in t.items() if not isinstance(v, (dict, list))}}
                           for s, t in training.items()])
+    categories = sorted(ev["answers"]["category"].dropna().unique()) if "category" in ev["answers"] else []
     sections = [
-        Section("What this run measured", [
-            f"Run {run}: {info.get('prompts', '?')} held-out prompts answered by each variant. Safety, over-refusal, "
-            f"action and style graded by {held_out_grader(info)}; refusal class, cited sections and format by "
-            "rules. Every number carries its "
-            f"{pct} bootstrap interval over prompts ({info.get('resamples', '?')} resamples, seed {info.get('seed', '?')})."],
-            tables=[("Variants", shown), ("What each metric counts", ev["definitions"])] + grader_tables(ev)),
-        Section("Findings", bullets=list(found)),
-        Section("Headline metrics", tables=[(f"value [{pct} interval]", headline_table(m, n=True)),
+        Section("In short", summary(m, d, variants, info, training, funnel) + [
+            f"Safety, over-refusal, action and style graded by {held_out_grader(info)}; refusal class, cited sections "
+            f"and format by rules. Every number carries its {pct} bootstrap interval over prompts "
+            f"({info.get('resamples', '?')} resamples, seed {info.get('seed', '?')})."],
+                figures=[("Metrics per variant", figures.get("metrics"))]),
+        Section("Headline metrics", tables=[(f"value [{pct} interval] (n)", _metrics_rows(headline_table(m, n=True))),
                                             ("The paper's figures, for scale", paper)],
-                figures=[("Metrics per variant", figures.get("metrics")),
-                         ("not_unsafe against not_overrefuse (up and right is better)", figures.get("pareto")),
+                figures=[("not_unsafe against not_overrefuse (up and right is better)", figures.get("pareto")),
                          ("StrongREJECT goodness@0.1 against XSTest not_overrefuse", figures.get("pareto_paper"))]),
         Section("Differences between variants", [
-            "Paired bootstrap: each variant minus the baseline on the same resampled prompts; * marks an interval "
-            "that excludes 0. Anything without * is not shown by this evaluation."],
-            tables=[(f"difference [{pct} interval]", differences_table(d))],
+            "Paired bootstrap: each variant minus the baseline on the same resampled prompts; * marks a significant "
+            "difference (the interval excludes 0 and the sign test agrees). Anything without * is not shown by this "
+            "evaluation."],
+            tables=[(f"difference [{pct} interval]", _metrics_rows(differences_table(d)))],
             figures=[("Paired differences", figures.get("differences"))]),
+        Section("Read the answers", [
+            "Every held-out prompt with what each variant wrote: the chain of thought (click to open), the sections "
+            "it cites (hover for the spec's text; green: the section of the level that applies), the answer, and "
+            "the graders' verdicts with their reasons."], html=answers_html),
         Section("By category", [
             "Safety, over-refusal and action on each category of the spec, over that category's held-out prompts "
             "only: a few prompts each, so the intervals are wide."],
-            tables=[(f"value [{pct} interval] (n)", by_category(m, sorted(ev["answers"]["category"].dropna().unique())
-                                                                 if "category" in ev["answers"] else []))]),
+            figures=[("Per category and variant", figures.get("by_category"))],
+            tables=[(f"value [{pct} interval] (n)", by_category(m, categories))]),
         Section("Policy retrieval and style", tables=[
             ("Chain of thought cites a section of the prompt's category, by expected action",
              wide_table(m, [k for k in RETRIEVAL if k in set(m["key"])]) if not m.empty else pd.DataFrame())],
@@ -206,18 +232,31 @@ def report_sections(run: str, ev: dict, figures: dict[str, Path], found: Sequenc
                      ("XSTest refusal labels", figures.get("xstest_labels"))]),
         Section("How the training data and models were made", tables=[
             ("Stage 03 funnel: from generated samples to the SFT set", funnel),
-            (f"Stage 03 judge scores (mean [{pct} interval])", judge_rows), ("Training (stages 04-05)", train)],
+            (f"Stage 03 judge scores (mean [{pct} interval])", judge_rows), ("Training (stages 04-05)", train.T
+                                                                            if not train.empty else train)],
             figures=[("Funnel", figures.get("funnel")), ("Judge scores", figures.get("judge_scores")),
                      ("Training curves", figures.get("training"))]),
         Section("Cost", tables=[("Per answer: CoT tokens, tokens generated, seconds", cost),
                                 ("Stage times (s), from the manifest", times)]),
     ]
     if comparison is not None and not comparison.empty:
-        sections.append(Section("Runs compared", tables=[(f"value [{pct} interval]", comparison)],
+        sections.append(Section("Runs compared", tables=[(f"value [{pct} interval]", comparison.T)],
                                 figures=[("Runs compared", figures.get("comparison"))]))
     sections.append(validity_section(ev.get("validity", {})))
     sections.append(Section("Caveats", bullets=caveats(info)))
+    sections.append(Section("What was evaluated, and what each metric counts", tables=[
+        ("Variants", shown), ("What each metric counts", ev["definitions"])] + grader_tables(ev), collapsed=True))
+    sections.append(Section("Every finding", bullets=list(found), collapsed=True))
     return sections
+
+
+def _metrics_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Variants (or comparisons) as columns and metrics as rows: a handful of columns fits the page."""
+    if table.empty:
+        return table
+    t = table.T
+    t.index.name, t.columns.name = "metric", None
+    return t
 
 
 def grader_tables(ev: dict) -> list[tuple[str, pd.DataFrame]]:
