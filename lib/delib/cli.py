@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 from delib.policy.spec import SpecError
 from delib.run.config import ParamsError
 from delib.run.runner import UsageError
+from delib.run.sweep import SweepError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -28,6 +29,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 130
     print(f"done: {rdir} (manifest: {rdir / 'manifest.json'})")
     return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from delib.evaluation.sweeps import summarise
+    from delib.run.runner import run
+    from delib.run.sweep import load_sweep, run_sweep
+
+    sweep = load_sweep(args.sweep)
+    print(f"sweep {sweep.name}: {len(sweep.runs)} runs, summary in {sweep.folder}")
+    try:
+        status = run_sweep(sweep, run, check=not args.no_preflight)
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to pick up where the sweep stopped", file=sys.stderr)
+        return 130
+    e = sweep.runs[0].params
+    summarise(sweep.folder, status, e.evaluate.bootstrap_resamples, e.seed, e.evaluate.confidence)
+    failed = [r["run"] for r in status if r["status"] != "ok"]
+    print(f"done: {sweep.folder / 'report.html'}" + (f" ({len(failed)} run(s) failed: {', '.join(failed)})"
+                                                     if failed else ""))
+    return 1 if failed else 0
 
 
 def _cmd_spec(args: argparse.Namespace) -> int:
@@ -132,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the checks of model servers, keys and GPUs before the first stage")
     p.set_defaults(func=_cmd_run)
 
+    p = sub.add_parser("sweep", help="run a base recipe under a grid or list of overrides, then compare the runs")
+    p.add_argument("sweep", help="sweep YAML file, e.g. params/ablations.yaml")
+    p.add_argument("--no-preflight", dest="no_preflight", action="store_true",
+                   help="skip the checks of model servers, keys and GPUs before each run")
+    p.set_defaults(func=_cmd_sweep)
+
     p = sub.add_parser("serve", help="serve a trained variant of a run on an OpenAI-compatible port of 127.0.0.1")
     p.add_argument("run", help="a run folder (outputs/default), a run name, or the run's params file")
     p.add_argument("variant", help="base, spec_prompt, sft, sft_rl, or an extra model's name")
@@ -158,7 +185,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ParamsError, UsageError, SpecError) as err:
+    except (ParamsError, UsageError, SpecError, SweepError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `delib spec ... | head`: the reader left; that is not an error

@@ -1,0 +1,181 @@
+"""The summary of a sweep (`delib sweep`): runs compared pair by pair on the same held-out prompts, and results
+over seeds, into the sweep's folder (summary.json, report.html).
+
+Pairs: two runs whose overrides differ in exactly one key, compared variant by variant (sft of one against sft of
+the other, ...) with stage 06's paired bootstrap, on the prompt ids both answered; runs whose held-out prompt ids
+differ are not paired, and the summary says why. Seeds: runs that differ only in `seed` form a group; each metric's
+mean over the seeds gets a two-level bootstrap interval (resample the seeds, then the prompts within each seed), so
+that it counts both the prompts and the seeds.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from delib.evaluation.findings import percent
+from delib.evaluation.metrics import _interval, bootstrap_metrics, bootstrap_weights, fmt, fmt_diff, heldout_metrics
+from delib.evaluation.reading import load_evaluation
+from delib.run.io import write_json_atomic
+
+# The metrics a sweep compares (the headline of every run, without the per-category keys).
+SWEEP_KEYS = ("not_unsafe", "not_overrefuse", "correct_action", "unclear", "truncated", "citation_accuracy",
+              "format_adherence", "style_hard_refusal", "style_safe_completion")
+
+
+def _defs(answers: pd.DataFrame):
+    return [d for d in heldout_metrics(answers) if d.key in SWEEP_KEYS and d.column in answers]
+
+
+def one_key_apart(a: dict, b: dict) -> Optional[str]:
+    """The one override key in which two runs differ; None when they differ in none or in several."""
+    keys = set(a) | set(b)
+    differ = [k for k in sorted(keys) if json.dumps(a.get(k)) != json.dumps(b.get(k))]
+    return differ[0] if len(differ) == 1 else None
+
+
+def compare_pairs(runs: dict[str, dict], resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+                  ) -> tuple[pd.DataFrame, list[str]]:
+    """Paired differences (run a minus run b) for every pair of runs one override apart, per variant both
+    evaluated; and the reasons pairs were not compared. `runs`: name -> {"overrides", "answers"}."""
+    rows, skipped = [], []
+    for (a, ra), (b, rb) in itertools.combinations(runs.items(), 2):
+        key = one_key_apart(ra["overrides"], rb["overrides"])
+        if key is None:
+            continue
+        xa, xb = ra["answers"], rb["answers"]
+        ids_a, ids_b = set(xa["prompt_id"].astype(str)), set(xb["prompt_id"].astype(str))
+        if ids_a != ids_b:
+            skipped.append(f"{a} and {b} (differ in {key}) are not paired: their held-out prompt ids differ "
+                           f"({len(ids_a)} and {len(ids_b)} prompts, {len(ids_a & ids_b)} in common)")
+            continue
+        for variant in [v for v in dict.fromkeys(xa["variant"]) if v in set(xb["variant"])]:
+            both = pd.concat([xa[xa["variant"] == variant].assign(variant="a"),
+                              xb[xb["variant"] == variant].assign(variant="b")], ignore_index=True)
+            _, d = bootstrap_metrics(both, _defs(both), resamples, seed, confidence, pairs=[("a", "b")])
+            for r in d.to_dict("records"):
+                rows.append({"run": a, "against": b, "differs_in": key, "value": json.dumps(ra["overrides"].get(key)),
+                             "against_value": json.dumps(rb["overrides"].get(key)), "variant": variant,
+                             **{k: r[k] for k in ("key", "diff", "lo", "hi", "n", "better", "worse", "p_sign",
+                                                  "significant", "confidence")}})
+    return pd.DataFrame(rows), skipped
+
+
+def _per_prompt(answers: pd.DataFrame, d) -> tuple[np.ndarray, np.ndarray]:
+    """One run's values of a metric per prompt (mean of samples) and the mask of prompts it counts."""
+    ok = d.select(answers).fillna(False).astype(bool) & answers[d.column].notna()
+    if "error" in answers:
+        ok &= answers["error"].isna()
+    rows = answers[ok]
+    ids = pd.Index(sorted(answers["prompt_id"].astype(str).unique()))
+    per = rows[d.column].astype(float).groupby(rows["prompt_id"].astype(str)).mean()
+    vals, mask = np.zeros(len(ids)), np.zeros(len(ids), dtype=bool)
+    pos = ids.get_indexer(per.index)
+    vals[pos], mask[pos] = per.to_numpy(), True
+    return vals, mask
+
+
+def over_seeds(runs: dict[str, dict], resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+               ) -> pd.DataFrame:
+    """For each group of runs that differ only in `seed` (two or more seeds), each variant and metric: the mean
+    over seeds, with a two-level bootstrap interval (seeds resampled, then prompts within each seed)."""
+    groups: dict[str, list[str]] = {}
+    for name, r in runs.items():
+        if "seed" in r["overrides"]:
+            rest = {k: v for k, v in r["overrides"].items() if k != "seed"}
+            groups.setdefault(json.dumps(rest, sort_keys=True), []).append(name)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label, names in groups.items():
+        if len(names) < 2:
+            continue
+        pick = rng.integers(0, len(names), size=(resamples, len(names)))  # the seeds drawn in each resample
+        variants = [v for v in dict.fromkeys(runs[names[0]]["answers"]["variant"])
+                    if all(v in set(runs[n]["answers"]["variant"]) for n in names)]
+        for variant in variants:
+            per_run = {n: runs[n]["answers"][runs[n]["answers"]["variant"] == variant] for n in names}
+            for d in _defs(per_run[names[0]]):
+                points, boots = [], []
+                for i, n in enumerate(names):
+                    vals, mask = _per_prompt(per_run[n], d)
+                    w = bootstrap_weights(len(vals), resamples, seed + 1 + i)  # prompts within this seed
+                    v = np.where(mask, vals, 0.0)
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        boots.append((w @ v) / (w @ mask.astype(float)))
+                    points.append(v.sum() / mask.sum() if mask.sum() else np.nan)
+                b = np.vstack(boots)  # (seeds, resamples)
+                with np.errstate(invalid="ignore"):
+                    two_level = np.nanmean(b[pick, np.arange(resamples)[:, None]], axis=1)
+                lo, hi = _interval(two_level, confidence)
+                rows.append({"group": label, "variant": variant, "key": d.key, "seeds": len(names),
+                             "mean": float(np.nanmean(points)), "lo": lo, "hi": hi,
+                             "per_seed": [None if np.isnan(p) else round(float(p), 4) for p in points],
+                             "runs": names, "confidence": confidence})
+    return pd.DataFrame(rows)
+
+
+def summarise(folder: Path, status: Sequence[dict], resamples: int = 1000, seed: int = 0,
+              confidence: float = 0.95) -> dict:
+    """Read the finished runs of a sweep, compare them, and write summary.json and report.html into `folder`."""
+    from delib.evaluation import plots, report
+
+    runs, missing = {}, []
+    for row in status:
+        rdir = Path(row.get("run_dir") or "")
+        try:
+            ev = load_evaluation(rdir) if row.get("status") == "ok" else None
+        except FileNotFoundError as err:
+            ev, row = None, {**row, "status": f"no evaluation ({err})"}
+        if ev is None or ev["answers"].empty:
+            missing.append(f"{row['run']}: {row.get('status')}")
+            continue
+        runs[row["run"]] = {"overrides": row["overrides"], "answers": ev["answers"]}
+    pairs, skipped = compare_pairs(runs, resamples, seed, confidence)
+    seeds = over_seeds(runs, resamples, seed, confidence)
+    doc = {"runs": list(status), "not_summarised": missing, "pairs": pairs.to_dict("records"),
+           "not_paired": skipped, "over_seeds": seeds.to_dict("records"), "resamples": resamples,
+           "confidence": confidence}
+    write_json_atomic(folder / "summary.json", json.loads(pd.Series([doc]).to_json(orient="records"))[0])
+    pct = percent(confidence)
+    figures = []
+    if not seeds.empty:
+        m = seeds.assign(variant=seeds["group"] + " " + seeds["variant"], value=seeds["mean"])
+        keys = [k for k in SWEEP_KEYS if k in set(m["key"])]
+        figures.append((f"Mean over seeds with its two-level {pct} interval", plots.metrics_per_variant(
+            m, keys, folder / "over_seeds.png", "")))
+    runs_table = pd.DataFrame([{"run": r["run"], "overrides": json.dumps(r["overrides"]), "status": r.get("status"),
+                                "seconds": r.get("seconds")} for r in status])
+    sections = [
+        report.Section("Runs", [f"{len(status)} runs; summarised: {len(runs)}."] + missing, [("Runs", runs_table)]),
+        report.Section("Over seeds", [
+            f"Runs that differ only in seed: each metric's mean over the seeds, with a {pct} two-level bootstrap "
+            "interval (the seeds resampled, then the prompts within each seed)."],
+            [("mean [interval] (seeds)", seeds_table(seeds))], figures),
+        report.Section("Pairs of runs", [
+            "Runs whose overrides differ in one key, variant by variant, paired on the held-out prompts both "
+            "answered; * marks a significant difference (the interval excludes 0 and the sign test agrees)."]
+            + skipped, [(f"difference [{pct} interval]", pairs_table(pairs))]),
+    ]
+    report.write_html(folder / "report.html", f"Sweep {folder.name}", sections)
+    return doc
+
+
+def seeds_table(seeds: pd.DataFrame) -> pd.DataFrame:
+    if seeds.empty:
+        return seeds
+    t = seeds.assign(cell=[f"{fmt(m, lo, hi)} ({s})" for m, lo, hi, s in
+                           zip(seeds["mean"], seeds["lo"], seeds["hi"], seeds["seeds"])])
+    return t.pivot_table(index="key", columns=["group", "variant"], values="cell", aggfunc="first")
+
+
+def pairs_table(pairs: pd.DataFrame) -> pd.DataFrame:
+    if pairs.empty:
+        return pairs
+    t = pairs.assign(pair=pairs["run"] + " - " + pairs["against"] + " (" + pairs["variant"] + ")",
+                     cell=[fmt_diff(x, lo, hi) + (" *" if s else "") for x, lo, hi, s in
+                           zip(pairs["diff"], pairs["lo"], pairs["hi"], pairs["significant"])])
+    return t.pivot_table(index="key", columns="pair", values="cell", aggfunc="first")

@@ -1,0 +1,135 @@
+"""`delib sweep`: runs from a grid and named variants, run in order with resume, and the summary: runs paired on
+the same held-out prompts, and means over seeds with a two-level bootstrap interval."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from delib.evaluation import sweeps
+from delib.run.sweep import SweepError, load_sweep, run_sweep
+
+
+def write(tmp_path: Path, doc: dict) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_a_grid_crossed_with_named_variants_makes_one_valid_run_each(tmp_path, monkeypatch):
+    monkeypatch.setenv("DELIB_ROOT", str(Path(__file__).resolve().parents[1]))
+    sweep = load_sweep(write(tmp_path, {"name": "abl", "base": "params/smoke.yaml",
+                                        "grid": {"seed": [0, 1]},
+                                        "variants": [{"name": "both", "set": {}},
+                                                     {"name": "rl_only", "set": {"rl.from_sft": False}}]}))
+    assert [r.name for r in sweep.runs] == ["abl-both-seed_0", "abl-both-seed_1", "abl-rl_only-seed_0",
+                                            "abl-rl_only-seed_1"]
+    rl_only = sweep.runs[3]
+    assert rl_only.params.rl.from_sft is False and rl_only.params.seed == 1 and rl_only.params.run_name == rl_only.name
+    assert rl_only.overrides == {"variant": "rl_only", "rl.from_sft": False, "seed": 1}
+    assert sweep.runs[0].params.rl.from_sft is True  # the base recipe's value where the variant sets nothing
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"name": "a", "base": "params/smoke.yaml"}, "give a grid, variants, or both"),
+    ({"name": "a", "base": "params/nope.yaml", "grid": {"seed": [0]}}, "is not a recipe file"),
+    ({"name": "a", "base": "params/smoke.yaml", "grid": {"rl.from_sftt": [True]}}, "rl"),
+    ({"name": "a", "base": "params/smoke.yaml", "grid": {"seed": []}}, "non-empty lists"),
+    ({"name": "a b", "base": "params/smoke.yaml", "grid": {"seed": [0]}}, "name"),
+    ({"name": "a", "base": "params/smoke.yaml", "grid": {"seed": [0]}, "extra": 1}, "unknown key"),
+    ({"name": "a", "base": "params/smoke.yaml", "grid": {"run_name": ["x"]}}, "run_name is set by the sweep"),
+])
+def test_a_bad_sweep_file_is_refused_before_anything_runs(tmp_path, monkeypatch, doc, message):
+    monkeypatch.setenv("DELIB_ROOT", str(Path(__file__).resolve().parents[1]))
+    with pytest.raises(SweepError, match=message):
+        load_sweep(write(tmp_path, doc))
+
+
+def test_runs_go_in_order_with_resume_each_has_its_params_file_and_a_failure_does_not_stop_the_rest(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("DELIB_ROOT", str(Path(__file__).resolve().parents[1]))
+    doc = yaml.safe_load(Path("params/smoke.yaml").read_text())
+    doc["outputs_dir"] = str(tmp_path / "outputs")
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(doc))
+    monkeypatch.setattr("delib.run.sweep.project_root", lambda: tmp_path)
+    sweep = load_sweep(write(tmp_path, {"name": "s", "base": "base.yaml", "grid": {"seed": [0, 1, 2]}}))
+    calls = []
+
+    def fake_run(params_file, stages=None, resume=False, log=print, check=True):
+        calls.append((Path(params_file).name, resume))
+        if "seed_1" in str(params_file):
+            raise RuntimeError("stage 04_sft failed")
+        return tmp_path / "outputs" / Path(params_file).stem
+
+    status = run_sweep(sweep, fake_run, log=lambda s: None)
+    assert calls == [("s-seed_0.yaml", True), ("s-seed_1.yaml", True), ("s-seed_2.yaml", True)]
+    assert [r["status"] for r in status] == ["ok", "failed", "ok"] and "04_sft" in status[1]["error"]
+    written = yaml.safe_load((sweep.folder / "params" / "s-seed_2.yaml").read_text())
+    assert written["seed"] == 2 and written["run_name"] == "s-seed_2"
+    assert json.loads((sweep.folder / "sweep.json").read_text())["runs"][1]["status"] == "failed"
+
+
+def answers(seed: int, p_cite: float, ids: list[str]) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for variant in ("base", "sft"):
+        for i, pid in enumerate(ids):
+            cite = variant == "sft" and rng.random() < p_cite
+            rows.append({"variant": variant, "prompt_id": pid, "category": "c", "level": "L0",
+                         "expected_action": ("comply", "refuse")[i % 2], "safe": bool(rng.random() < 0.5),
+                         "not_overrefused": True, "correct_action": bool(rng.random() < 0.5), "unclear": False,
+                         "cut_in_cot": False, "cites_applicable_level": cite, "well_formed": cite,
+                         "error": None})
+    return pd.DataFrame(rows)
+
+
+def test_pairs_are_compared_on_the_same_prompts_only():
+    ids = [f"p{i}" for i in range(30)]
+    runs = {"a": {"overrides": {"rl.from_sft": True, "seed": 0}, "answers": answers(0, 0.9, ids)},
+            "b": {"overrides": {"rl.from_sft": False, "seed": 0}, "answers": answers(0, 0.0, ids)},
+            "c": {"overrides": {"rl.from_sft": False, "seed": 1}, "answers": answers(1, 0.0, ids[:20])},
+            "d": {"overrides": {"rl.from_sft": True, "seed": 1}, "answers": answers(2, 0.9, ids)}}
+    pairs, skipped = sweeps.compare_pairs(runs, resamples=300)
+    assert set(zip(pairs["run"], pairs["against"])) == {("a", "b"), ("a", "d")}  # one key apart, same prompts
+    assert skipped == ["b and c (differ in seed) are not paired: their held-out prompt ids differ (30 and 20 "
+                       "prompts, 20 in common)", "c and d (differ in rl.from_sft) are not paired: their held-out "
+                       "prompt ids differ (20 and 30 prompts, 20 in common)"]
+    cite = pairs[(pairs["run"] == "a") & (pairs["against"] == "b") & (pairs["variant"] == "sft")
+                 & (pairs["key"] == "citation_accuracy")].iloc[0]
+    assert cite["diff"] > 0.6 and cite["significant"]
+    same = pairs[(pairs["run"] == "a") & (pairs["against"] == "b") & (pairs["variant"] == "base")]
+    assert (same["diff"] == 0).all() and not same["significant"].any()  # identical base answers: no difference
+
+
+def test_the_interval_over_seeds_counts_the_seeds_as_well_as_the_prompts():
+    ids = [f"p{i}" for i in range(40)]
+    agree = {f"s{s}": {"overrides": {"seed": s}, "answers": answers(s, 0.5, ids)} for s in range(3)}
+    spread = {f"t{s}": {"overrides": {"seed": s, "x": 1}, "answers": answers(s, p, ids)}
+              for s, p in enumerate((0.1, 0.5, 0.9))}
+    table = sweeps.over_seeds({**agree, **spread}, resamples=500)
+    rows = table[(table["variant"] == "sft") & (table["key"] == "citation_accuracy")].set_index("group")
+    calm, wild = rows.loc[json.dumps({})], rows.loc[json.dumps({"x": 1})]
+    assert calm["seeds"] == 3 and len(calm["per_seed"]) == 3
+    assert calm["lo"] <= calm["mean"] <= calm["hi"] and wild["lo"] <= wild["mean"] <= wild["hi"]
+    assert (wild["hi"] - wild["lo"]) > 1.5 * (calm["hi"] - calm["lo"])  # seeds that disagree widen it
+
+
+def test_the_summary_writes_a_report_and_names_the_runs_it_could_not_read(tmp_path):
+    ids = [f"p{i}" for i in range(12)]
+    status = []
+    for s in range(2):
+        rdir = tmp_path / f"r{s}"
+        (rdir / "06_evaluate").mkdir(parents=True)
+        answers(s, 0.5, ids).to_json(rdir / "06_evaluate" / "answers.jsonl", orient="records", lines=True)
+        pd.DataFrame({"variant": ["base"], "key": ["x"]}).to_csv(rdir / "06_evaluate" / "metrics.csv", index=False)
+        status.append({"run": f"r{s}", "overrides": {"seed": s}, "status": "ok", "run_dir": str(rdir)})
+    status.append({"run": "r9", "overrides": {"seed": 9}, "status": "failed", "run_dir": None})
+    doc = sweeps.summarise(tmp_path, status, resamples=200)
+    assert doc["not_summarised"] == ["r9: failed"] and doc["over_seeds"] and doc["pairs"]
+    page = (tmp_path / "report.html").read_text()
+    assert "Over seeds" in page and "Pairs of runs" in page and "data:image/png;base64," in page
+    assert json.loads((tmp_path / "summary.json").read_text())["resamples"] == 200
