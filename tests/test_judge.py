@@ -66,3 +66,29 @@ def test_an_overlong_rationale_is_cut_not_refused():
     assert len(AnswerVerdict.model_validate({**scores, "rationale": "y" * 500}).rationale) == 300
     assert JudgeVerdict.model_validate({**scores, "cot_quality": 4, "rationale": "short"}).rationale == "short"
     assert RewardVerdict.model_json_schema()["properties"]["rationale"]["maxLength"] == 80  # the grammar's bound
+
+
+def _judgements(rows):
+    import pandas as pd
+
+    cols = ["prompt_id", "sample_index", "judgement", "action_correct", "helpfulness", "style", "cot_quality",
+            "overall", "rationale", "error"]
+    return pd.DataFrame([dict(zip(cols, r)) for r in rows], columns=cols)
+
+
+def test_the_judge_sanity_check_names_each_kind_of_degenerate_judge_in_words():
+    from delib.judging.judge import sanity
+
+    varied = _judgements([("p", i, 0, 5, 6, i % 4, 7, 3 + i % 5, "ok", None) for i in range(10)])
+    assert sanity(varied) == []
+    flat = _judgements([("p", i, 0, 5, 6, i % 4, 7, 4, "ok", None) for i in range(10)])
+    assert any("100% of its judgements the same overall score (4)" in w for w in sanity(flat))
+    counting = _judgements([("p", i, 0, 0, 1, 2, 3, 4, "ok", None) for i in range(2)]
+                           + [("p", 9, 0, 5, 6, 2, 7, 8, "ok", None)])
+    assert any(w.startswith("2 of 3 judgements score") and "counting through the template" in w
+               for w in sanity(counting))
+    twins = _judgements([("p", i, j, 5, 6, 2, 7, 3 + i, "ok", None) for i in range(3) for j in range(2)])
+    assert any("All 2 judgements of every sample are identical (temperature 0" in w for w in sanity(twins, 2, 0.0))
+    broken = _judgements([("p", 0, 0, None, None, None, None, None, None, "not JSON"),
+                          ("p", 1, 0, 5, 6, 2, 7, 8, "ok", None)])
+    assert sanity(broken)[0].startswith("1 of 2 judgements failed")

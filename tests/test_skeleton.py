@@ -164,3 +164,24 @@ def test_structured_on_needs_an_embedded_generator():
         validate_params({"run_name": "x", "generate": {"structured": "on"},
                          "models": {"generator": {"backend": "openai", "model": "gpt-4o"}}})
     assert validate_params({"run_name": "x", "models": {"generator": {"backend": "openai", "model": "gpt-4o"}}})
+
+
+def test_each_sample_card_says_why_it_was_kept_or_dropped(spec):
+    from delib.judging.filtering import fate, sample_cards
+
+    samples = pd.DataFrame([sample(), sample(sample_index=1), sample(sample_index=2, expected_action="comply"),
+                            sample(sample_index=3, malformed="no_cot", cot="", cited=[], action=None),
+                            sample(sample_index=4)])
+    scored = samples.iloc[[0, 1, 4]].assign(judged=[1, 1, 0], final_score=[8.0, 3.0, float("nan")],
+                                            answer_action="refuse", cot_action_matches=True, style_score=float("nan"))
+    kept = scored.iloc[[0]]
+    said = [fate(r, spec, list(GATES), scored, kept, 5.0) for r in samples.itertuples()]
+    assert said == ["kept for SFT (final score 8.00)", "dropped: final score 3.00 below the threshold 5",
+                    "dropped at a gate: not true that the action is the prompt set's expected action",
+                    "dropped: malformed (no_cot)", "dropped: 1 of its 1 judgement(s) failed"]
+    judgements = pd.DataFrame([{"prompt_id": "p", "sample_index": 0, "judgement": 0, "action_correct": 9,
+                                "helpfulness": 8, "style": 7, "cot_quality": 6, "overall": 8,
+                                "rationale": "Cites V3 and refuses.", "error": None}])
+    cards = sample_cards(samples, scored, judgements, kept, spec, list(GATES), 5.0, n=1)
+    assert cards.startswith("[p #0] violence_weapons, expected refuse: kept for SFT")
+    assert "rationale: Cites V3 and refuses." in cards and "nan" not in cards and cards.count("\n\n") == 1

@@ -227,7 +227,9 @@ def show_samples(samples: "pd.DataFrame", n: int = 3, usable_only: bool = True) 
     rows = samples[samples["malformed"].isna()] if usable_only else samples
     blocks = []
     for r in rows.head(n).itertuples():
+        cited = ", ".join(r.cited) if isinstance(r.cited, (list, tuple)) and len(r.cited) else "(none)"
+        decided = r.action if isinstance(r.action, str) and r.action else "(not stated)"
         blocks.append(f"[{r.prompt_id} #{r.sample_index}] {r.category}, expected {r.expected_action}\n"
-                      f"  prompt : {r.prompt}\n  cites  : {', '.join(r.cited) or '(none)'}\n"
-                      f"  decided: {r.action or '(not stated)'}\n  cot    : {clip(r.cot, 300)}\n  answer : {clip(r.answer, 300)}")
+                      f"  prompt : {r.prompt}\n  cites  : {cited}\n  decided: {decided}\n"
+                      f"  cot    : {clip(r.cot, 300)}\n  answer : {clip(r.answer, 300)}")
     return "\n\n".join(blocks) if blocks else "(no usable samples)"

@@ -93,6 +93,70 @@ def filter_samples(scored: pd.DataFrame, generated: pd.DataFrame, threshold: flo
     return kept.sort_values(["category", "prompt_id"]).reset_index(drop=True), funnel
 
 
+def fate(row, spec: Spec, gates: Sequence[str], scored: pd.DataFrame, kept: pd.DataFrame, threshold: float,
+         k: int = 1) -> str:
+    """Why one generated sample was kept for SFT or dropped, in words: malformed, the first gate it failed, a failed
+    judgement, the threshold, or another sample of its prompt."""
+    if isinstance(row.malformed, str):
+        return f"dropped: malformed ({row.malformed})"
+    values = gate_values(row, spec)
+    failed = next((g for g in gates if not values[g]), None)
+    if failed:
+        return f"dropped at a gate: not true that {GATES[failed]}"
+    key = (row.prompt_id, row.sample_index)
+    mine = scored[(scored["prompt_id"] == row.prompt_id) & (scored["sample_index"] == row.sample_index)]
+    if mine.empty:
+        return "dropped: not judged (beyond judge.max_prompts)"
+    s = mine.iloc[0]
+    if s["judged"] < k:
+        return f"dropped: {k - int(s['judged'])} of its {k} judgement(s) failed"
+    if s["final_score"] < threshold:
+        return f"dropped: final score {s['final_score']:.2f} below the threshold {threshold:g}"
+    if key in set(zip(kept["prompt_id"], kept["sample_index"])):
+        return f"kept for SFT (final score {s['final_score']:.2f})"
+    return "dropped: another sample of its prompt scored higher, or its category was full"
+
+
+def sample_cards(samples: pd.DataFrame, scored: pd.DataFrame, judgements: pd.DataFrame, kept: pd.DataFrame,
+                 spec: Spec, gates: Sequence[str], threshold: float, k: int = 1, n: int = 3) -> str:
+    """A card per sample, for reading stage 03 as a student would: the CoT and answer, the judge's scores with its
+    rationale, the rule checks, the final score, and whether it was kept or why it was dropped. Up to n kept
+    samples, then up to n dropped ones."""
+    order = sorted(samples.itertuples(), key=lambda r: not any(
+        (kept["prompt_id"] == r.prompt_id) & (kept["sample_index"] == r.sample_index)))
+    cards, counts = [], {"kept": 0, "dropped": 0}
+    for r in order:
+        verdict = fate(r, spec, gates, scored, kept, threshold, k)
+        kind = "kept" if verdict.startswith("kept") else "dropped"
+        if counts[kind] >= n:
+            continue
+        counts[kind] += 1
+        lines = [f"[{r.prompt_id} #{r.sample_index}] {r.category}, expected {r.expected_action}: {verdict}",
+                 f"  prompt : {r.prompt}", f"  cot    : {_clip(r.cot)}", f"  answer : {_clip(r.answer)}"]
+        mine = judgements[(judgements["prompt_id"] == r.prompt_id) & (judgements["sample_index"] == r.sample_index)]
+        for j in mine.itertuples():
+            if isinstance(j.error, str):
+                lines.append(f"  judge #{j.judgement}: failed ({_clip(j.error, 120)})")
+            else:
+                lines.append(f"  judge #{j.judgement}: overall {j.overall}, action {j.action_correct}, style {j.style}, "
+                             f"CoT {j.cot_quality}; rationale: {_clip(j.rationale, 200)}")
+        s = scored[(scored["prompt_id"] == r.prompt_id) & (scored["sample_index"] == r.sample_index)]
+        if not s.empty:
+            s = s.iloc[0]
+            style = f"{s['style_score']:.2f}" if isinstance(s["style_score"], (int, float)) and \
+                not pd.isna(s["style_score"]) else "none (no style checks for this action)"
+            lines.append(f"  rules  : answer typed {s['answer_action']}, CoT action matches "
+                         f"{bool(s['cot_action_matches'])}, style score {style}; final score {s['final_score']:.2f}")
+        cards.append("\n".join(lines))
+    return "\n\n".join(cards) if cards else "(no samples)"
+
+
+def _clip(text, n: int = 300) -> str:
+    text = text if isinstance(text, str) else ""
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 def assistant_text(cot: str, answer: str) -> str:
     """The trained assistant turn: the chain of thought in <think>, then the answer."""
     return f"{THINK_OPEN}\n{cot.strip()}\n{THINK_CLOSE}\n{answer.strip()}"

@@ -245,3 +245,38 @@ def agreement(a: "pd.Series", b: "pd.Series", threshold: float) -> dict:
     corr = lambda m: None if both.a.nunique() < 2 or both.b.nunique() < 2 else round(float(both.a.corr(both.b, m)), 3)  # noqa: E731
     return {"n": len(both), "pearson": corr("pearson"), "spearman": corr("spearman"),
             "mean_abs_diff": round(float((both.a - both.b).abs().mean()), 3), "same_decision": round(float(same), 3)}
+
+
+def sanity(judgements: "pd.DataFrame", k: int = 1, temperature: Optional[float] = None) -> list[str]:
+    """Plain-language warnings about a judge whose scores cannot be trusted to select samples: judgements that did
+    not parse, one overall score for (nearly) everything, scores that count through the JSON template in its order
+    (0, 1, 2, 3, 4 or 1, 2, 3, 4, 5), identical k judgements. Empty when none of these shows."""
+    out: list[str] = []
+    if judgements.empty:
+        return ["The judge graded nothing: no sample passed the gates."]
+    parsed = judgements[judgements["error"].isna()] if "error" in judgements else judgements
+    failed = len(judgements) - len(parsed)
+    if failed:
+        out.append(f"{failed} of {len(judgements)} judgements failed (a request error or a reply that is not the "
+                   "JSON asked for); their samples fail the judge step of the funnel.")
+    if parsed.empty:
+        return out
+    overall = parsed["overall"].dropna()
+    if len(overall) >= 3:
+        top = overall.value_counts(normalize=True)
+        if top.iloc[0] >= 0.9:
+            out.append(f"The judge gave {top.iloc[0]:.0%} of its judgements the same overall score "
+                       f"({top.index[0]:g}): a score that barely varies cannot tell good samples from bad, so the "
+                       "gates and the rule checks did the selecting.")
+    scores = parsed[list(CRITERIA)].dropna()
+    counting = scores.apply(lambda r: [float(x) for x in r] in ([0, 1, 2, 3, 4], [1, 2, 3, 4, 5]), axis=1)
+    if len(scores) and counting.any():
+        out.append(f"{int(counting.sum())} of {len(scores)} judgements score {', '.join(CRITERIA)} as 0, 1, 2, 3, 4 "
+                   "or 1, 2, 3, 4, 5: the numbers in the order the JSON template lists the fields. The judge is "
+                   "counting through the template, not grading.")
+    if k > 1:
+        spread = parsed.groupby(["prompt_id", "sample_index"])["overall"].agg(lambda s: s.max() - s.min())
+        if len(spread) and (spread == 0).all():
+            why = " (temperature 0: every judgement is the same greedy reply)" if temperature == 0 else ""
+            out.append(f"All {k} judgements of every sample are identical{why}: the minimum of k changed nothing.")
+    return out
