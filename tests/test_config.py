@@ -11,11 +11,24 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-@pytest.mark.parametrize("name", ["default", "smoke"])
+@pytest.mark.parametrize("name", ["default", "smoke", "cpu_hour"])
 def test_shipped_recipes_validate(root, name):
     params = load_params(root / "params" / f"{name}.yaml")
     assert params.run_name == name
     assert params.models.generator.backend == "embedded"
+
+
+@pytest.mark.parametrize("name", ["campus", "class", "gpu_example"])
+def test_every_other_shipped_recipe_validates(root, name):
+    assert load_params(root / "params" / f"{name}.yaml").run_name == name
+
+
+def test_the_shipped_sweep_file_makes_valid_runs(root, monkeypatch):
+    from delib.run.sweep import load_sweep
+
+    monkeypatch.setenv("DELIB_ROOT", str(root))
+    sweep = load_sweep(root / "params" / "ablations.yaml")
+    assert len(sweep.runs) == 6 and {r.params.rl.from_sft for r in sweep.runs} == {True, False}
 
 
 def test_unknown_key_names_file_line_and_path(tmp_path):
