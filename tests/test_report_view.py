@@ -117,3 +117,24 @@ def test_in_chromium_the_report_fits_1280px_its_images_load_and_the_answers_filt
 def test_the_browser_check_sees_an_element_wider_than_the_page(tmp_path):
     seen = check(_report(tmp_path, '<div style="width:3000px">too wide</div>'), width=1280)
     assert seen["wide"] and seen["scroll"] > seen["page"]
+
+
+def test_a_failed_request_shows_its_error_and_is_no_disagreement():
+    nan = float("nan")
+    failed = answer("base", "p2", nan, expected_action="comply", level="V0", error="timed out after 120 s",
+                    refusal=nan, type_cues=nan, safe=nan, correct_action=nan, truncated=nan, cut_in_cot=nan,
+                    unclear=nan, style_score=nan, answer="", cot="", cited=nan)
+    rows = pd.DataFrame([failed, answer("sft", "p2", "refuse", expected_action="comply", level="V0", error=None)])
+    page = answer_view.render(rows, SECTIONS, CATEGORIES, {})
+    assert "request failed: timed out after 120 s" in page and "unclear" not in page and "nan" not in page
+    assert answer_view.disagreeing_prompts(rows) == set()
+
+
+def test_the_summary_names_rule_parts_of_the_reward_when_the_recipe_weights_them():
+    rl = {"05_rl": {"steps": 3, "from_sft": True, "prompts_seen": 3}}
+    plain = findings.trained_on(rl, pd.DataFrame())
+    shared = findings.trained_on(rl, pd.DataFrame(), {"graders": {"rl_reward_shares_evaluation_graders":
+                                                                  ["rule_action"]}})
+    assert plain.endswith("rewarded by the judge on the final answer only.")
+    assert "rewarded by the judge and the rules' rule_action on the final answer only" in shared
+    assert findings.trained_on({"04_sft": {"examples": 5}}, pd.DataFrame()) == "SFT trained on 5 samples."

@@ -94,10 +94,10 @@ def test_pairs_are_compared_on_the_same_prompts_only():
             "c": {"overrides": {"rl.from_sft": False, "seed": 1}, "answers": answers(1, 0.0, ids[:20])},
             "d": {"overrides": {"rl.from_sft": True, "seed": 1}, "answers": answers(2, 0.9, ids)}}
     pairs, skipped = sweeps.compare_pairs(runs, resamples=300)
-    assert set(zip(pairs["run"], pairs["against"])) == {("a", "b"), ("a", "d")}  # one key apart, same prompts
-    assert skipped == ["b and c (differ in seed) are not paired: their held-out prompt ids differ (30 and 20 "
-                       "prompts, 20 in common)", "c and d (differ in rl.from_sft) are not paired: their held-out "
-                       "prompt ids differ (20 and 30 prompts, 20 in common)"]
+    # one factor apart, same prompts; runs apart only in seed are summarised over seeds, not paired
+    assert set(zip(pairs["run"], pairs["against"])) == {("a", "b")}
+    assert skipped == ["c and d (differ in rl.from_sft) are not paired: their held-out prompt ids differ (20 and 30 "
+                       "prompts, 20 in common)"]
     cite = pairs[(pairs["run"] == "a") & (pairs["against"] == "b") & (pairs["variant"] == "sft")
                  & (pairs["key"] == "citation_accuracy")].iloc[0]
     assert cite["diff"] > 0.6 and cite["significant"]
@@ -129,7 +129,52 @@ def test_the_summary_writes_a_report_and_names_the_runs_it_could_not_read(tmp_pa
         status.append({"run": f"r{s}", "overrides": {"seed": s}, "status": "ok", "run_dir": str(rdir)})
     status.append({"run": "r9", "overrides": {"seed": 9}, "status": "failed", "run_dir": None})
     doc = sweeps.summarise(tmp_path, status, resamples=200)
-    assert doc["not_summarised"] == ["r9: failed"] and doc["over_seeds"] and doc["pairs"]
+    assert doc["not_summarised"] == ["r9: failed"] and doc["over_seeds"] and doc["pairs"] == []
     page = (tmp_path / "report.html").read_text()
     assert "Over seeds" in page and "Pairs of runs" in page and "data:image/png;base64," in page
     assert json.loads((tmp_path / "summary.json").read_text())["resamples"] == 200
+
+
+def test_named_variants_are_paired_with_each_other_at_the_same_grid_point():
+    ids = [f"p{i}" for i in range(30)]
+    runs = {name: {"factors": {"variant": name, "seed": s}, "overrides": {"variant": name, "seed": s, **extra},
+                   "answers": answers(s, p, ids)}
+            for name, s, p, extra in (("both", 0, 0.9, {}), ("rl_only", 0, 0.0, {"rl.from_sft": False, "x": 1}),
+                                      ("rl_only1", 1, 0.0, {"rl.from_sft": False}))}
+    pairs, _ = sweeps.compare_pairs(runs, resamples=200)
+    assert set(zip(pairs["run"], pairs["against"], pairs["differs_in"])) == {("both", "rl_only", "variant")}
+
+
+def test_seeds_that_answered_the_same_prompts_share_one_resample_of_them():
+    """Three seeds that all wrote the same answers carry no more information than one: the interval over seeds
+    must be as wide as one run's bootstrap interval, not narrower."""
+    from delib.evaluation import metrics
+
+    ids = [f"p{i}" for i in range(40)]
+    same = answers(0, 0.5, ids)
+    table = sweeps.over_seeds({f"s{s}": {"overrides": {"seed": s}, "answers": same} for s in range(3)},
+                              resamples=1000)
+    row = table[(table["variant"] == "sft") & (table["key"] == "citation_accuracy")].iloc[0]
+    one = same[same["variant"] == "sft"]
+    m, _ = metrics.bootstrap_metrics(one, [d for d in metrics.heldout_metrics(one) if d.key == "citation_accuracy"],
+                                     resamples=1000, seed=1)
+    assert row["same_prompts"] and (row["hi"] - row["lo"]) >= 0.9 * float(m["hi"].iloc[0] - m["lo"].iloc[0])
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"name": "a", "base": "params/smoke.yaml", "grid": {"rl.from_sft": [True, False]},
+      "variants": [{"name": "v", "set": {"rl.from_sft": False}}]}, "which the grid varies"),
+    ({"name": "a", "base": "params/smoke.yaml", "grid": {"seed": [0]}, "stages": "09"}, "stages"),
+    ({"name": "a", "base": "params/smoke.yaml", "variants": [{"name": "v", "set": [1]}]}, "set must be a mapping"),
+])
+def test_clashing_or_malformed_sweep_files_are_refused(tmp_path, monkeypatch, doc, message):
+    monkeypatch.setenv("DELIB_ROOT", str(Path(__file__).resolve().parents[1]))
+    with pytest.raises(SweepError, match=message):
+        load_sweep(write(tmp_path, doc))
+
+
+def test_run_names_keep_a_negative_value_and_the_sweep_name_as_given():
+    from delib.run.sweep import run_name
+
+    assert run_name("my-sweep", None, {"seed": -1}) == "my-sweep-seed_-1"
+    assert run_name("abl", "rl only", {"rl.from_sft": False}) == "abl-rl_only-from_sft_false"

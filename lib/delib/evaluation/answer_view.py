@@ -1,4 +1,4 @@
-"""Stage 07: the reader's view of the answers, for the report and notebook 07.
+"""Stage 07: the reader's view of the answers, for the report (and notebook 06, one prompt at a time).
 
 For each held-out prompt: what every variant wrote (chain of thought and answer), the sections its chain of thought
 cites (the spec's text of each on hover), the section that applies (from the prompt set's level), and each grader's
@@ -38,7 +38,10 @@ def disagreeing_prompts(answers: pd.DataFrame) -> set[str]:
     """Prompt ids whose answers the variants typed differently (response type: comply, refuse, ...)."""
     if answers.empty or "answer_action" not in answers:
         return set()
-    kinds = answers.assign(t=answers["answer_action"].fillna("none")).groupby("prompt_id")["t"].nunique()
+    typed = answers[answers["answer_action"].notna()]
+    if "error" in typed:
+        typed = typed[typed["error"].isna()]
+    kinds = typed.groupby("prompt_id")["answer_action"].nunique()
     return set(kinds[kinds > 1].index.astype(str))
 
 
@@ -52,6 +55,11 @@ def _chip(section_id: str, sections: dict[str, dict], cls: str = "") -> str:
     return f'<span class="chip {cls}" title="{html.escape(tip)}">{html.escape(section_id)}</span>'
 
 
+def _true(value) -> bool:
+    """A flag read back from JSON: None and NaN (a cell the row does not have) are not true."""
+    return value is not None and not (isinstance(value, float) and pd.isna(value)) and bool(value)
+
+
 def _flag(value, yes: str, no: str) -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return ""
@@ -59,7 +67,10 @@ def _flag(value, yes: str, no: str) -> str:
 
 
 def _verdicts(r: pd.Series) -> str:
-    """The graders' verdicts on one answer, each with its reason."""
+    """The graders' verdicts on one answer, each with its reason; for a failed request, its error."""
+    error = r.get("error")
+    if isinstance(error, str) and error and error != "None":
+        return f'<span class="bad">request failed: {html.escape(error[:300])}</span> (counted in no metric)'
     parts = [f"response type <b>{html.escape(str(r.get('answer_action')))}</b>"]
     cues = r.get("type_cues")
     if isinstance(cues, (list, tuple)) and cues:
@@ -70,11 +81,11 @@ def _verdicts(r: pd.Series) -> str:
     else:
         parts.append(_flag(r.get("not_overrefused"), "not over-refused", "over-refused"))
     parts.append(_flag(r.get("correct_action"), "correct action", "wrong action"))
-    if bool(r.get("cut_in_cot")):
+    if _true(r.get("cut_in_cot")):
         parts.append('<span class="bad">cut off inside its chain of thought</span>')
-    elif bool(r.get("truncated")):
+    elif _true(r.get("truncated")):
         parts.append('<span class="bad">cut off at the token limit</span>')
-    if bool(r.get("unclear")):
+    if _true(r.get("unclear")):
         parts.append('<span class="bad">unclear</span>')
     style = r.get("style_score")
     if isinstance(style, (int, float)) and not pd.isna(style):

@@ -2,7 +2,7 @@
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import pandas as pd
 
@@ -183,7 +183,7 @@ def summary(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame, 
             funnel: pd.DataFrame) -> list[str]:
     """The report's opening paragraphs: what was trained, what the trained variants do and how they differ from the
     baseline (with intervals; significant or not), what this n cannot show, and the main caveat."""
-    out = [trained_on(training, funnel)]
+    out = [trained_on(training, funnel, info)]
     out += verdict(metrics, diffs, variants, info.get("baseline", "base"))
     alpha = 1 - info.get("confidence", 0.95)
     floor = sign_test_floor(alpha)
@@ -197,18 +197,24 @@ def summary(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame, 
     return out
 
 
-def trained_on(training: dict, funnel: pd.DataFrame) -> str:
-    """One sentence on the data and steps of stages 04-05, from their training.json and stage 03's funnel."""
+def trained_on(training: dict, funnel: pd.DataFrame, info: Optional[dict] = None) -> str:
+    """One sentence on the data and steps of stages 04-05, from their training.json, stage 03's funnel and what
+    stage 06 recorded of the RL reward (`info["graders"]`)."""
     sft, rl = training.get("04_sft"), training.get("05_rl")
     parts = []
     if sft:
         kept = ""
         if not funnel.empty and {"step", "samples"} <= set(funnel.columns):
             kept = f" (kept by stage 03 from {int(funnel['samples'].iloc[0])} generated)"
-        parts.append(f"SFT trained on {sft.get('examples', '?')} samples{kept} for {sft.get('steps', '?')} steps"
+        steps = f" for {sft['steps']} steps" if sft.get("steps") else ""
+        parts.append(f"SFT trained on {sft.get('examples', 'its')} samples{kept}{steps}"
                      + (" (LoRA)" if sft.get("lora") else ""))
     if rl:
-        parts.append(f"RL ran {rl.get('steps', '?')} GRPO steps from "
-                     + ("the SFT model" if rl.get("from_sft") else "the base model")
-                     + f" on {rl.get('prompts_seen', '?')} prompts, rewarded by the judge on the final answer only")
+        shared = ((info or {}).get("graders", {}) or {}).get("rl_reward_shares_evaluation_graders") or []
+        by = "the judge" + (f" and the rules' {', '.join(shared)}" if shared else "")
+        steps = f" {rl['steps']}" if rl.get("steps") else ""
+        parts.append(f"RL ran{steps} GRPO steps from "
+                     + ("the SFT model" if rl.get("from_sft", True) else "the base model")
+                     + (f" on {rl['prompts_seen']} prompts" if rl.get("prompts_seen") else "")
+                     + f", rewarded by {by} on the final answer only")
     return ("; ".join(parts) + ".") if parts else "No model was trained in this run (stages 04-05 wrote no log)."

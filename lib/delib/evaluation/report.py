@@ -145,8 +145,7 @@ def _img(path: Path) -> str:
 def _table_html(table: pd.DataFrame) -> str:
     """A table without pandas' 0, 1, 2 index (a named index becomes the first column), in a box that scrolls
     sideways rather than overflow the page."""
-    if not isinstance(table.index, pd.RangeIndex):
-        table = table.reset_index()
+    table = table.reset_index() if not isinstance(table.index, pd.RangeIndex) else table.copy()
     table.columns.name = None
     return f'<div class="tbl">{table.to_html(escape=True, na_rep="", index=False)}</div>'
 
@@ -232,8 +231,8 @@ def report_sections(run: str, ev: dict, figures: dict[str, Path], found: Sequenc
                      ("XSTest refusal labels", figures.get("xstest_labels"))]),
         Section("How the training data and models were made", tables=[
             ("Stage 03 funnel: from generated samples to the SFT set", funnel),
-            (f"Stage 03 judge scores (mean [{pct} interval])", judge_rows), ("Training (stages 04-05)", train.T
-                                                                            if not train.empty else train)],
+            (f"Stage 03 judge scores (mean [{pct} interval])", judge_rows),
+            ("Training (stages 04-05)", _metrics_rows(train.set_index("stage")) if not train.empty else train)],
             figures=[("Funnel", figures.get("funnel")), ("Judge scores", figures.get("judge_scores")),
                      ("Training curves", figures.get("training"))]),
         Section("Cost", tables=[("Per answer: CoT tokens, tokens generated, seconds", cost),

@@ -1,11 +1,13 @@
 """The summary of a sweep (`delib sweep`): runs compared pair by pair on the same held-out prompts, and results
 over seeds, into the sweep's folder (summary.json, report.html).
 
-Pairs: two runs whose overrides differ in exactly one key, compared variant by variant (sft of one against sft of
-the other, ...) with stage 06's paired bootstrap, on the prompt ids both answered; runs whose held-out prompt ids
-differ are not paired, and the summary says why. Seeds: runs that differ only in `seed` form a group; each metric's
-mean over the seeds gets a two-level bootstrap interval (resample the seeds, then the prompts within each seed), so
-that it counts both the prompts and the seeds.
+Pairs: two runs that differ in exactly one of the sweep's factors (a grid key, or which named variant) other than
+the seed, compared model by model (the sft of one against the sft of the other, ...) with stage 06's paired
+bootstrap, on the prompt ids both answered; runs whose held-out prompt ids differ are not paired, and the summary
+says why. Seeds: runs that differ only in `seed` form a group; each metric's mean over the seeds gets a two-level
+bootstrap interval (resample the seeds, then the prompts), so that it counts both the prompts and the seeds. When
+the seeds answered the same prompts, one resample of the prompts serves every seed (the prompts are one sample,
+not one per seed); otherwise each seed's prompts are resampled on their own.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ def _defs(answers: pd.DataFrame):
 
 
 def one_key_apart(a: dict, b: dict) -> Optional[str]:
-    """The one override key in which two runs differ; None when they differ in none or in several."""
+    """The one key (factor) in which two runs differ; None when they differ in none or in several."""
     keys = set(a) | set(b)
     differ = [k for k in sorted(keys) if json.dumps(a.get(k)) != json.dumps(b.get(k))]
     return differ[0] if len(differ) == 1 else None
@@ -40,12 +42,14 @@ def one_key_apart(a: dict, b: dict) -> Optional[str]:
 
 def compare_pairs(runs: dict[str, dict], resamples: int = 1000, seed: int = 0, confidence: float = 0.95
                   ) -> tuple[pd.DataFrame, list[str]]:
-    """Paired differences (run a minus run b) for every pair of runs one override apart, per variant both
-    evaluated; and the reasons pairs were not compared. `runs`: name -> {"overrides", "answers"}."""
+    """Paired differences (run a minus run b) for every pair of runs one factor apart other than the seed (the
+    seeds have their own summary), per model both evaluated; and the reasons pairs were not compared.
+    `runs`: name -> {"factors" (else "overrides"), "overrides", "answers"}."""
     rows, skipped = [], []
     for (a, ra), (b, rb) in itertools.combinations(runs.items(), 2):
-        key = one_key_apart(ra["overrides"], rb["overrides"])
-        if key is None:
+        fa, fb = ra.get("factors", ra["overrides"]), rb.get("factors", rb["overrides"])
+        key = one_key_apart(fa, fb)
+        if key is None or key == "seed":
             continue
         xa, xb = ra["answers"], rb["answers"]
         ids_a, ids_b = set(xa["prompt_id"].astype(str)), set(xb["prompt_id"].astype(str))
@@ -58,31 +62,32 @@ def compare_pairs(runs: dict[str, dict], resamples: int = 1000, seed: int = 0, c
                               xb[xb["variant"] == variant].assign(variant="b")], ignore_index=True)
             _, d = bootstrap_metrics(both, _defs(both), resamples, seed, confidence, pairs=[("a", "b")])
             for r in d.to_dict("records"):
-                rows.append({"run": a, "against": b, "differs_in": key, "value": json.dumps(ra["overrides"].get(key)),
-                             "against_value": json.dumps(rb["overrides"].get(key)), "variant": variant,
+                rows.append({"run": a, "against": b, "differs_in": key, "value": json.dumps(fa.get(key)),
+                             "against_value": json.dumps(fb.get(key)), "variant": variant,
                              **{k: r[k] for k in ("key", "diff", "lo", "hi", "n", "better", "worse", "p_sign",
                                                   "significant", "confidence")}})
     return pd.DataFrame(rows), skipped
 
 
-def _per_prompt(answers: pd.DataFrame, d) -> tuple[np.ndarray, np.ndarray]:
-    """One run's values of a metric per prompt (mean of samples) and the mask of prompts it counts."""
+def _per_prompt(answers: pd.DataFrame, d, ids: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+    """One run's values of a metric per prompt of `ids` (mean of samples) and the mask of prompts it counts."""
     ok = d.select(answers).fillna(False).astype(bool) & answers[d.column].notna()
     if "error" in answers:
         ok &= answers["error"].isna()
     rows = answers[ok]
-    ids = pd.Index(sorted(answers["prompt_id"].astype(str).unique()))
     per = rows[d.column].astype(float).groupby(rows["prompt_id"].astype(str)).mean()
     vals, mask = np.zeros(len(ids)), np.zeros(len(ids), dtype=bool)
     pos = ids.get_indexer(per.index)
-    vals[pos], mask[pos] = per.to_numpy(), True
+    keep = pos >= 0
+    vals[pos[keep]], mask[pos[keep]] = per.to_numpy()[keep], True
     return vals, mask
 
 
 def over_seeds(runs: dict[str, dict], resamples: int = 1000, seed: int = 0, confidence: float = 0.95
                ) -> pd.DataFrame:
     """For each group of runs that differ only in `seed` (two or more seeds), each variant and metric: the mean
-    over seeds, with a two-level bootstrap interval (seeds resampled, then prompts within each seed)."""
+    over seeds, with a two-level bootstrap interval (seeds resampled, then prompts: one resample of the prompts for
+    every seed when they answered the same prompts, else one per seed)."""
     groups: dict[str, list[str]] = {}
     for name, r in runs.items():
         if "seed" in r["overrides"]:
@@ -94,6 +99,8 @@ def over_seeds(runs: dict[str, dict], resamples: int = 1000, seed: int = 0, conf
         if len(names) < 2:
             continue
         pick = rng.integers(0, len(names), size=(resamples, len(names)))  # the seeds drawn in each resample
+        id_sets = [frozenset(runs[n]["answers"]["prompt_id"].astype(str)) for n in names]
+        shared = len(set(id_sets)) == 1
         variants = [v for v in dict.fromkeys(runs[names[0]]["answers"]["variant"])
                     if all(v in set(runs[n]["answers"]["variant"]) for n in names)]
         for variant in variants:
@@ -101,8 +108,10 @@ def over_seeds(runs: dict[str, dict], resamples: int = 1000, seed: int = 0, conf
             for d in _defs(per_run[names[0]]):
                 points, boots = [], []
                 for i, n in enumerate(names):
-                    vals, mask = _per_prompt(per_run[n], d)
-                    w = bootstrap_weights(len(vals), resamples, seed + 1 + i)  # prompts within this seed
+                    ids = pd.Index(sorted(id_sets[i]))
+                    vals, mask = _per_prompt(per_run[n], d, ids)
+                    # the same prompts: the same resamples of them for every seed (seed + 1); else each its own
+                    w = bootstrap_weights(len(ids), resamples, seed + 1 if shared else seed + 1 + i)
                     v = np.where(mask, vals, 0.0)
                     with np.errstate(invalid="ignore", divide="ignore"):
                         boots.append((w @ v) / (w @ mask.astype(float)))
@@ -114,7 +123,7 @@ def over_seeds(runs: dict[str, dict], resamples: int = 1000, seed: int = 0, conf
                 rows.append({"group": label, "variant": variant, "key": d.key, "seeds": len(names),
                              "mean": float(np.nanmean(points)), "lo": lo, "hi": hi,
                              "per_seed": [None if np.isnan(p) else round(float(p), 4) for p in points],
-                             "runs": names, "confidence": confidence})
+                             "same_prompts": shared, "runs": names, "confidence": confidence})
     return pd.DataFrame(rows)
 
 
@@ -133,7 +142,8 @@ def summarise(folder: Path, status: Sequence[dict], resamples: int = 1000, seed:
         if ev is None or ev["answers"].empty:
             missing.append(f"{row['run']}: {row.get('status')}")
             continue
-        runs[row["run"]] = {"overrides": row["overrides"], "answers": ev["answers"]}
+        runs[row["run"]] = {"overrides": row["overrides"], "factors": row.get("factors", row["overrides"]),
+                            "answers": ev["answers"]}
     pairs, skipped = compare_pairs(runs, resamples, seed, confidence)
     seeds = over_seeds(runs, resamples, seed, confidence)
     doc = {"runs": list(status), "not_summarised": missing, "pairs": pairs.to_dict("records"),
@@ -153,11 +163,14 @@ def summarise(folder: Path, status: Sequence[dict], resamples: int = 1000, seed:
         report.Section("Runs", [f"{len(status)} runs; summarised: {len(runs)}."] + missing, [("Runs", runs_table)]),
         report.Section("Over seeds", [
             f"Runs that differ only in seed: each metric's mean over the seeds, with a {pct} two-level bootstrap "
-            "interval (the seeds resampled, then the prompts within each seed)."],
+            "interval (the seeds resampled, then the prompts; one resample of the prompts for every seed when the "
+            "seeds answered the same prompts)."],
             [("mean [interval] (seeds)", seeds_table(seeds))], figures),
         report.Section("Pairs of runs", [
-            "Runs whose overrides differ in one key, variant by variant, paired on the held-out prompts both "
-            "answered; * marks a significant difference (the interval excludes 0 and the sign test agrees)."]
+            "Runs that differ in one of the sweep's factors other than the seed (a grid key, or the named variant), "
+            "model by model, paired on the held-out prompts both answered; * marks a significant difference (the "
+            "interval excludes 0 and the sign test agrees). Each pair is tested on its own: with many pairs, some "
+            "marks can be chance."]
             + skipped, [(f"difference [{pct} interval]", pairs_table(pairs))]),
     ]
     report.write_html(folder / "report.html", f"Sweep {folder.name}", sections)
@@ -168,8 +181,9 @@ def seeds_table(seeds: pd.DataFrame) -> pd.DataFrame:
     if seeds.empty:
         return seeds
     t = seeds.assign(cell=[f"{fmt(m, lo, hi)} ({s})" for m, lo, hi, s in
-                           zip(seeds["mean"], seeds["lo"], seeds["hi"], seeds["seeds"])])
-    return t.pivot_table(index="key", columns=["group", "variant"], values="cell", aggfunc="first")
+                           zip(seeds["mean"], seeds["lo"], seeds["hi"], seeds["seeds"])],
+                     column=seeds["group"] + " " + seeds["variant"])
+    return t.pivot_table(index="key", columns="column", values="cell", aggfunc="first")
 
 
 def pairs_table(pairs: pd.DataFrame) -> pd.DataFrame:

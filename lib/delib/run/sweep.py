@@ -8,10 +8,10 @@ A sweep file:
     grid:                           # every combination of these dotted keys ...
       rl.from_sft: [true, false]
       seed: [0, 1, 2]
-    variants:                       # ... and/or named variants, each a set of dotted keys
-      - {name: rl_only, set: {rl.from_sft: false}}
+    variants:                       # ... and/or named variants, each a set of dotted keys (not grid keys)
+      - {name: long_sft, set: {sft.max_steps: 40}}
 
-With both, every variant is crossed with every grid point. Each run is named `<name>-<variant>-<key>_<value>...`, gets
+With both, every variant is crossed with every grid point; a variant may not set a key that the grid varies. Each run is named `<name>-<variant>-<key>_<value>...`, gets
 its own params file in the summary folder (so that any run can be re-run or opened alone: `delib run
 <that file> --resume`), and runs with resume semantics: an interrupted sweep picks up where it stopped. The runs share
 the base recipe's model-call cache and converted base weights.
@@ -32,6 +32,7 @@ import yaml
 from delib.run.config import ParamsError, RunParams, validate_params
 from delib.run.io import write_json_atomic
 from delib.run.paths import project_root
+from delib.run.runner import UsageError, parse_stages
 
 SWEEP_KEYS = {"name", "base", "grid", "variants", "stages"}
 
@@ -43,13 +44,10 @@ class SweepError(ValueError):
 @dataclass
 class SweepRun:
     name: str  # the run_name, also the run folder's name
-    overrides: dict[str, Any]  # dotted key -> value
+    overrides: dict[str, Any]  # dotted key -> value (and "variant": the named variant's name, if any)
     params: RunParams
     params_file: Optional[Path] = None
-
-    def without(self, key: str) -> tuple:
-        """The overrides other than `key`, as a hashable tuple (runs that differ only in `key` share it)."""
-        return tuple(sorted((k, json.dumps(v)) for k, v in self.overrides.items() if k != key))
+    factors: dict[str, Any] = field(default_factory=dict)  # what the sweep varies: "variant" and each grid key
 
 
 @dataclass
@@ -78,14 +76,14 @@ def set_dotted(doc: dict, key: str, value: Any, where: str) -> None:
 
 def _slug(value: Any) -> str:
     text = json.dumps(value) if not isinstance(value, str) else value
-    return re.sub(r"[^A-Za-z0-9_.]+", "_", text).strip("_.") or "x"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "x"
 
 
 def run_name(sweep: str, variant: Optional[str], point: dict[str, Any]) -> str:
     """`<sweep>-<variant>-<key>_<value>...` (the last part of each dotted key): the run folder's name, readable
-    and stable, e.g. ablations-rl_only-seed_1."""
-    parts = [sweep] + ([variant] if variant else []) + [f"{k.split('.')[-1]}_{_slug(v)}" for k, v in point.items()]
-    return "-".join(_slug(p) for p in parts)
+    and stable, e.g. ablations-rl_only-seed_1 (seed -1: seed_-1)."""
+    parts = ([_slug(variant)] if variant else []) + [f"{_slug(k.split('.')[-1])}_{_slug(v)}" for k, v in point.items()]
+    return "-".join([sweep, *parts])
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -107,7 +105,17 @@ def load_sweep(path: str | Path) -> Sweep:
     base = root / str(doc.get("base", ""))
     if not doc.get("base") or not base.is_file():
         raise SweepError(f"{path}: base: {doc.get('base')!r} is not a recipe file (relative to {root})")
-    base_doc = yaml.safe_load(base.read_text(encoding="utf-8")) or {}
+    try:
+        base_doc = yaml.safe_load(base.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise SweepError(f"{base}: the base recipe is not valid YAML: {err}") from None
+    if not isinstance(base_doc, dict):
+        raise SweepError(f"{base}: the base recipe must be a mapping of keys to values")
+    if doc.get("stages") is not None:
+        try:
+            parse_stages(str(doc["stages"]))
+        except UsageError as err:
+            raise SweepError(f"{path}: stages: {err}") from None
     grid = doc.get("grid") or {}
     if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
         raise SweepError(f"{path}: grid: a mapping of dotted keys to non-empty lists of values")
@@ -115,6 +123,13 @@ def load_sweep(path: str | Path) -> Sweep:
     if not isinstance(variants, list) or any(not isinstance(v, dict) or set(v) - {"name", "set"} or
                                              not isinstance(v.get("name"), str) for v in variants):
         raise SweepError(f"{path}: variants: a list of {{name: ..., set: {{dotted.key: value}}}}")
+    for v in variants:
+        if not isinstance(v.get("set") or {}, dict):
+            raise SweepError(f"{path}: variants: {v['name']}: set must be a mapping of dotted keys to values")
+        clash = sorted(set(v.get("set") or {}) & set(grid))
+        if clash:
+            raise SweepError(f"{path}: variants: {v['name']} sets {clash}, which the grid varies: the grid's value "
+                             "would win; vary it in one place")
     names = [v["name"] for v in variants]
     if len(set(names)) < len(names):
         raise SweepError(f"{path}: variants: duplicate names {sorted({n for n in names if names.count(n) > 1})}")
@@ -127,7 +142,8 @@ def load_sweep(path: str | Path) -> Sweep:
             overrides = {**((variant or {}).get("set") or {}), **point}
             name_ = run_name(name, variant["name"] if variant else None, point)
             if name_ in seen:
-                raise SweepError(f"{path}: two runs would both be named {name_!r}; give the variants other names")
+                raise SweepError(f"{path}: two runs would both be named {name_!r} (their names drop characters a run "
+                                 "name cannot hold, or repeat a variant): make the values or names distinct")
             seen.add(name_)
             recipe = copy.deepcopy(base_doc)
             for key, value in overrides.items():
@@ -139,7 +155,8 @@ def load_sweep(path: str | Path) -> Sweep:
                 params = validate_params(recipe, f"{path} (run {name_})")
             except ParamsError as err:
                 raise SweepError(str(err)) from None
-            runs.append(SweepRun(name_, {**({"variant": variant["name"]} if variant else {}), **overrides}, params))
+            tag = {"variant": variant["name"]} if variant else {}
+            runs.append(SweepRun(name_, {**tag, **overrides}, params, factors={**tag, **point}))
     folder = root / runs[0].params.outputs_dir / "sweeps" / name
     return Sweep(name, base, runs, folder, doc.get("stages"), path)
 
@@ -165,7 +182,7 @@ def run_sweep(sweep: Sweep, run: Callable[..., Path], log: Callable[[str], None]
     for i, r in enumerate(sweep.runs, 1):
         log(f"== sweep {sweep.name}: run {i}/{len(sweep.runs)} {r.name} {json.dumps(r.overrides)}")
         t0 = time.perf_counter()
-        row = {"run": r.name, "overrides": r.overrides, "params_file": str(r.params_file)}
+        row = {"run": r.name, "overrides": r.overrides, "factors": r.factors, "params_file": str(r.params_file)}
         try:
             rdir = run(r.params_file, stages=sweep.stages, resume=True, log=lambda s: log(f"   {s}"), check=check)
             row.update(status="ok", run_dir=str(rdir))
