@@ -233,3 +233,26 @@ def show_samples(samples: "pd.DataFrame", n: int = 3, usable_only: bool = True) 
                       f"  prompt : {r.prompt}\n  cites  : {cited}\n  decided: {decided}\n"
                       f"  cot    : {clip(r.cot, 300)}\n  answer : {clip(r.answer, 300)}")
     return "\n\n".join(blocks) if blocks else "(no usable samples)"
+
+
+def show_request(request) -> str:
+    """One generator request in full, as the model receives it: each message with its role, then how the reply is
+    started and where it stops (the pre-started <think>, the grammar), so that a reader sees exactly what is asked."""
+    parts = [f"--- {m['role']} ---\n{m['content']}" for m in request.messages]
+    if request.prefill:
+        parts.append(f"--- the reply is pre-started with ---\n{request.prefill}")
+    how = []
+    if request.stop:
+        how.append(f"stops at {request.stop}")
+    if request.grammar:
+        how.append("decoded under the category's skeleton grammar (generation.skeleton)")
+    if request.max_tokens:
+        how.append(f"at most {request.max_tokens} tokens")
+    return "\n\n".join(parts) + (f"\n\n--- {'; '.join(how)} ---" if how else "")
+
+
+def show_examples(examples: list[Example], categories) -> str:
+    """The worked examples (the gold target the generator is shown) of the given categories, as text."""
+    shown = [e for e in examples if e.category in set(categories)]
+    return "\n\n".join(f"[worked example] {e.category}\n  prompt : {e.prompt}\n  cot    : {e.cot.strip()}\n"
+                       f"  answer : {e.answer.strip()}" for e in shown) or "(no worked example for these categories)"
