@@ -33,6 +33,22 @@ def chromium() -> Optional[str]:
     return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
 
+def cannot_render(binary: Optional[str] = None) -> Optional[str]:
+    """Why this machine's Chromium cannot load a trivial page headless (None when it can): an installed browser
+    that cannot run here (no sandbox support, missing libraries) is a machine's problem, not the report's."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.html"
+        probe.write_text("<html><body><p id='x'>ok</p></body></html>", encoding="utf-8")
+        try:
+            out = subprocess.run([binary or chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                                  probe.as_uri()], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            return f"Chromium did not run: {err}"
+        return None if "<p id=\"x\">ok</p>" in out.stdout else f"Chromium rendered nothing: {out.stderr[-500:]}"
+
+
 def check(page: Path, width: int = 1280, binary: Optional[str] = None) -> dict:
     """Load a copy of `page` with the check script in headless Chromium at `width` px; the check's findings."""
     copy = page.with_name(page.stem + ".check.html")

@@ -13,7 +13,7 @@ from delib.evaluation import answer_view, findings, report
 from delib.evaluation import plots as eval_plots
 
 sys.path.insert(0, str(Path(__file__).parent))
-from browser_check import check, chromium  # noqa: E402
+from browser_check import cannot_render, check, chromium  # noqa: E402
 from test_report import fake_metrics  # noqa: E402
 
 SECTIONS = {"violence-weapons-v0": {"id": "violence-weapons-v0", "title": "V0 Discussion", "body": "History is fine."},
@@ -100,7 +100,10 @@ def _report(tmp_path: Path, extra_html: str = "") -> Path:
     return report.write_html(tmp_path / "report.html", "Run t", sections)
 
 
-needs_chromium = pytest.mark.skipif(chromium() is None, reason="no Chromium here (Debian: apt-get install chromium)")
+_BROKEN = cannot_render() if chromium() else None
+needs_chromium = pytest.mark.skipif(chromium() is None or _BROKEN is not None,
+                                    reason=("no Chromium here (Debian: apt-get install chromium)" if chromium() is None
+                                            else f"Chromium is installed but cannot load a page here: {_BROKEN}"))
 
 
 @needs_chromium
