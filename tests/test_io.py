@@ -42,4 +42,4 @@ def test_sha256_changes_with_the_content(tmp_path):
 def test_clip_folds_white_space_and_marks_the_cut():
     assert io.clip("a  b\n c", 10) == "a b c"
     assert io.clip("x" * 20, 8) == "x" * 7 + "…" and len(io.clip("x" * 20, 8)) == 8
-    assert io.clip(None, 5) == ""
+    assert io.clip(None, 5) == "" and io.clip(float("nan"), 5) == ""

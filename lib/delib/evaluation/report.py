@@ -134,7 +134,7 @@ table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;paddin
 vertical-align:top;max-width:38em;overflow-wrap:anywhere}th{background:#f3f3f3}figure{margin:1em 0}
 figcaption{font-size:13px;color:#555}img{max-width:100%;height:auto}h1{font-size:1.6em}
 h2{border-bottom:1px solid #ddd;padding-bottom:.2em}details.section>summary{font-size:1.3em;font-weight:600;
-cursor:pointer;margin:1em 0 .4em}.summary p{font-size:15px;line-height:1.45}""" + "\n" + VIEW_STYLE
+cursor:pointer;margin:1em 0 .4em}""" + "\n" + VIEW_STYLE
 
 
 def _img(path: Path) -> str:
@@ -186,8 +186,8 @@ def report_sections(run: str, ev: dict, figures: dict[str, Path], found: Sequenc
                     funnel: pd.DataFrame, judge: dict, training: dict, comparison: Optional[pd.DataFrame] = None,
                     answers_html: str = "") -> list[Section]:
     """The report's sections, in the order a reader asks: the answer in short and the headline figure, the
-    differences, the answers themselves, by category, how the data and models were made, what it cost; then, folded,
-    the definitions, every finding and the caveats."""
+    differences, the answers themselves, by category, how the data and models were made, what it cost, how far to
+    trust the graders and the caveats; then, folded, the variants with the definitions, and every finding."""
     m, d, variants, info = ev["metrics"], ev["differences"], ev["variants"], ev["info"]
     pct = percent(info.get("confidence", 0.95))
     paper = pd.DataFrame([{"metric": k, "paper (for scale, not comparable)": v}

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from delib.evaluation.findings import percent
-from delib.evaluation.metrics import _interval, bootstrap_metrics, bootstrap_weights, fmt, fmt_diff, heldout_metrics
+from delib.evaluation.metrics import (_interval, _matrix, _ratios, bootstrap_metrics, bootstrap_weights, fmt,
+                                      fmt_diff, heldout_metrics)
 from delib.evaluation.reading import load_evaluation
 from delib.run.io import write_json_atomic
 
@@ -69,20 +70,6 @@ def compare_pairs(runs: dict[str, dict], resamples: int = 1000, seed: int = 0, c
     return pd.DataFrame(rows), skipped
 
 
-def _per_prompt(answers: pd.DataFrame, d, ids: pd.Index) -> tuple[np.ndarray, np.ndarray]:
-    """One run's values of a metric per prompt of `ids` (mean of samples) and the mask of prompts it counts."""
-    ok = d.select(answers).fillna(False).astype(bool) & answers[d.column].notna()
-    if "error" in answers:
-        ok &= answers["error"].isna()
-    rows = answers[ok]
-    per = rows[d.column].astype(float).groupby(rows["prompt_id"].astype(str)).mean()
-    vals, mask = np.zeros(len(ids)), np.zeros(len(ids), dtype=bool)
-    pos = ids.get_indexer(per.index)
-    keep = pos >= 0
-    vals[pos[keep]], mask[pos[keep]] = per.to_numpy()[keep], True
-    return vals, mask
-
-
 def over_seeds(runs: dict[str, dict], resamples: int = 1000, seed: int = 0, confidence: float = 0.95
                ) -> pd.DataFrame:
     """For each group of runs that differ only in `seed` (two or more seeds), each variant and metric: the mean
@@ -109,13 +96,14 @@ def over_seeds(runs: dict[str, dict], resamples: int = 1000, seed: int = 0, conf
                 points, boots = [], []
                 for i, n in enumerate(names):
                     ids = pd.Index(sorted(id_sets[i]))
-                    vals, mask = _per_prompt(per_run[n], d, ids)
+                    frame = per_run[n].assign(prompt_id=per_run[n]["prompt_id"].astype(str))
+                    vals, mask = _matrix(frame, "prompt_id", [variant], d.column,
+                                         d.select(frame).fillna(False).astype(bool), ids)
                     # the same prompts: the same resamples of them for every seed (seed + 1); else each its own
                     w = bootstrap_weights(len(ids), resamples, seed + 1 if shared else seed + 1 + i)
-                    v = np.where(mask, vals, 0.0)
-                    with np.errstate(invalid="ignore", divide="ignore"):
-                        boots.append((w @ v) / (w @ mask.astype(float)))
-                    points.append(v.sum() / mask.sum() if mask.sum() else np.nan)
+                    point, b = _ratios(vals[0], mask[0], w)
+                    boots.append(b)
+                    points.append(point)
                 b = np.vstack(boots)  # (seeds, resamples)
                 with np.errstate(invalid="ignore"):
                     two_level = np.nanmean(b[pick, np.arange(resamples)[:, None]], axis=1)

@@ -15,7 +15,7 @@ from delib.generation.cot import THINK_CLOSE, THINK_OPEN, parse_completion
 from delib.generation.skeleton import choices, style_sections
 from delib.judging import graders
 from delib.policy.spec import Spec
-from delib.run.io import write_jsonl
+from delib.run.io import clip, write_jsonl
 
 
 # What each of stage 03's gates checks (params: judge.gates), in the funnel's words.
@@ -42,8 +42,8 @@ def gate_values(row, spec: Spec) -> dict[str, bool]:
     styles = style_sections(spec, row.category, action) if cat and action else []
     answer = row.answer if isinstance(row.answer, str) else ""
     typed = graders.type_response(row.prompt, answer).action if action else None
-    applicable = spec.level(row.category, getattr(row, "level", None) if isinstance(getattr(row, "level", None), str)
-                            else None)
+    level = getattr(row, "level", None)  # optional: NaN or None where the prompt set gives none
+    applicable = spec.level(row.category, level if isinstance(level, str) else None)
     return {"cites_level": first is not None,
             "applicable_level": applicable is None or applicable["section"] in cited,
             "action_of_level": first is not None and action in allowed[first],
@@ -122,8 +122,8 @@ def sample_cards(samples: pd.DataFrame, scored: pd.DataFrame, judgements: pd.Dat
     """A card per sample, for reading stage 03 as a student would: the CoT and answer, the judge's scores with its
     rationale, the rule checks, the final score, and whether it was kept or why it was dropped. Up to n kept
     samples, then up to n dropped ones."""
-    order = sorted(samples.itertuples(), key=lambda r: not any(
-        (kept["prompt_id"] == r.prompt_id) & (kept["sample_index"] == r.sample_index)))
+    kept_keys = set(zip(kept["prompt_id"], kept["sample_index"]))
+    order = sorted(samples.itertuples(), key=lambda r: (r.prompt_id, r.sample_index) not in kept_keys)
     cards, counts = [], {"kept": 0, "dropped": 0}
     for r in order:
         verdict = fate(r, spec, gates, scored, kept, threshold, k)
@@ -132,14 +132,14 @@ def sample_cards(samples: pd.DataFrame, scored: pd.DataFrame, judgements: pd.Dat
             continue
         counts[kind] += 1
         lines = [f"[{r.prompt_id} #{r.sample_index}] {r.category}, expected {r.expected_action}: {verdict}",
-                 f"  prompt : {r.prompt}", f"  cot    : {_clip(r.cot)}", f"  answer : {_clip(r.answer)}"]
+                 f"  prompt : {r.prompt}", f"  cot    : {clip(r.cot, 300)}", f"  answer : {clip(r.answer, 300)}"]
         mine = judgements[(judgements["prompt_id"] == r.prompt_id) & (judgements["sample_index"] == r.sample_index)]
         for j in mine.itertuples():
             if isinstance(j.error, str):
-                lines.append(f"  judge #{j.judgement}: failed ({_clip(j.error, 120)})")
+                lines.append(f"  judge #{j.judgement}: failed ({clip(j.error, 120)})")
             else:
                 lines.append(f"  judge #{j.judgement}: overall {j.overall}, action {j.action_correct}, style {j.style}, "
-                             f"CoT {j.cot_quality}; rationale: {_clip(j.rationale, 200)}")
+                             f"CoT {j.cot_quality}; rationale: {clip(j.rationale, 200)}")
         s = scored[(scored["prompt_id"] == r.prompt_id) & (scored["sample_index"] == r.sample_index)]
         if not s.empty:
             s = s.iloc[0]
@@ -149,12 +149,6 @@ def sample_cards(samples: pd.DataFrame, scored: pd.DataFrame, judgements: pd.Dat
                          f"{bool(s['cot_action_matches'])}, style score {style}; final score {s['final_score']:.2f}")
         cards.append("\n".join(lines))
     return "\n\n".join(cards) if cards else "(no samples)"
-
-
-def _clip(text, n: int = 300) -> str:
-    text = text if isinstance(text, str) else ""
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def assistant_text(cot: str, answer: str) -> str:

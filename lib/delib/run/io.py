@@ -93,8 +93,10 @@ def sha256_path(path: str | Path) -> str:
 
 
 def clip(text: Any, width: int) -> str:
-    """`text` on one line (runs of white space folded), cut to `width` characters with an ellipsis."""
-    one_line = " ".join(str(text or "").split())
+    """`text` on one line (runs of white space folded), cut to `width` characters with an ellipsis; a missing
+    value (None, or NaN as pandas reads an empty cell) is the empty string, never "nan"."""
+    missing = text is None or (isinstance(text, float) and text != text)
+    one_line = " ".join(("" if missing else str(text)).split())
     return one_line if len(one_line) <= width else one_line[: width - 1] + "…"
 
 
