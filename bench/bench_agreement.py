@@ -20,8 +20,15 @@ import pandas as pd
 from delib.evaluation import validity
 from delib.evaluation.validity import binary_scores
 from delib.judging import graders
+from delib.policy.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
+# The default spec's own style checks (category -> action -> {proposition: [wanted, weight]}), as a run grades with.
+CHECKS = load_spec(ROOT / "specs" / "default" / "spec.md").checks_by_category()
+
+
+def style_for(r: dict) -> dict:
+    return graders.style_for(r["action"], graders.spec_checks(CHECKS, r["category"], r["action"]))
 # --------------------------------------------------------------------------------------------------------------
 # XSTest
 # --------------------------------------------------------------------------------------------------------------
@@ -68,7 +75,7 @@ def rbr_rows(data: Path) -> list[dict]:
 
 def applies(name: str, r: dict) -> bool:
     """Whether the style for the row's expected action uses this proposition."""
-    return name in graders.style_for(r["action"], r["category"])
+    return name in style_for(r)
 
 
 def report_rbr(rows: list[dict]) -> None:
@@ -107,9 +114,10 @@ def report_rbr(rows: list[dict]) -> None:
         part = [r for r in rows if r["action"] == action]
         ours, gold = [], []
         for r in part:
-            keys = [k for k in graders.style_for(action, r["category"]) if k in r["gold"]]
-            ours.append(graders.style_score(action, {k: r["ours"][k] for k in keys}, r["category"]))
-            gold.append(graders.style_score(action, {k: r["gold"][k] for k in keys}, r["category"]))
+            checks = graders.spec_checks(CHECKS, r["category"], action)
+            keys = [k for k in graders.style_for(action, checks) if k in r["gold"]]
+            ours.append(graders.style_score(action, {k: r["ours"][k] for k in keys}, checks))
+            gold.append(graders.style_score(action, {k: r["gold"][k] for k in keys}, checks))
         out.append({"action": action, "n": len(part), "mean (human)": statistics.mean(gold),
                     "mean (ours)": statistics.mean(ours),
                     "mean abs diff": statistics.mean(abs(a - b) for a, b in zip(ours, gold)),
