@@ -38,6 +38,36 @@ def test_the_grammars_compile_in_llama_cpp(spec):
     llama_cpp.LlamaGrammar.from_string(ANSWER_GRAMMAR, verbose=False)
 
 
+def test_a_level_hint_names_the_level_and_is_the_only_level_the_grammar_allows(spec):
+    cat = spec.categories["violence_weapons"]
+    told = cat.levels[2]
+    sel = pd.DataFrame([{"id": "a", "prompt": "How do I build a bomb?", "category": "violence_weapons",
+                         "level": told["name"]},
+                        {"id": "b", "prompt": "I feel hopeless.", "category": "self_harm", "level": float("nan")}])
+    rendered = {c: {"text": f"spec of {c}"} for c in spec.categories}
+    hinted = generate.generation_requests(sel, rendered, spec, [], 0, 1, True, 64, structured=True, hint_level=True)
+    system = hinted[0].messages[0]["content"]
+    assert system.endswith(f"[{told['section']}] ({spec.sections[told['section']].title}); "
+                           f"it prescribes: {told['action']}.")
+    assert f"[{told['section']}]" in hinted[0].grammar
+    assert not any(f"[{lv['section']}]" in hinted[0].grammar for lv in cat.levels if lv is not told)
+    # A prompt without a level is generated as without the hint: the category's grammar, the plain system prompt.
+    plain = generate.generation_requests(sel, rendered, spec, [], 0, 1, True, 64, structured=True)
+    assert hinted[1].grammar == plain[1].grammar == skeleton_grammar(spec, "self_harm")
+    assert hinted[1].messages == plain[1].messages and plain[0].messages[0]["content"] != system
+    # Free-form generation is told the level too, without a grammar.
+    free = generate.generation_requests(sel, rendered, spec, [], 0, 1, True, 64, hint_level=True)
+    assert free[0].grammar is None and free[0].messages[0]["content"] == system
+    with pytest.raises(ValueError, match="not a level of category 'self_harm'"):
+        skeleton_grammar(spec, "self_harm", only=told["section"])
+
+
+def test_a_hinted_grammar_compiles_in_llama_cpp(spec):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    for cid, cat in spec.categories.items():
+        llama_cpp.LlamaGrammar.from_string(skeleton_grammar(spec, cid, only=cat.levels[-1]["section"]), verbose=False)
+
+
 def test_parse_skeleton_reads_the_fields_back():
     cot = ("The user asks how to build a bomb.\nApplicable: [violence-weapons-v3]\nReasoning: It is a weapon.\n"
            "Action: refuse\nStyle: [style-hard-refusal]")

@@ -118,11 +118,28 @@ def structured_for(params: "RunParams") -> bool:
                              and params.generate.prestart_think)
 
 
+def level_hint(spec: Spec, category: str, level: object) -> Optional[dict]:
+    """The level a prompt set gives for a prompt (name or section id), as the generator is told it; None where the
+    prompt has none (NaN, empty) or the category lacks it."""
+    return spec.level(category, level) if isinstance(level, str) and level.strip() else None
+
+
+def hint_line(spec: Spec, level: dict) -> str:
+    """The sentence appended to the generator's system prompt when it is told the applicable level."""
+    sid = level["section"]
+    return (f"\n\nFor the request below, the section that applies is [{sid}] ({spec.sections[sid].title}); "
+            f"it prescribes: {level['action']}.")
+
+
 def generation_requests(selected: "pd.DataFrame", rendered: dict[str, dict], spec: Spec, examples: list[Example],
                         k_shot: int, samples_per_prompt: int, prestart_think: bool = False,
                         cot_max_tokens: Optional[int] = None, structured: bool = False,
-                        template: Optional[str] = None) -> list:
+                        template: Optional[str] = None, hint_level: bool = False) -> list:
     """One ChatRequest per (prompt, sample): the spec for the prompt's category in context, a seed per sample.
+
+    With `hint_level` (`generate.level_hint`), a prompt that the prompt set gives a level is generated with that
+    level named at the end of the system prompt and, under the skeleton grammar, as the only level the CoT may cite:
+    the label, like the spec, is context the generator sees and the trained model never does.
 
     With `prestart_think`, the request is the first of two: the reply is pre-started with <think> and stops at
     </think> (at most `cot_max_tokens`); `finish_answers` then asks for the answer after the closed CoT. With
@@ -139,9 +156,14 @@ def generation_requests(selected: "pd.DataFrame", rendered: dict[str, dict], spe
         example_id = cat.levels[0]["section"] if cat.levels and cat.levels[0]["section"] else cat.sections[0]
         messages = generation_messages(row.prompt, rendered[row.category]["text"],
                                        pick_examples(examples, row.category, k_shot), example_id, template)
+        grammar = grammars.get(row.category)
+        hint = level_hint(spec, row.category, getattr(row, "level", None)) if hint_level else None
+        if hint:
+            messages = [{**messages[0], "content": messages[0]["content"] + hint_line(spec, hint)}, *messages[1:]]
+            grammar = skeleton_grammar(spec, row.category, only=hint["section"]) if structured else None
         for s in range(samples_per_prompt):
             requests.append(ChatRequest(messages=messages, sample_index=s, meta={"prompt_id": row.id},
-                                        grammar=grammars.get(row.category), **phase))
+                                        grammar=grammar, **phase))
     return requests
 
 

@@ -55,11 +55,16 @@ def _lit(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)  # a GBNF string literal: double quotes, backslash escapes
 
 
-def skeleton_grammar(spec: Spec, category: str) -> str:
+def skeleton_grammar(spec: Spec, category: str, only: Optional[str] = None) -> str:
     """The GBNF grammar of a CoT for a prompt of `category`, written after the opening <think> and ending where
-    </think> goes (the answer is written freely after it)."""
+    </think> goes (the answer is written freely after it). `only`: a section id of the category; the CoT must cite
+    it (the level a prompt set gives, when the generator is told it: `generate.level_hint`)."""
     branches = []
-    for sid, action, style in choices(spec, category):
+    picked = [c for c in choices(spec, category) if only is None or c[0] == only]
+    if not picked:
+        raise ValueError(f"{only!r} is not a level of category {category!r} "
+                         f"(its levels: {', '.join(c[0] for c in choices(spec, category))})")
+    for sid, action, style in picked:
         tail = f"\n{ACTION} {action}\n" + (f"{STYLE} [{style}]\n" if style else "")
         branches.append(f"{_lit(f'{APPLICABLE} [{sid}]' + chr(10) + REASONING + ' ')} text {_lit(tail)}")
     rules = [f"root ::= {_lit(ASKS + ' ')} text {_lit(chr(10))} branch",

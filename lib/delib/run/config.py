@@ -158,6 +158,10 @@ class GenerateParams(CallingStageParams):
     # The CoT under a grammar of the spec's skeleton (generation.skeleton): on, off, or auto (on for an embedded
     # generator, whose free-form CoT rarely cites a real section). Needs prestart_think.
     structured: Literal["auto", "on", "off"] = "auto"
+    # Tell the generator the level the prompt set gives for each prompt (its `level` column): named in the system
+    # prompt and, under the skeleton grammar, the only level the CoT may cite. Like the spec, the label is context
+    # the generator sees and the trained model never does. Prompts without a level get no hint.
+    level_hint: bool = False
 
     @model_validator(mode="after")
     def _structured_needs_prestart(self) -> "GenerateParams":
