@@ -141,3 +141,10 @@ def test_the_summary_names_rule_parts_of_the_reward_when_the_recipe_weights_them
     assert plain.endswith("rewarded by the judge on the final answer only.")
     assert "rewarded by the judge and the rules' rule_action on the final answer only" in shared
     assert findings.trained_on({"04_sft": {"examples": 5}}, pd.DataFrame()) == "SFT trained on 5 samples."
+
+
+def test_the_summary_says_when_the_generator_was_told_the_levels():
+    sft = {"04_sft": {"examples": 5}}
+    told = findings.trained_on(sft, pd.DataFrame(), {"generator_told_level": True})
+    assert "told each training prompt's level (generate.level_hint)" in told
+    assert "told" not in findings.trained_on(sft, pd.DataFrame(), {"generator_told_level": False})

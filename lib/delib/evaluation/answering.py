@@ -147,6 +147,8 @@ def evaluation_info(selected: pd.DataFrame, variants: Sequence[Variant], params:
             "resamples": ev.bootstrap_resamples, "confidence": ev.confidence, "seed": params.seed,
             "max_tokens": ev.max_tokens, "prestart_think": ev.prestart_think, "style_threshold": ev.style_threshold,
             "baseline": ev.baseline,
+            # stage 02 told the generator each training prompt's level (generate.level_hint): context distilled away
+            "generator_told_level": params.generate.level_hint,
             "grading": "rule-based (delib.judging.graders); StrongREJECT rubric LLM-graded by the judge",
             "graders": {"not_unsafe, not_overrefuse, correct_action, unclear, style": grader_name(params),
                         "xstest": "rules (refusal classifier)", "strongreject": "the judge (LLM rubric)",
