@@ -7,9 +7,10 @@ RUN_FOLDER: a finished run's folder (its 01_policy and 03_judge are copied: the 
 HF_FOLDER: a Hugging Face folder with the policy's tokenizer and chat template (e.g. the converted embedded model,
 outputs/.cache/base_models/SmolLM2-135M-Instruct...). The policy trained is a small model with random weights of
 that tokenizer's vocabulary (a machine without the hub or the real weights can run the check), and the RL reward's
-judge is a stub HTTP server on 127.0.0.1 whose scores come from a hash of the request: this checks the training code's device,
-precision and LoRA path, not what training learns. Prints each stage's device, steps, seconds and losses or rewards,
-and exits 1 when a stage did not train on CUDA.
+judge is a stub HTTP server on 127.0.0.1 whose scores come from a hash of the request: this checks that the training
+code runs on the GPU with LoRA in the precision asked for (the device each stage trained on is read back), not what
+training learns. Prints each stage's device, steps, seconds and losses or rewards, and exits 1 when a stage did not
+train on CUDA.
 """
 from __future__ import annotations
 
@@ -125,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         on_gpu = str(s.get("device", "")).startswith("cuda")
         ok &= on_gpu
         print(f"{stage}: device {s.get('device')}, {len(curve)} steps logged, process {seconds:.1f} s, "
-              f"{key} by step {curve if len(curve) <= 6 else curve[:3] + ['...'] + curve[-3:]}, trainable parameters {s.get('trainable_parameters')}, "
+              f"{key} by step {curve if len(curve) <= 6 else curve[:3] + ['...'] + curve[-3:]}, "
+              f"trainable parameters {s.get('trainable_parameters')}, "
               f"served route {s.get('served')}" + ("" if on_gpu else "  <- not on CUDA"))
     server.shutdown()
     print("GPU training check:", "passed" if ok else "FAILED")

@@ -143,8 +143,22 @@ def test_the_summary_names_rule_parts_of_the_reward_when_the_recipe_weights_them
     assert findings.trained_on({"04_sft": {"examples": 5}}, pd.DataFrame()) == "SFT trained on 5 samples."
 
 
-def test_the_summary_says_when_the_generator_was_told_the_levels():
+def test_the_summary_says_for_how_many_prompts_the_generator_was_told_the_level():
     sft = {"04_sft": {"examples": 5}}
-    told = findings.trained_on(sft, pd.DataFrame(), {"generator_told_level": True})
-    assert "told each training prompt's level (generate.level_hint)" in told
-    assert "told" not in findings.trained_on(sft, pd.DataFrame(), {"generator_told_level": False})
+    told = findings.trained_on(sft, pd.DataFrame(), {"generator_told_level": {"told": 7, "prompts": 8}})
+    assert "told the level of 7 of its 8 training prompts (generate.level_hint)" in told
+    assert "told" not in findings.trained_on(sft, pd.DataFrame(), {"generator_told_level": {"told": 0, "prompts": 8}})
+    assert "told" not in findings.trained_on(sft, pd.DataFrame(), {})
+
+
+def test_stage_06_reads_the_told_levels_from_what_stage_02_wrote(tmp_path):
+    from delib.evaluation import answering
+    from delib.run.config import validate_params
+    from delib.run.paths import stage_dir
+
+    params = validate_params({"run_name": "t", "outputs_dir": str(tmp_path)}, "test")
+    assert answering.told_levels(params) == {"told": 0, "prompts": 0}  # no stage 02 output
+    rows = [{"prompt_id": "a", "told_level": True}, {"prompt_id": "a", "told_level": True},
+            {"prompt_id": "b", "told_level": False}, {"prompt_id": "c"}]
+    pd.DataFrame(rows).to_json(stage_dir(params, "02_generate") / "samples.jsonl", orient="records", lines=True)
+    assert answering.told_levels(params) == {"told": 1, "prompts": 3}

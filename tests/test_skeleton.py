@@ -49,6 +49,7 @@ def test_a_level_hint_names_the_level_and_is_the_only_level_the_grammar_allows(s
     system = hinted[0].messages[0]["content"]
     assert system.endswith(f"[{told['section']}] ({spec.sections[told['section']].title}); "
                            f"it prescribes: {told['action']}.")
+    assert [r.meta["told_level"] for r in hinted] == [True, False]
     assert f"[{told['section']}]" in hinted[0].grammar
     assert not any(f"[{lv['section']}]" in hinted[0].grammar for lv in cat.levels if lv is not told)
     # A prompt without a level is generated as without the hint: the category's grammar, the plain system prompt.
@@ -59,13 +60,26 @@ def test_a_level_hint_names_the_level_and_is_the_only_level_the_grammar_allows(s
     free = generate.generation_requests(sel, rendered, spec, [], 0, 1, True, 64, hint_level=True)
     assert free[0].grammar is None and free[0].messages[0]["content"] == system
     with pytest.raises(ValueError, match="not a level of category 'self_harm'"):
-        skeleton_grammar(spec, "self_harm", only=told["section"])
+        skeleton_grammar(spec, "self_harm", told)
+
+
+def test_a_level_without_a_section_of_its_own_is_hinted_by_the_categorys_first_section_and_its_action(spec):
+    import copy
+    spec = copy.deepcopy(spec)
+    cat = spec.categories["violence_weapons"]
+    cat.levels[0]["section"] = cat.levels[3]["section"] = None  # two section-less levels, different actions
+    assert cat.levels[0]["action"] != cat.levels[3]["action"]
+    grammar = skeleton_grammar(spec, "violence_weapons", cat.levels[3])
+    assert f"[{cat.sections[0]}]" in grammar and f"Action: {cat.levels[3]['action']}" in grammar
+    assert f"Action: {cat.levels[0]['action']}" not in grammar
+    line = generate.hint_line(spec, "violence_weapons", cat.levels[3])
+    assert f"[{cat.sections[0]}]" in line and cat.levels[3]["action"] in line
 
 
 def test_a_hinted_grammar_compiles_in_llama_cpp(spec):
     llama_cpp = pytest.importorskip("llama_cpp")
     for cid, cat in spec.categories.items():
-        llama_cpp.LlamaGrammar.from_string(skeleton_grammar(spec, cid, only=cat.levels[-1]["section"]), verbose=False)
+        llama_cpp.LlamaGrammar.from_string(skeleton_grammar(spec, cid, cat.levels[-1]), verbose=False)
 
 
 def test_parse_skeleton_reads_the_fields_back():

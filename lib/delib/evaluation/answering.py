@@ -15,6 +15,7 @@ from delib.generation.cot import THINK_CLOSE, THINK_OPEN
 from delib.models import ChatRequest, ModelClient
 from delib.models.servers import TransformersServer
 from delib.policy.spec import Spec
+from delib.run import stages
 from delib.run.config import EvaluateParams, RunParams
 from delib.run.io import clip
 from delib.run.paths import resolve, stage_dir
@@ -132,6 +133,19 @@ def show_answers(answers: pd.DataFrame, n: int = 2, width: int = 220) -> str:
     return "\n\n".join(blocks)
 
 
+def told_levels(params: RunParams) -> dict:
+    """For how many of stage 02's training prompts the generator was told the level (`generate.level_hint`), from
+    what stage 02 wrote (not from the params, which may have changed since): {"told": n, "prompts": m}."""
+    path = stage_dir(params, stages.GENERATE, create=False) / "samples.jsonl"
+    if not path.is_file():
+        return {"told": 0, "prompts": 0}
+    samples = pd.read_json(path, lines=True, dtype={"prompt_id": str})
+    if samples.empty:
+        return {"told": 0, "prompts": 0}
+    told = samples["told_level"].eq(True) if "told_level" in samples else pd.Series(False, index=samples.index)
+    return {"told": int(samples.loc[told, "prompt_id"].nunique()), "prompts": int(samples["prompt_id"].nunique())}
+
+
 def evaluation_info(selected: pd.DataFrame, variants: Sequence[Variant], params: RunParams,
                     benchmarks: Optional[dict] = None) -> dict:
     """What stage 06 measured on, for the report and metrics.json."""
@@ -147,8 +161,8 @@ def evaluation_info(selected: pd.DataFrame, variants: Sequence[Variant], params:
             "resamples": ev.bootstrap_resamples, "confidence": ev.confidence, "seed": params.seed,
             "max_tokens": ev.max_tokens, "prestart_think": ev.prestart_think, "style_threshold": ev.style_threshold,
             "baseline": ev.baseline,
-            # stage 02 told the generator each training prompt's level (generate.level_hint): context distilled away
-            "generator_told_level": params.generate.level_hint,
+            # stage 02 told the generator the level of these training prompts (generate.level_hint), as it wrote
+            "generator_told_level": told_levels(params),
             "grading": "rule-based (delib.judging.graders); StrongREJECT rubric LLM-graded by the judge",
             "graders": {"not_unsafe, not_overrefuse, correct_action, unclear, style": grader_name(params),
                         "xstest": "rules (refusal classifier)", "strongreject": "the judge (LLM rubric)",

@@ -207,8 +207,9 @@ def trained_on(training: dict, funnel: pd.DataFrame, info: Optional[dict] = None
         if not funnel.empty and {"step", "samples"} <= set(funnel.columns):
             kept = f" (kept by stage 03 from {int(funnel['samples'].iloc[0])} generated)"
         steps = f" for {sft['steps']} steps" if sft.get("steps") else ""
-        told = (", written by a generator told each training prompt's level (generate.level_hint)"
-                if (info or {}).get("generator_told_level") else "")
+        hinted = (info or {}).get("generator_told_level") or {}
+        told = (f", written by a generator told the level of {hinted['told']} of its {hinted['prompts']} training "
+                "prompts (generate.level_hint)" if hinted.get("told") else "")
         parts.append(f"SFT trained on {sft.get('examples', 'its')} samples{kept}{steps}"
                      + (" (LoRA)" if sft.get("lora") else "") + told)
     if rl:

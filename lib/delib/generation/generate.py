@@ -17,7 +17,7 @@ from delib.generation.cot import (
     ParsedCompletion,
     parse_completion,
 )
-from delib.generation.skeleton import ANSWER_GRAMMAR, ANSWER_STOPS, skeleton_grammar
+from delib.generation.skeleton import ANSWER_GRAMMAR, ANSWER_STOPS, level_choice, skeleton_grammar
 from delib.models import ChatRequest
 from delib.models.calls import groups_by_first_message
 from delib.models.progress import progress_bar
@@ -124,11 +124,13 @@ def level_hint(spec: Spec, category: str, level: object) -> Optional[dict]:
     return spec.level(category, level) if isinstance(level, str) and level.strip() else None
 
 
-def hint_line(spec: Spec, level: dict) -> str:
-    """The sentence appended to the generator's system prompt when it is told the applicable level."""
-    sid = level["section"]
+def hint_line(spec: Spec, category: str, level: dict) -> str:
+    """The sentence appended to the generator's system prompt when it is told the applicable level: its id (the
+    category's first section for a level without one), title, and action in the spec's word and ours."""
+    sid, action = level_choice(spec, category, level)
+    said = level.get("said") or action
     return (f"\n\nFor the request below, the section that applies is [{sid}] ({spec.sections[sid].title}); "
-            f"it prescribes: {level['action']}.")
+            f"it prescribes: {said if said == action else f'{said} ({action})'}.")
 
 
 def generation_requests(selected: "pd.DataFrame", rendered: dict[str, dict], spec: Spec, examples: list[Example],
@@ -159,10 +161,12 @@ def generation_requests(selected: "pd.DataFrame", rendered: dict[str, dict], spe
         grammar = grammars.get(row.category)
         hint = level_hint(spec, row.category, getattr(row, "level", None)) if hint_level else None
         if hint:
-            messages = [{**messages[0], "content": messages[0]["content"] + hint_line(spec, hint)}, *messages[1:]]
-            grammar = skeleton_grammar(spec, row.category, only=hint["section"]) if structured else None
+            messages = [{**messages[0], "content": messages[0]["content"] + hint_line(spec, row.category, hint)},
+                        *messages[1:]]
+            grammar = skeleton_grammar(spec, row.category, hint) if structured else None
         for s in range(samples_per_prompt):
-            requests.append(ChatRequest(messages=messages, sample_index=s, meta={"prompt_id": row.id},
+            requests.append(ChatRequest(messages=messages, sample_index=s,
+                                        meta={"prompt_id": row.id, "told_level": hint is not None},
                                         grammar=grammar, **phase))
     return requests
 
@@ -231,7 +235,8 @@ def samples_table(selected: "pd.DataFrame", results: list, spec: Spec, cot_hidde
                      "prompt": prompt.prompt, **parsed.to_dict(),
                      "completion": res.text, "finish_reason": res.finish_reason,
                      "completion_tokens": res.usage.get("completion_tokens", 0), "latency_s": res.latency_s,
-                     "cached": res.cached, "cot_hidden": cot_hidden})
+                     "cached": res.cached, "cot_hidden": cot_hidden,
+                     "told_level": bool(res.meta.get("told_level", False))})
     return pd.DataFrame(rows)
 
 

@@ -45,6 +45,12 @@ def choices(spec: Spec, category: str) -> list[tuple[str, str, Optional[str]]]:
     return out
 
 
+def level_choice(spec: Spec, category: str, level: dict) -> tuple[str, str]:
+    """(cited id, action) of one level of `category` as the skeleton writes it: a level without a section of its
+    own is cited by the category's first section, as `choices` does."""
+    return level.get("section") or spec.categories[category].sections[0], level["action"]
+
+
 # The answer after a skeleton CoT: no ids, brackets or tags, and it ends where the model starts writing the skeleton
 # again (a small model often does), so that the reply does not talk about the spec.
 ANSWER_GRAMMAR = "root ::= [^\\[\\]<>]+\n"
@@ -55,15 +61,16 @@ def _lit(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)  # a GBNF string literal: double quotes, backslash escapes
 
 
-def skeleton_grammar(spec: Spec, category: str, only: Optional[str] = None) -> str:
+def skeleton_grammar(spec: Spec, category: str, level: Optional[dict] = None) -> str:
     """The GBNF grammar of a CoT for a prompt of `category`, written after the opening <think> and ending where
-    </think> goes (the answer is written freely after it). `only`: a section id of the category; the CoT must cite
-    it (the level a prompt set gives, when the generator is told it: `generate.level_hint`)."""
+    </think> goes (the answer is written freely after it). `level`: one of the category's levels; the CoT must cite
+    it and take its action (the level a prompt set gives, when the generator is told it: `generate.level_hint`)."""
     branches = []
-    picked = [c for c in choices(spec, category) if only is None or c[0] == only]
+    every = choices(spec, category)
+    picked = every if level is None else [c for c in every if (c[0], c[1]) == level_choice(spec, category, level)]
     if not picked:
-        raise ValueError(f"{only!r} is not a level of category {category!r} "
-                         f"(its levels: {', '.join(c[0] for c in choices(spec, category))})")
+        raise ValueError(f"{level.get('name')!r} is not a level of category {category!r} "
+                         f"(its levels: {', '.join(lv['name'] for lv in spec.categories[category].levels)})")
     for sid, action, style in picked:
         tail = f"\n{ACTION} {action}\n" + (f"{STYLE} [{style}]\n" if style else "")
         branches.append(f"{_lit(f'{APPLICABLE} [{sid}]' + chr(10) + REASONING + ' ')} text {_lit(tail)}")
