@@ -188,3 +188,14 @@ def test_an_id_used_by_two_prompt_sets_is_named_with_both_places(tmp_path):
     with pytest.raises(PromptSetError) as e:
         load_prompt_sets([PromptSetParams(path=str(a)), PromptSetParams(path=str(b))])
     assert str(e.value) == f"{b}:3: id '2' is also used by another prompt set ({a}:3)"
+
+
+def test_stage_01s_prompt_table_reads_back_level_names_as_text(tmp_path):
+    """A level named "1" must come back as "1", not 1.0, or the level gate and the level hint skip it."""
+    import pandas as pd
+
+    from delib.policy.overview import read_prompts
+    path = tmp_path / "prompts.jsonl"
+    pd.DataFrame([{"id": "001", "level": "1"}, {"id": "002", "level": None}]).to_json(path, orient="records", lines=True)
+    back = read_prompts(path)
+    assert back["id"].tolist() == ["001", "002"] and back["level"].iloc[0] == "1"

@@ -96,9 +96,14 @@ def write_outputs(out: Path, spec: Spec, prompts: pd.DataFrame, rendered: dict[s
     return [out / "spec.json", out / "spec_for_category.json", out / "prompts.jsonl"]
 
 
+def read_prompts(path) -> pd.DataFrame:
+    """Stage 01's prompt table as written: ids and level names stay text (a level named "1" is not the number 1)."""
+    return pd.read_json(path, lines=True, dtype={"id": str, "level": "object"})
+
+
 def read_outputs(params: RunParams) -> tuple[Spec, pd.DataFrame, dict[str, dict]]:
     """What stage 01 handed on: the parsed spec, the prompt table and the rendered spec per category."""
     spec = Spec.from_dict(json.loads(require(params, STAGE, "spec.json").read_text()))
-    prompts = pd.read_json(require(params, STAGE, "prompts.jsonl"), lines=True, dtype={"id": str})
+    prompts = read_prompts(require(params, STAGE, "prompts.jsonl"))
     rendered = json.loads(require(params, STAGE, "spec_for_category.json").read_text())
     return spec, prompts, rendered
