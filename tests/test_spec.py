@@ -229,3 +229,12 @@ def test_no_category_of_the_default_spec_is_named_in_the_library(root):
     quoted = re.compile("|".join(rf"[\"'\[]{c}[\"'\]]" for c in ids))  # as a string or a metric's [category]
     named = [(p.relative_to(root), m.group()) for p in (root / "lib").rglob("*.py") for m in quoted.finditer(p.read_text())]
     assert named == []
+
+
+def test_a_level_is_found_by_name_or_section_and_a_missing_one_is_none(root):
+    spec = load_spec(root / "specs" / "default" / "spec.md")
+    by_name = spec.level("violence_weapons", "V0")
+    assert by_name is not None and spec.level("violence_weapons", by_name["section"]) == by_name
+    for missing in (None, "", float("nan"), 0.0, "V9"):  # NaN: a table row without a level
+        assert spec.level("violence_weapons", missing) is None
+    assert spec.level("no_such_category", "V0") is None and spec.level(None, "V0") is None

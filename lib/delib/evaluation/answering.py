@@ -137,9 +137,7 @@ def told_levels(params: RunParams) -> dict:
     """For how many of stage 02's training prompts the generator was told the level (`generate.level_hint`), from
     what stage 02 wrote (not from the params, which may have changed since): {"told": n, "prompts": m}."""
     path = stage_dir(params, stages.GENERATE, create=False) / "samples.jsonl"
-    if not path.is_file():
-        return {"told": 0, "prompts": 0}
-    samples = pd.read_json(path, lines=True, dtype={"prompt_id": str})
+    samples = pd.read_json(path, lines=True, dtype={"prompt_id": str}) if path.is_file() else pd.DataFrame()
     if samples.empty:
         return {"told": 0, "prompts": 0}
     told = samples["told_level"].eq(True) if "told_level" in samples else pd.Series(False, index=samples.index)

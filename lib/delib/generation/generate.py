@@ -118,12 +118,6 @@ def structured_for(params: "RunParams") -> bool:
                              and params.generate.prestart_think)
 
 
-def level_hint(spec: Spec, category: str, level: object) -> Optional[dict]:
-    """The level a prompt set gives for a prompt (name or section id), as the generator is told it; None where the
-    prompt has none (NaN, empty) or the category lacks it."""
-    return spec.level(category, level) if isinstance(level, str) and level.strip() else None
-
-
 def hint_line(spec: Spec, category: str, level: dict) -> str:
     """The sentence appended to the generator's system prompt when it is told the applicable level: its id (the
     category's first section for a level without one), title, and action in the spec's word and ours."""
@@ -159,7 +153,7 @@ def generation_requests(selected: "pd.DataFrame", rendered: dict[str, dict], spe
         messages = generation_messages(row.prompt, rendered[row.category]["text"],
                                        pick_examples(examples, row.category, k_shot), example_id, template)
         grammar = grammars.get(row.category)
-        hint = level_hint(spec, row.category, getattr(row, "level", None)) if hint_level else None
+        hint = spec.level(row.category, getattr(row, "level", None)) if hint_level else None
         if hint:
             messages = [{**messages[0], "content": messages[0]["content"] + hint_line(spec, row.category, hint)},
                         *messages[1:]]

@@ -67,7 +67,8 @@ def skeleton_grammar(spec: Spec, category: str, level: Optional[dict] = None) ->
     it and take its action (the level a prompt set gives, when the generator is told it: `generate.level_hint`)."""
     branches = []
     every = choices(spec, category)
-    picked = every if level is None else [c for c in every if (c[0], c[1]) == level_choice(spec, category, level)]
+    wanted = None if level is None else level_choice(spec, category, level)
+    picked = every if wanted is None else [c for c in every if (c[0], c[1]) == wanted]
     if not picked:
         raise ValueError(f"{level.get('name')!r} is not a level of category {category!r} "
                          f"(its levels: {', '.join(lv['name'] for lv in spec.categories[category].levels)})")

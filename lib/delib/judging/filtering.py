@@ -42,8 +42,7 @@ def gate_values(row, spec: Spec) -> dict[str, bool]:
     styles = style_sections(spec, row.category, action) if cat and action else []
     answer = row.answer if isinstance(row.answer, str) else ""
     typed = graders.type_response(row.prompt, answer).action if action else None
-    level = getattr(row, "level", None)  # optional: NaN or None where the prompt set gives none
-    applicable = spec.level(row.category, level if isinstance(level, str) else None)
+    applicable = spec.level(row.category, getattr(row, "level", None))  # None where the prompt set gives none
     return {"cites_level": first is not None,
             "applicable_level": applicable is None or applicable["section"] in cited,
             "action_of_level": first is not None and action in allowed[first],

@@ -2,8 +2,9 @@
 
 Every prompt carries a category (so the generator can be shown `spec_for_category`). Optional: the level of its
 category that applies (`level`: the level's name or its section id in the spec's mapping), which citation accuracy
-is measured against, stage 03's `applicable_level` gate checks, and `generate.level_hint` tells the generator; the expected action (comply, refuse, safe_complete, or the spec's own word for one), which
-the level's action fills when absent; and the split (train, eval), which a seeded split stratified by category
+is measured against, stage 03's `applicable_level` gate checks, and `generate.level_hint` tells the generator; the
+expected action (comply, refuse, safe_complete, or the spec's own word for one), which the level's action fills
+when absent; and the split (train, eval), which a seeded split stratified by category
 and action fills when absent (`prompts.eval_share`). Where each came from is kept (`action_source`,
 `split_source`). Errors name the file and line.
 """

@@ -122,10 +122,11 @@ class Spec:
             out += self.descendants(c)
         return out
 
-    def level(self, category: Optional[str], level: Optional[str]) -> Optional[dict]:
-        """The level of `category` named `level` (by its name or its section id); None when either is unknown."""
+    def level(self, category: Optional[str], level: object) -> Optional[dict]:
+        """The level of `category` named `level` (by its name or its section id); None when either is unknown or
+        missing (None, or NaN where a table has no level for the row)."""
         cat = self.categories.get(category) if category else None
-        if cat is None or not level:
+        if cat is None or not isinstance(level, str) or not level:
             return None
         return next((lv for lv in cat.levels if level in (lv["name"], lv["section"])), None)
 
