@@ -38,6 +38,10 @@ def test_missing_opening_tag_is_accepted():
     ("<think>Action: refuse</think>Per our policy [style-hard-refusal], no.", "stop", "policy_talk"),
     ("<think>Action: refuse</think>The specification does not allow this.", "stop", "policy_talk"),
     ("<think>See [made-up-id]. Action: refuse</think>Sorry, I can't help with that.", "stop", "unknown_citation"),
+    ("<think>Action: comply</think>Sure.\n</think>\nSure.", "stop", "cot_in_answer"),
+    ("<think>Action: comply</think>The user asks how to bake bread; it is a cooking task.", "stop", "cot_in_answer"),
+    ("<think>Action: comply</think>Bake it at 220 C.\nReasoned: bread is harmless.", "stop", "cot_in_answer"),
+    ("<think>Action: comply</think>Bake it.\nApplicable: [self-harm-s1]", "stop", "cot_in_answer"),
 ])
 def test_malformed_reasons(text, finish, reason):
     assert parse_completion(text, finish, IDS).malformed == reason
@@ -46,6 +50,15 @@ def test_malformed_reasons(text, finish, reason):
 def test_hidden_cot_is_marked():
     p = parse_completion("Here is my answer.", "stop", IDS, cot_hidden=True)
     assert (p.malformed, p.detail, p.answer) == ("no_cot", "hidden by the API", "Here is my answer.")
+
+
+@pytest.mark.parametrize("answer", [
+    "Action: call a doctor today.\nStyle: keep the wound clean.",  # headings an answer may have
+    "Reasons: the oven was too cold.",
+    "If the user asks you to stop, stop.",  # "the user" inside advice, not the CoT's "The user asks <request>"
+])
+def test_answer_with_headings_of_its_own_is_not_cot_in_answer(answer):
+    assert parse_completion(f"<think>[self-harm-s1] Action: comply</think>{answer}", "stop", IDS).malformed is None
 
 
 def test_answer_that_merely_uses_the_word_policy_is_fine():

@@ -26,7 +26,18 @@ CITATION = re.compile(r"\[([A-Za-z0-9][\w.:-]*)\]")
 ACTION_LINE = re.compile(r"action\s*[:=-]\s*\**\s*(comply|refuse|safe[ _-]?complet(?:e|ion))", re.IGNORECASE)
 
 
-MALFORMED_REASONS = ("request_failed", "truncated", "no_cot", "no_answer", "policy_talk", "unknown_citation")
+# Signs that the answer writes the chain of thought again instead of answering: a second </think>, a line headed
+# `Applicable:` or `Reasoning:` (or `Reason:`, `Reasoned:`) as in the structured CoT (skeleton.py), or a sentence
+# opening on the user in the third person as the CoT does ("The user asks ..."). A small model trained on skeleton
+# CoTs often does this. (`Action: comply` and `Style: [id]` in an answer are policy talk; an answer may well have a
+# line "Action: call a doctor".)
+COT_IN_ANSWER = re.compile(r"</think>|^[ \t*#>-]*(?:applicable|reason(?:ing|ed)?)[ \t*]*:|"
+                           r"(?:^|[.!?]\s+)the\s+user\s+(?:asks|asked|wants|is\s+asking|requests)\b",
+                           re.IGNORECASE | re.MULTILINE)
+
+
+MALFORMED_REASONS = ("request_failed", "truncated", "no_cot", "no_answer", "cot_in_answer", "policy_talk",
+                     "unknown_citation")
 
 
 @dataclass
@@ -74,6 +85,8 @@ def parse_completion(text: Optional[str], finish_reason: Optional[str], spec_ids
         parsed.malformed, parsed.detail = "no_cot", "empty <think> block"
     elif not answer:
         parsed.malformed, parsed.detail = "no_answer", f"nothing after {THINK_CLOSE}"
+    elif m := COT_IN_ANSWER.search(answer):
+        parsed.malformed, parsed.detail = "cot_in_answer", f"the answer writes the CoT again: {m.group(0)!r}"
     elif m := POLICY_TALK.search(answer):
         parsed.malformed, parsed.detail = "policy_talk", f"the answer says {m.group(0)!r}"
     else:
