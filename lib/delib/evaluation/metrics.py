@@ -118,8 +118,8 @@ def heldout_metrics(answers: pd.DataFrame, own_style: Optional[dict[str, Iterabl
                           "category, the category's top section included (no CoT: no)"))
     defs += [
         MetricDef("format_adherence", "all", "well_formed", _all,
-                  "a CoT in <think> that closes, then an answer (possibly cut by max_tokens), no policy talk in the "
-                  "answer, no unknown section id"),
+                  "a CoT in <think> that closes, then an answer (possibly cut by max_tokens) that does not write "
+                  "the CoT again and has no policy talk, no unknown section id"),
         MetricDef("answered", "all", "answered", _all,
                   "the reply has an answer at all (not cut off inside its chain of thought; an empty answer is "
                   "unclear above)"),
