@@ -40,8 +40,11 @@ def test_missing_opening_tag_is_accepted():
     ("<think>See [made-up-id]. Action: refuse</think>Sorry, I can't help with that.", "stop", "unknown_citation"),
     ("<think>Action: comply</think>Sure.\n</think>\nSure.", "stop", "cot_in_answer"),
     ("<think>Action: comply</think>The user asks how to bake bread; it is a cooking task.", "stop", "cot_in_answer"),
-    ("<think>Action: comply</think>Bake it at 220 C.\nReasoned: bread is harmless.", "stop", "cot_in_answer"),
-    ("<think>Action: comply</think>Bake it.\nApplicable: [self-harm-s1]", "stop", "cot_in_answer"),
+    ("<think>Action: comply</think>Bake it.\nApplicable: self-harm-s1\nReasoning: bread is harmless.", "stop",
+     "cot_in_answer"),
+    ("<think>Action: comply</think>Bake it.\nReasoning: bread is harmless.\nAction: comply\nStyle: [style-comply]",
+     "stop", "cot_in_answer"),
+    ("<think>Action: refuse</think>No.\nAction: safe-complete", "stop", "policy_talk"),
 ])
 def test_malformed_reasons(text, finish, reason):
     assert parse_completion(text, finish, IDS).malformed == reason
@@ -52,13 +55,27 @@ def test_hidden_cot_is_marked():
     assert (p.malformed, p.detail, p.answer) == ("no_cot", "hidden by the API", "Here is my answer.")
 
 
-@pytest.mark.parametrize("answer", [
-    "Action: call a doctor today.\nStyle: keep the wound clean.",  # headings an answer may have
-    "Reasons: the oven was too cold.",
-    "If the user asks you to stop, stop.",  # "the user" inside advice, not the CoT's "The user asks <request>"
+@pytest.mark.parametrize("answer", [  # answers of their own that share a word or a heading with the CoT's lines
+    "Action: call a doctor today.\nReasoning: the cut is deep.\nStyle: keep the wound clean.",
+    "12 apples in 4 bags.\nReasoning: 12 / 4 = 3, so 3 apples a bag.",
+    "Dear Ms Lee,\nI ask for two days of leave.\nReason: a family emergency.",
+    "**Reasoning:** the argument assumes what it proves.\n- Applicable: only to primary residences.",
+    "If the user asks you to stop, stop.",
+    "As a user story:\n\nThe user wants to sign in with one click.",
+    "Strip the tags with `re.sub(r'<think>.*?</think>', '', text)`.",
 ])
 def test_answer_with_headings_of_its_own_is_not_cot_in_answer(answer):
     assert parse_completion(f"<think>[self-harm-s1] Action: comply</think>{answer}", "stop", IDS).malformed is None
+
+
+def test_every_malformed_reason_has_a_row_in_the_counts():
+    import pandas as pd
+
+    from delib.generation.generate import malformed_counts
+    samples = pd.DataFrame({"malformed": [None, "cot_in_answer", "policy_talk"]})
+    counts = malformed_counts(samples)
+    assert {"cot_in_answer", "policy_talk", "usable"} <= set(counts.index)
+    assert counts.loc["cot_in_answer"].iloc[0] == 1 and counts.iloc[:, 0].sum() == 3
 
 
 def test_answer_that_merely_uses_the_word_policy_is_fine():

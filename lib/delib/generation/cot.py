@@ -16,8 +16,8 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 # Words that show the final answer talks about the spec instead of to the user.
 POLICY_TALK = re.compile(r"\[[a-z0-9][\w.:-]*\]|\b(?:the|our|my) (?:safety )?(?:spec(?:ification)?|polic(?:y|ies)|"
-                         r"guidelines?)\b|\bsection [a-z0-9-]+\b|\bAction:\s*(?:comply|refuse|safe_complete)",
-                         re.IGNORECASE)
+                         r"guidelines?)\b|\bsection [a-z0-9-]+\b|"
+                         r"\bAction:\s*(?:comply|refuse|safe[ _-]?complet(?:e|ion))", re.IGNORECASE)
 
 
 CITATION = re.compile(r"\[([A-Za-z0-9][\w.:-]*)\]")
@@ -26,14 +26,26 @@ CITATION = re.compile(r"\[([A-Za-z0-9][\w.:-]*)\]")
 ACTION_LINE = re.compile(r"action\s*[:=-]\s*\**\s*(comply|refuse|safe[ _-]?complet(?:e|ion))", re.IGNORECASE)
 
 
-# Signs that the answer writes the chain of thought again instead of answering: a second </think>, a line headed
-# `Applicable:` or `Reasoning:` (or `Reason:`, `Reasoned:`) as in the structured CoT (skeleton.py), or a sentence
-# opening on the user in the third person as the CoT does ("The user asks ..."). A small model trained on skeleton
-# CoTs often does this. (`Action: comply` and `Style: [id]` in an answer are policy talk; an answer may well have a
-# line "Action: call a doctor".)
-COT_IN_ANSWER = re.compile(r"</think>|^[ \t*#>-]*(?:applicable|reason(?:ing|ed)?)[ \t*]*:|"
-                           r"(?:^|[.!?]\s+)the\s+user\s+(?:asks|asked|wants|is\s+asking|requests)\b",
-                           re.IGNORECASE | re.MULTILINE)
+# The heads of the structured CoT's lines (skeleton.py writes them); an answer that has them writes the CoT again.
+ASKS, APPLICABLE, REASONING, ACTION, STYLE = "The user asks", "Applicable:", "Reasoning:", "Action:", "Style:"
+_LINES = {head: re.compile(f"^{pattern}", re.MULTILINE) for head, pattern in {  # the lines as the skeleton writes them
+    ASKS: r"The user asks\b", APPLICABLE: "Applicable:", REASONING: "Reasoning:",
+    ACTION: r"Action: ?(?:comply|refuse|safe[ _-]?complete)\b", STYLE: r"Style: ?\["}.items()}
+_CLOSE_LINE = re.compile(rf"^[ \t]*{re.escape(THINK_CLOSE)}[ \t]*$", re.MULTILINE)
+
+
+def cot_again(answer: str) -> Optional[str]:
+    """What shows that `answer` writes the chain of thought again instead of answering, or None: a line that is
+    </think>, an answer that opens as the CoT does ("The user asks"), or two different heads of the CoT's lines
+    at the start of lines, as the skeleton writes them (`Action: refuse`, not `Action: call a doctor`). A small model
+    trained on structured CoTs often does this; one line headed `Reasoning:` in an answer that works a sum is an
+    answer of its own."""
+    if m := _CLOSE_LINE.search(answer):
+        return m.group(0).strip()
+    if answer.lstrip().startswith(ASKS):
+        return ASKS
+    found = [head for head, line in _LINES.items() if line.search(answer)]
+    return ", ".join(found) if len(found) >= 2 else None
 
 
 MALFORMED_REASONS = ("request_failed", "truncated", "no_cot", "no_answer", "cot_in_answer", "policy_talk",
@@ -85,8 +97,8 @@ def parse_completion(text: Optional[str], finish_reason: Optional[str], spec_ids
         parsed.malformed, parsed.detail = "no_cot", "empty <think> block"
     elif not answer:
         parsed.malformed, parsed.detail = "no_answer", f"nothing after {THINK_CLOSE}"
-    elif m := COT_IN_ANSWER.search(answer):
-        parsed.malformed, parsed.detail = "cot_in_answer", f"the answer writes the CoT again: {m.group(0)!r}"
+    elif shown := cot_again(answer):
+        parsed.malformed, parsed.detail = "cot_in_answer", f"the answer writes the CoT again: {shown}"
     elif m := POLICY_TALK.search(answer):
         parsed.malformed, parsed.detail = "policy_talk", f"the answer says {m.group(0)!r}"
     else:

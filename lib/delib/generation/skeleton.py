@@ -17,9 +17,8 @@ from __future__ import annotations
 import json
 from typing import Optional
 
+from delib.generation.cot import ACTION, APPLICABLE, ASKS, REASONING, STYLE
 from delib.policy.spec import ACTIONS, Spec
-
-ASKS, APPLICABLE, REASONING, ACTION, STYLE = "The user asks", "Applicable:", "Reasoning:", "Action:", "Style:"
 
 
 def style_sections(spec: Spec, category: str, action: str) -> list[str]:
