@@ -14,23 +14,26 @@ if TYPE_CHECKING:
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
+# An action as a CoT names it after `Action:` (safe_complete also as "safe-complete", "safe completion").
+ACTION_WORD = r"(comply|refuse|safe[ _-]?complet(?:e|ion))"
+
+
 # Words that show the final answer talks about the spec instead of to the user.
 POLICY_TALK = re.compile(r"\[[a-z0-9][\w.:-]*\]|\b(?:the|our|my) (?:safety )?(?:spec(?:ification)?|polic(?:y|ies)|"
-                         r"guidelines?)\b|\bsection [a-z0-9-]+\b|"
-                         r"\bAction:\s*(?:comply|refuse|safe[ _-]?complet(?:e|ion))", re.IGNORECASE)
+                         rf"guidelines?)\b|\bsection [a-z0-9-]+\b|\bAction:\s*{ACTION_WORD}", re.IGNORECASE)
 
 
 CITATION = re.compile(r"\[([A-Za-z0-9][\w.:-]*)\]")
 
 
-ACTION_LINE = re.compile(r"action\s*[:=-]\s*\**\s*(comply|refuse|safe[ _-]?complet(?:e|ion))", re.IGNORECASE)
+ACTION_LINE = re.compile(rf"action\s*[:=-]\s*\**\s*{ACTION_WORD}", re.IGNORECASE)
 
 
 # The heads of the structured CoT's lines (skeleton.py writes them); an answer that has them writes the CoT again.
 ASKS, APPLICABLE, REASONING, ACTION, STYLE = "The user asks", "Applicable:", "Reasoning:", "Action:", "Style:"
 _LINES = {head: re.compile(f"^{pattern}", re.MULTILINE) for head, pattern in {  # the lines as the skeleton writes them
     ASKS: r"The user asks\b", APPLICABLE: "Applicable:", REASONING: "Reasoning:",
-    ACTION: r"Action: ?(?:comply|refuse|safe[ _-]?complete)\b", STYLE: r"Style: ?\["}.items()}
+    ACTION: rf"Action: ?{ACTION_WORD}\b", STYLE: r"Style: ?\["}.items()}
 _CLOSE_LINE = re.compile(rf"^[ \t]*{re.escape(THINK_CLOSE)}[ \t]*$", re.MULTILINE)
 
 
