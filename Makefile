@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PARAMS ?= params/default.yaml
 
-.PHONY: run test env notebooks lab clean-env
+.PHONY: run test test-fast env notebooks lab clean-env
 
 env:
 	@bash scripts/ensure_env.sh
@@ -12,8 +12,14 @@ env:
 run: env
 	$(VENV)/bin/delib run $(PARAMS) --resume
 
+# The whole suite: unit tests, pipeline tests on the real embedded model, nbval on the stage notebooks; the 15
+# slowest tests are listed at the end.
 test: env
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
+
+# The edit loop: unit tests only (no model server, no notebook, no training), under 2 minutes.
+test-fast: env
+	$(PY) -m pytest -o addopts="-p no:cacheprovider" -m "not embedded and not pipeline" tests
 
 # Re-execute the stage notebooks in place so that their stored outputs (what nbval compares) are current.
 notebooks: env

@@ -45,6 +45,7 @@ class FaultConfig:
     seed: int = 0
     stage_replies: bool = False  # answer as stage_reply does (a stage can go on) rather than with an echo
     api_key: Optional[str] = None  # answer 401 to every request without `Authorization: Bearer <api_key>`
+    owned_by: Optional[str] = None  # the model list's owned_by, as llama-server ("llamacpp") or vLLM ("vllm") says
 
 
 @dataclass
@@ -253,7 +254,10 @@ class FaultServer:
                 with self._lock:
                     self._in_flight -= 1
         if path == "/v1/models":
-            await self._send(writer, 200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
+            model = {"id": "fake", "object": "model"}
+            if self.config.owned_by:
+                model["owned_by"] = self.config.owned_by
+            await self._send(writer, 200, {"object": "list", "data": [model]})
         elif path == "/stats":
             await self._send(writer, 200, self.stats())
         elif path == "/v1/files" and method == "POST":

@@ -75,11 +75,15 @@ def test_backend_rules():
     assert ok.models.judge.base_url.endswith("/v1")
 
 
-def test_from_namespace_takes_only_param_names():
-    params = from_namespace({"run_name": "x", "seed": 3, "In": [], "_oh": {}, "get_ipython": print})
-    assert params.seed == 3
-    with pytest.raises(ParamsError, match="notebook parameters: seed"):
-        from_namespace({"run_name": "x", "seed": "three"})
+def test_from_namespace_reads_the_recipe_it_names_and_validates_it(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("run_name: x\nseed: 3\n")
+    params = from_namespace({"recipe": str(recipe), "run_name": None, "In": [], "_oh": {}, "get_ipython": print})
+    assert params.seed == 3 and params.run_name == "x"
+    assert from_namespace({"recipe": str(recipe), "run_name": "other", "In": []}).run_name == "other"
+    recipe.write_text("run_name: x\nseed: three\n")
+    with pytest.raises(ParamsError, match=r"r.yaml:2: seed"):
+        from_namespace({"recipe": str(recipe), "In": []})
 
 
 def _leaves(tree: dict, prefix: str = "") -> dict:
@@ -114,15 +118,26 @@ def test_a_key_pasted_into_api_key_env_is_refused_without_being_echoed(tmp_path)
     assert "api_key_env must be the NAME" in str(e.value) and secret not in str(e.value)
 
 
-def test_names_papermill_injected_that_are_not_parameters_are_refused_one_line_each():
-    history = ["", "# Parameters\nrun_name = 'x'\njudg = {'k': 1}\nbogus_key = 1\n", "params = ..."]
+def test_names_papermill_injected_that_are_not_parameters_are_refused_one_line_each(root):
+    history = ["", "# Parameters\nrun_name = 'x'\nrecipy = 'p.yaml'\nbogus_key = 1\n", "params = ..."]
     with pytest.raises(ParamsError) as e:
-        from_namespace({"run_name": "x", "judg": {"k": 1}, "bogus_key": 1, "In": history})
-    assert str(e.value).splitlines() == ["notebook parameters: judg: unknown key (did you mean 'judge'?)",
+        from_namespace({"run_name": "x", "recipy": "p.yaml", "bogus_key": 1, "In": history})
+    assert str(e.value).splitlines() == ["notebook parameters: recipy: unknown key (did you mean 'recipe'?)",
                                          "notebook parameters: bogus_key: unknown key"]
     assert e.value._render_traceback_() == [f"ParamsError: {line}" for line in str(e.value).splitlines()]
+    # a recipe's own keys (`papermill -f params/default.yaml`) are refused with what to pass instead
+    with pytest.raises(ParamsError, match=r"judge: unknown key; a stage notebook takes a recipe, not its keys"):
+        from_namespace({"judge": {"k": 1}, "In": ["# Parameters\njudge = {'k': 1}\n"]})
     # a variable the user made in a cell of their own is not a parameter papermill injected: no error
-    assert from_namespace({"run_name": "x", "selected": [1], "In": ["selected = [1]"]}).run_name == "x"
+    recipe = str(root / "params" / "smoke.yaml")
+    assert from_namespace({"recipe": recipe, "run_name": "x", "selected": [1], "In": ["selected = [1]"]}
+                          ).run_name == "x"
+    assert from_namespace({"recipe": recipe, "run_name": None, "In": []}).run_name == "smoke"
+
+
+def test_a_notebook_without_a_recipe_is_told_to_name_one():
+    with pytest.raises(ParamsError, match="recipe: a params file is needed"):
+        from_namespace({"recipe": None, "In": []})
 
 
 def test_an_unknown_top_level_key_in_a_params_file_suggests_the_known_one(tmp_path):

@@ -1,5 +1,6 @@
-"""Stages 06 and 07 end to end: the real notebooks through the runner, the policy served by a deterministic
-OpenAI-compatible server on loopback (tests/fault_server.py), the trained stages absent."""
+"""Stages 06 and 07 end to end: the real notebooks through the runner (and the stages' `run` without a kernel), the
+policy served by a deterministic OpenAI-compatible server on loopback (tests/fault_server.py), the trained stages
+absent."""
 from __future__ import annotations
 
 import json
@@ -16,7 +17,8 @@ from delib.run.runner import run  # noqa: E402
 
 
 @pytest.mark.pipeline
-def test_evaluate_and_report_with_an_extra_model(tmp_path, root, monkeypatch):
+@pytest.mark.parametrize("engine", ["notebook", "python"])
+def test_evaluate_and_report_with_an_extra_model(tmp_path, root, monkeypatch, engine):
     monkeypatch.setenv("DELIB_ROOT", str(root))
     monkeypatch.chdir(root)
     with FaultServer(FaultConfig()) as server:
@@ -29,7 +31,7 @@ def test_evaluate_and_report_with_an_extra_model(tmp_path, root, monkeypatch):
                                         "base_url": server.base_url}}}
         params_file = tmp_path / "p.yaml"
         params_file.write_text(yaml.safe_dump(recipe))
-        rdir = run(params_file, stages="01,06-07", log=lambda s: None)
+        rdir = run(params_file, stages="01,06-07", log=lambda s: None, engine=engine)
 
     doc = json.loads((rdir / "metrics.json").read_text())
     assert set(doc["metrics"]) == {"base", "echo"}  # the two served variants, nothing for the untrained ones
@@ -47,3 +49,15 @@ def test_evaluate_and_report_with_an_extra_model(tmp_path, root, monkeypatch):
     manifest = json.loads((rdir / "manifest.json").read_text())
     assert {s: v["status"] for s, v in manifest["stages"].items()} == {"01_policy": "ok", "06_evaluate": "ok",
                                                                        "07_analysis": "ok"}
+    from delib import stages
+    from delib.run import files
+    for stage in ("06", "07"):
+        assert all(f.path(rdir).is_file() for f in stages.get(stage).outputs), stage
+    assert all(files.EVALUATION_FIGURES[k].path(rdir).is_file() for k in ("metrics", "pareto", "differences",
+                                                                            "citations"))
+    assert not files.EVALUATION_FIGURES["xstest_labels"].path(rdir).exists()  # no XSTest in this recipe
+    assert all(files.ANALYSIS_FIGURES[k].path(rdir).is_file() for k in ("metrics", "pareto", "differences",
+                                                                          "citations", "by_category", "training"))
+    variants = files.read(rdir, files.VARIANTS)
+    assert variants.set_index("variant").loc["base", "reason"] == ""  # an empty text cell reads as "", not NaN
+    assert files.read(rdir, files.ANSWERS)["prompt_id"].map(type).eq(str).all()

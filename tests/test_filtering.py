@@ -6,12 +6,13 @@ import pytest
 
 from delib.judging.filtering import (
     export_hf_dataset,
-    export_openai_chat,
     filter_samples,
     import_deliberative,
+    openai_chat_rows,
     rl_rows,
     sft_rows,
 )
+from delib.run import files
 
 
 @pytest.fixture
@@ -43,8 +44,9 @@ def test_sft_rows_drop_the_spec_and_keep_the_cot(generated, tmp_path):
     rows = sft_rows(g)
     assert rows[0]["messages"] == [{"role": "user", "content": "Q"},
                                    {"role": "assistant", "content": "<think>\nI cite [x].\n</think>\nA."}]
-    line = json.loads(export_openai_chat(tmp_path / "sft.jsonl", rows).read_text().splitlines()[0])
-    assert list(line) == ["messages"]
+    path = files.write(tmp_path, files.SFT_OPENAI, openai_chat_rows(rows))
+    line = json.loads(path.read_text().splitlines()[0])
+    assert list(line) == ["messages"] and line["messages"] == rows[0]["messages"]
     from datasets import load_from_disk
     ds = load_from_disk(str(export_hf_dataset(tmp_path / "hf", rows)))
     assert ds[0]["category"] == "a" and ds[0]["messages"][1]["role"] == "assistant"

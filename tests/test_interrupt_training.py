@@ -21,7 +21,8 @@ import yaml
 
 from delib.run.config import validate_params
 from delib.run.paths import embedded_model_file
-from delib.training import logs, weights
+from delib.run import files
+from delib.training import weights
 
 pytest.importorskip("trl")
 pytestmark = [pytest.mark.pipeline, pytest.mark.embedded]
@@ -114,7 +115,7 @@ def run_with_sft_set(tmp_path):
 
 def test_ctrl_c_during_training_leaves_no_process_and_the_stage_resumes(run_with_sft_set, tmp_path):
     params_file, rdir = run_with_sft_set
-    progress = rdir / "04_sft" / logs.PROGRESS_FILE
+    progress = files.TRAINING_PROGRESS["sft"].path(rdir)
     with open(tmp_path / "cli.out", "w") as out:
         cli = subprocess.Popen(delib("run", str(params_file(40)), "--stages", "04", "--resume"), cwd=ROOT,
                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
@@ -154,7 +155,7 @@ def test_ctrl_c_during_training_leaves_no_process_and_the_stage_resumes(run_with
     assert manifest["status"] == "interrupted" and manifest["stages"]["04_sft"]["status"] == "interrupted"
     stopped_at = json.loads(progress.read_text())
     assert 1 <= stopped_at["step"] < stopped_at["max_steps"] == 40  # stopped in training, not after it
-    assert not (rdir / "04_sft" / "_done.json").exists() and not (rdir / "04_sft" / logs.SUMMARY_FILE).exists()
+    assert not (rdir / "04_sft" / "_done.json").exists() and not files.TRAINING_SUMMARY["sft"].path(rdir).exists()
 
     # The same run, with 2 steps instead of 40 so that the resumed stage ends soon
     resumed = subprocess.run(delib("run", str(params_file(2)), "--stages", "04", "--resume"), cwd=ROOT,
@@ -164,7 +165,7 @@ def test_ctrl_c_during_training_leaves_no_process_and_the_stage_resumes(run_with
     assert manifest["status"] == "ok" and manifest["stages"]["04_sft"]["status"] == "ok"
     assert manifest["stages"]["01_policy"]["status"] == "ok"  # run before, and not touched by the resume
     assert (rdir / "04_sft" / "_done.json").is_file()
-    summary = json.loads((rdir / "04_sft" / logs.SUMMARY_FILE).read_text())
+    summary = files.read(rdir, files.TRAINING_SUMMARY["sft"])
     assert summary["steps"] == 2 and summary["served"] == "gguf_lora"
     assert json.loads(progress.read_text())["step"] == 2
     print(f"Ctrl-C at step {stopped_at['step']}; delib run exited {exit_s:.1f} s later; processes seen: "

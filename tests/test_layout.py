@@ -1,14 +1,16 @@
 """The package reads in the method's order: run and models at the bottom, then one package per stage (01 policy,
-02 generation, 03 judging, 04-05 training, 06-07 evaluation); nothing imports a later stage."""
+02 generation, 03 judging, 04-05 training, 06-07 evaluation), then the stages as tasks over all of them; nothing
+imports a later stage."""
 import ast
 import json
 import re
 
 import pytest
 
+from delib import stages as registry
 from delib.run.stages import STAGES
 
-ORDER = ["run", "models", "policy", "generation", "judging", "training", "evaluation", "cli", "__main__"]
+ORDER = ["run", "models", "policy", "generation", "judging", "training", "evaluation", "stages", "cli", "__main__"]
 STAGE_PACKAGE = {"01_policy": "policy", "02_generate": "generation", "03_judge": "judging", "04_sft": "training",
                  "05_rl": "training", "06_evaluate": "evaluation", "07_analysis": "evaluation"}
 
@@ -51,11 +53,31 @@ def test_no_module_over_500_lines(root):
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_a_stage_notebook_imports_only_its_own_stage_run_and_models(root, stage):
-    """What a stage needs from an earlier one (stage 01's outputs, a shared display) its own package hands on."""
+def test_a_stage_notebook_imports_only_its_own_stage_module_package_run_and_models(root, stage):
+    """A notebook calls its stage's steps (delib.stages.sNN_...) and shows what they made with its own package's
+    display helpers; what it needs from an earlier stage, its steps hand on."""
     nb = json.loads((root / "notebooks" / f"{stage}.ipynb").read_text())
     code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
-    own = STAGE_PACKAGE[stage]
     used = set(re.findall(r"^\s*from delib\.(\w+)", code, re.M)) | set(
         name for names in re.findall(r"^\s*from delib import ([\w, ]+)", code, re.M) for name in names.split(", "))
-    assert own in used and used <= {own, "run", "models"}, f"{stage} imports {sorted(used)}"
+    modules = set(re.findall(r"^\s*from delib\.stages import (\w+)", code, re.M))
+    assert modules == {registry.get(stage).module}, f"{stage} calls the steps of {sorted(modules)}"
+    assert used <= {STAGE_PACKAGE[stage], "stages", "run", "models"}, f"{stage} imports {sorted(used)}"
+
+
+def test_no_notebook_cell_writes_a_run_file(root):
+    """Every file of a run is written by a stage's step functions, through delib.run.files."""
+    writes = re.compile(r"\.to_(json|csv)\(|write_jsonl\(|write_json_atomic\(|files\.write\(|\.write_text\(")
+    found = [f"{stage}: {line.strip()}" for stage in STAGES
+             for cell in json.loads((root / "notebooks" / f"{stage}.ipynb").read_text())["cells"]
+             if cell["cell_type"] == "code" for line in "".join(cell["source"]).splitlines() if writes.search(line)]
+    assert found == []
+
+
+def test_run_files_are_read_and_written_only_through_the_run_file_module(root):
+    """No module reads a run's JSONL or CSV tables ad hoc: a column's type is decided once, in delib.run.files."""
+    ad_hoc = re.compile(r"pd\.read_json\(")
+    lib = root / "lib" / "delib"
+    found = [f"{p.relative_to(root)}:{i}" for p in sorted(lib.rglob("*.py")) if p.name != "files.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1) if ad_hoc.search(line)]
+    assert found == []

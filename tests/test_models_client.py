@@ -465,7 +465,9 @@ def server_that(continues: bool):
     def answer(body):
         if body.get("continue_final_message") and continues:
             return " 5, 6, 7," if body["messages"][-1]["content"] == "1, 2, 3, 4," else "the rest"
-        return "1, 2, 3, 4, 5" if "Count" in json.dumps(body) else "<think>\nmy own turn"
+        if "Count" in json.dumps(body):  # a new turn, counting from 1 for as many tokens as it may
+            return " ".join("1, 2, 3, 4, 5".split()[:body["max_tokens"]])
+        return "<think>\nmy own turn"
     return answer
 
 

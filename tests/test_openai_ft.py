@@ -8,6 +8,7 @@ import httpx2
 import openai
 import pytest
 
+from delib.run import files
 from delib.run.config import validate_params
 from delib.run.io import write_jsonl
 from delib.training import openai_ft, serving
@@ -92,10 +93,11 @@ def test_without_a_key_nothing_is_submitted(tmp_path, monkeypatch):
     monkeypatch.setattr(openai_ft, "api_key", lambda *a, **k: None)
     path = write_jsonl(tmp_path / "sft.jsonl", sft_lines(10))
     payload = openai_ft.supervised_job("gpt-4.1-nano-2025-04-14", "<file>", 0)
-    record = openai_ft.run_job(run_params(tmp_path), "04_sft", path, payload, tmp_path)
+    params = run_params(tmp_path)
+    record = openai_ft.run_job(params, "04_sft", path, payload)
     assert not record["submitted"] and "no API key (OPENAI_API_KEY unset): nothing submitted" == record["reason"]
-    assert json.loads((tmp_path / openai_ft.JOB_FILE).read_text())["submitted"] is False
-    trl = openai_ft.run_job(run_params(tmp_path, "trl"), "04_sft", path, payload, tmp_path)
+    assert files.read(params, files.OPENAI_JOB["sft"])["submitted"] is False  # 04_sft/openai_job.json
+    trl = openai_ft.run_job(run_params(tmp_path, "trl"), "04_sft", path, payload)
     assert "payload built and checked only" in trl["reason"] and not trl["submitted"]
 
 
@@ -129,10 +131,9 @@ def test_submit_poll_and_record_the_fine_tuned_model(tmp_path, monkeypatch):
     client = openai.OpenAI(api_key="sk-test", base_url="http://fake-openai.invalid/v1",
                            http_client=httpx2.Client(transport=httpx2.MockTransport(fake.handler)))
     params = run_params(tmp_path)
-    out = tmp_path / "outputs" / "t" / "04_sft"
     path = write_jsonl(tmp_path / "sft.jsonl", sft_lines(10))
     payload = openai_ft.supervised_job(params.sft.openai_model, "<file>", 0)
-    record = openai_ft.run_job(params, "04_sft", path, payload, out, client=client, poll_s=0)
+    record = openai_ft.run_job(params, "04_sft", path, payload, client=client, poll_s=0)
     assert record["submitted"] and record["fine_tuned_model"] == "ft:gpt-4.1-nano-2025-04-14:org::abc"
     assert [m for m, _ in fake.requests] == ["POST", "POST", "GET", "GET", "GET"]
     role = serving.served_role(params, "sft")  # the evaluation stage queries it like any openai model
@@ -150,5 +151,5 @@ def test_the_shutdown_date_is_enforced(tmp_path, monkeypatch):
     monkeypatch.setattr(openai_ft.dt, "date", Later)
     path = write_jsonl(tmp_path / "sft.jsonl", sft_lines(10))
     payload = openai_ft.supervised_job("gpt-4.1-nano-2025-04-14", "<file>", 0)
-    record = openai_ft.run_job(run_params(tmp_path), "04_sft", path, payload, tmp_path, client=object())
+    record = openai_ft.run_job(run_params(tmp_path), "04_sft", path, payload, client=object())
     assert not record["submitted"] and "no new fine-tuning jobs since 2027-01-06" in record["reason"]

@@ -194,8 +194,7 @@ def test_stage_01s_prompt_table_reads_back_level_names_as_text(tmp_path):
     """A level named "1" must come back as "1", not 1.0, or the level gate and the level hint skip it."""
     import pandas as pd
 
-    from delib.policy.overview import read_prompts
-    path = tmp_path / "prompts.jsonl"
-    pd.DataFrame([{"id": "001", "level": "1"}, {"id": "002", "level": None}]).to_json(path, orient="records", lines=True)
-    back = read_prompts(path)
+    from delib.run import files
+    files.write(tmp_path, files.PROMPTS, pd.DataFrame([{"id": "001", "level": "1"}, {"id": "002", "level": None}]))
+    back = files.read(tmp_path, files.PROMPTS)
     assert back["id"].tolist() == ["001", "002"] and back["level"].iloc[0] == "1"

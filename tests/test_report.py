@@ -78,7 +78,8 @@ def test_metrics_document_is_json_with_nulls(tmp_path):
     ev = {"metrics": m, "differences": d, "variants": variants, "definitions": pd.DataFrame(), "info": {"prompts": 20}}
     times = pd.DataFrame([{"stage": "06_evaluate", "status": "ok", "duration_s": 12.5}])
     doc = report.metrics_document(tmp_path, ev, pd.DataFrame(), pd.DataFrame(), {}, {}, times, ["a finding"])
-    path = report.write_json(tmp_path / "metrics.json", doc)
+    path = report.write_json(tmp_path, doc)  # the run folder: metrics.json at its top
+    assert path == tmp_path / "metrics.json"
     back = json.loads(path.read_text())
     assert back["metrics"]["sft"]["citation_accuracy"]["value"] == 1.0
     assert back["metrics"]["base"][m.loc[0, "key"]]["lo"] is None

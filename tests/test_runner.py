@@ -8,7 +8,7 @@ from delib.run.config import ParamsError
 from delib.run.runner import StageFailed, UsageError, parse_stages, run
 
 
-def notebook(*sources: str, params: str = "run_name = 'x'\nseed = 0") -> dict:
+def notebook(*sources: str, params: str = "recipe = 'params/p.yaml'\nrun_name = None") -> dict:
     cells = [{"id": "params", "cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": params,
               "outputs": [], "execution_count": None}]
     cells += [{"id": f"c{i}", "cell_type": "code", "metadata": {}, "source": s, "outputs": [],
@@ -186,17 +186,18 @@ def test_a_missing_named_file_stops_before_anything_runs(project):
 
 @pytest.mark.pipeline
 def test_papermill_alone_refuses_an_unknown_parameter_in_one_line(project):
-    """`papermill NB OUT -p judg ...` (no `delib run` to validate first): the notebook stops at its params cell
-    with one line naming the key, not a traceback."""
+    """`papermill NB OUT -p judge ...` (no `delib run` to validate first): the notebook stops at its params cell
+    with one line naming the key and what a notebook takes instead, not a traceback."""
     import papermill
 
     nb = project / "notebooks" / "01_policy.ipynb"
     with pytest.raises(papermill.PapermillExecutionError) as e:
-        papermill.execute_notebook(str(nb), str(project / "out.ipynb"), parameters={"judg": {"k": 1}},
+        papermill.execute_notebook(str(nb), str(project / "out.ipynb"), parameters={"judge": {"k": 1}},
                                    kernel_name="python3", progress_bar=False)
     assert e.value.ename == "ParamsError"
-    assert e.value.evalue == "notebook parameters: judg: unknown key (did you mean 'judge'?)"
-    assert e.value.traceback == ["ParamsError: notebook parameters: judg: unknown key (did you mean 'judge'?)"]
+    said = ("notebook parameters: judge: unknown key; a stage notebook takes a recipe, not its keys: "
+            "papermill NB OUT -p recipe params/default.yaml")
+    assert e.value.evalue == said and e.value.traceback == [f"ParamsError: {said}"]
 
 
 def test_a_corrupt_cache_or_a_missing_adapter_stops_before_anything_runs(project):
@@ -290,7 +291,8 @@ def test_the_gpu_recipe_is_refused_on_a_machine_without_its_gpus_server_and_deep
     with socket.socket() as s:
         nothing_on_8000 = s.connect_ex(("127.0.0.1", 8000)) != 0
     if nothing_on_8000:
-        assert problems[0].startswith("models.generator: no server answers at http://127.0.0.1:8000/v1 (")
+        # stage 01 comes first and may label prompts with the judge; the other roles share its server and model
+        assert problems[0].startswith("models.judge: no server answers at http://127.0.0.1:8000/v1 (")
         assert len([p for p in problems if p.startswith("models.")]) == 1  # one server and model: asked once
 
 

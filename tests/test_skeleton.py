@@ -118,7 +118,7 @@ def test_a_grammar_goes_to_llama_cpp_and_into_the_cache_key_and_nowhere_else():
     plan = plan_call(ModelRole(), req, "m", 0, False, "grammar")
     assert plan.body["grammar"] == 'root ::= "x"'
     assert plan.key != plan_call(ModelRole(), ChatRequest(messages=req.messages), "m", 0, False, "grammar").key
-    with pytest.raises(ValueError, match="llama.cpp only"):
+    with pytest.raises(ValueError, match="the openai backend decodes none"):
         plan_call(ModelRole(backend="openai", model="gpt-4o"), req, "m", 0, False, "json_schema")
 
 
@@ -203,10 +203,17 @@ def test_a_level_without_a_section_and_a_shared_section_are_gated_as_the_grammar
         assert values["cites_level"] and values["action_of_level"], (cited, values)
 
 
-def test_structured_on_needs_an_embedded_generator():
-    with pytest.raises(Exception, match="needs an embedded generator"):
+def test_structured_on_needs_a_generator_whose_server_decodes_a_grammar():
+    with pytest.raises(Exception, match="needs a generator whose server decodes a grammar"):
         validate_params({"run_name": "x", "generate": {"structured": "on"},
                          "models": {"generator": {"backend": "openai", "model": "gpt-4o"}}})
+    server = {"backend": "openai_compatible", "base_url": "http://127.0.0.1:9/v1", "model": "m"}
+    with pytest.raises(Exception, match="with grammar none"):
+        validate_params({"run_name": "x", "generate": {"structured": "on"},
+                         "models": {"generator": {**server, "grammar": "none"}}})
+    for grammar in ("auto", "llama_cpp", "vllm"):
+        assert validate_params({"run_name": "x", "generate": {"structured": "on"},
+                                "models": {"generator": {**server, "grammar": grammar}}})
     assert validate_params({"run_name": "x", "models": {"generator": {"backend": "openai", "model": "gpt-4o"}}})
 
 

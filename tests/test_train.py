@@ -186,17 +186,17 @@ def test_speed_goes_to_usage_for_the_manifest(tmp_path):
 
     log = logs.step_log([{"loss": 1.0, "num_tokens": 10.0, "step": 1}], [0.5])
     summary = logs.summarize("04_sft", log, [0.5], 1.0, {})
-    logs.write(tmp_path, log, summary, "sft_trainer")
-    usage = read_usage(tmp_path)["sft_trainer"]
+    logs.write(tmp_path, "sft", log, summary)  # the run folder: 04_sft/log.jsonl, training.json, usage.json
+    usage = read_usage(tmp_path / "04_sft")["sft_trainer"]
     assert (usage.requests, usage.prompt_tokens, usage.wall_s) == (1, 10, 0.5)
-    back_log, back = logs.read(tmp_path)
+    back_log, back = logs.read(tmp_path, "sft")
     assert back["loss_first"] == 1.0 and len(back_log) == 1
 
 
 def test_progress_file_says_how_far_training_got(tmp_path):
     from transformers import TrainerState
 
-    progress = tmp_path / logs.PROGRESS_FILE
+    progress = tmp_path / "progress.json"
     progress.write_text('{"step": 7, "max_steps": 7}')  # left by an earlier run of the stage
     clock, state = logs.step_clock(progress), TrainerState(max_steps=5)
     clock.on_train_begin(None, state, None)
@@ -245,8 +245,30 @@ def test_no_spec_text_reaches_the_sft_set_although_the_generator_was_shown_the_s
     kept, _ = filtering.filter_samples(scored, samples, threshold=0.0)
     rows = filtering.sft_rows(kept)
     assert len(rows) == len(selected)
-    out = filtering.export_openai_chat(tmp_path / "sft_openai.jsonl", rows)
-    trained = json.dumps(rows) + out.read_text() + json.dumps(sft.sft_dataset(rows).to_list())
+    trained = (json.dumps(rows) + json.dumps(filtering.openai_chat_rows(rows))
+               + json.dumps(sft.sft_dataset(rows).to_list()))
     leaked = [line for line in spec_lines if line in trained or json.dumps(line)[1:-1] in trained]
     assert leaked == []
     assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in rows)
+
+
+# ------------------------------------------------------------------------------------------------ run files
+
+def test_each_training_stage_has_its_own_copy_of_the_files_both_write(tmp_path):
+    from delib.run import files
+
+    for both in (files.TRAINING_LOG, files.TRAINING_SUMMARY, files.SERVED, files.OPENAI_JOB, files.STATUS):
+        assert both["sft"].path(tmp_path).parent == tmp_path / "04_sft" and both["rl"].stage == "05_rl"
+        assert both["sft"].name == both["rl"].name and {both["sft"], both["rl"]} <= set(files.ALL)
+    files.write(tmp_path, files.STATUS["rl"], {"stage": "05_rl", "implemented": True})
+    assert files.read(tmp_path, files.STATUS["rl"])["implemented"] and not files.STATUS["sft"].path(tmp_path).exists()
+
+
+def test_a_few_held_out_prompts_one_per_expected_action():
+    from delib.training.serving import held_out_prompts, section_of
+
+    prompts = pd.DataFrame({"id": list("abcdef"), "split": ["train", "eval", "eval", "eval", "eval", "train"],
+                            "expected_action": ["refuse", "comply", "comply", "refuse", "safe_complete", "comply"]})
+    assert list(held_out_prompts(prompts)["id"]) == ["b", "d"]
+    assert list(held_out_prompts(prompts, 5)["id"]) == ["b", "d", "e"]
+    assert (section_of("04_sft"), section_of("05_rl")) == ("sft", "rl")

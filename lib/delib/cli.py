@@ -22,7 +22,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     try:
         rdir = run(args.params, stages=args.stages, resume=args.resume, force=args.force,
-                   command=["delib", *sys.argv[1:]], check=not args.no_preflight)
+                   command=["delib", *sys.argv[1:]], check=not args.no_preflight, engine=args.engine)
     except StageFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -146,8 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="delib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="run a recipe's stage notebooks in order with papermill")
+    p = sub.add_parser("run", help="run a recipe's stages in order (their notebooks, with papermill)")
     p.add_argument("params", help="params YAML file, e.g. params/default.yaml")
+    p.add_argument("--engine", choices=("notebook", "python"), default="notebook",
+                   help="notebook: execute each stage's notebook with papermill, kept in the run folder (default); "
+                        "python: call each stage's run() in this process, no Jupyter kernel; the same files either way")
     p.add_argument("--stages", help="which stages: 02-03, 02,05, generate (default: all)")
     p.add_argument("--resume", action="store_true", help="continue an existing run; skip up-to-date stages")
     p.add_argument("--force", action="store_true", help="re-run the selected stages even if up to date")

@@ -9,19 +9,17 @@ file that works offline.
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Optional
 
 import pandas as pd
 
-from delib.run import stages
+from delib.run import files
 
 
 def spec_sections(run_dir: Path) -> tuple[dict[str, dict], dict]:
     """The run's spec as stage 01 wrote it: section id -> {title, body}, and the categories (with their levels)."""
-    path = Path(run_dir) / stages.POLICY / "spec.json"
-    doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    doc = files.read(run_dir, files.SPEC, missing_ok=True)
     return {s["id"]: s for s in doc.get("sections", [])}, doc.get("categories", {})
 
 

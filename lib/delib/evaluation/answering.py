@@ -15,7 +15,7 @@ from delib.generation.cot import THINK_CLOSE, THINK_OPEN
 from delib.models import ChatRequest, ModelClient
 from delib.models.servers import TransformersServer
 from delib.policy.spec import Spec
-from delib.run import stages
+from delib.run import files
 from delib.run.config import EvaluateParams, RunParams
 from delib.run.io import clip
 from delib.run.paths import resolve, stage_dir
@@ -112,15 +112,6 @@ def evaluate_variants(variants: Sequence[Variant], prompts: pd.DataFrame, params
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
-def read_answers(path: Path) -> pd.DataFrame:
-    return pd.read_json(path, lines=True, dtype={"prompt_id": str})
-
-
-def write_table(df: pd.DataFrame, path: Path) -> Path:
-    df.to_json(path, orient="records", lines=True, force_ascii=False)
-    return path
-
-
 def show_answers(answers: pd.DataFrame, n: int = 2, width: int = 220) -> str:
     """A few answers of each variant as text: the prompt, what the CoT cites, the action taken."""
     blocks = []
@@ -136,8 +127,7 @@ def show_answers(answers: pd.DataFrame, n: int = 2, width: int = 220) -> str:
 def told_levels(params: RunParams) -> dict:
     """For how many of stage 02's training prompts the generator was told the level (`generate.level_hint`), from
     what stage 02 wrote (not from the params, which may have changed since): {"told": n, "prompts": m}."""
-    path = stage_dir(params, stages.GENERATE, create=False) / "samples.jsonl"
-    samples = pd.read_json(path, lines=True, dtype={"prompt_id": str}) if path.is_file() else pd.DataFrame()
+    samples = files.read(params, files.SAMPLES, missing_ok=True)
     if samples.empty:
         return {"told": 0, "prompts": 0}
     told = samples["told_level"].eq(True) if "told_level" in samples else pd.Series(False, index=samples.index)

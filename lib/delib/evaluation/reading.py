@@ -10,7 +10,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from delib.evaluation.metrics import fmt, fmt_diff, wide_table
-from delib.run import stages
+from delib.run import files, stages
 
 EVAL = stages.EVALUATE
 
@@ -54,41 +54,27 @@ RETRIEVAL = ("citation_accuracy[refuse]", "citation_accuracy[safe_complete]", "c
 COST = ("cot_tokens", "completion_tokens", "latency_s")
 
 
-VALIDITY_FILE = "grader_validity.json"  # the rule graders against human labels (evaluation.validity)
-
-
 # The paper's figures, for scale (MISSION.md): o1 / GPT-4o. Not comparable with a 135M model on our prompts.
 # Per-category figures come from the spec (`reference_figures` in its mapping): categories are the spec's.
 PAPER = {"xstest_not_overrefuse": "GPT-4o 0.88, o1 0.93", "strongreject_goodness@0.1": "GPT-4o 0.37, o1 0.88",
          "style_hard_refusal": "GPT-4o 0.72, o1 0.79"}
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
-    return pd.read_json(path, lines=True, dtype={"prompt_id": str}) if path.is_file() and path.stat().st_size \
-        else pd.DataFrame()
-
-
 def load_evaluation(run_dir: Path) -> dict[str, Any]:
-    """What stage 06 wrote: answers, metrics, differences, variants, definitions, and the benchmarks' files."""
-    d = Path(run_dir) / EVAL
-    if not (d / "metrics.csv").is_file():
-        raise FileNotFoundError(f"{d / 'metrics.csv'} is missing: run stage 06_evaluate first "
-                                "(delib run PARAMS --stages 06)")
-    read = lambda name: pd.read_csv(d / name) if (d / name).is_file() else pd.DataFrame()  # noqa: E731
-    return {"answers": _read_jsonl(d / "answers.jsonl"), "metrics": read("metrics.csv"),
-            "differences": read("differences.csv"), "variants": read_variants(d / "variants.csv"),
-            "definitions": read("definitions.csv"), "xstest_answers": _read_jsonl(d / "xstest_answers.jsonl"),
-            "strongreject_answers": _read_jsonl(d / "strongreject_answers.jsonl"),
-            "info": json.loads((d / "evaluation.json").read_text()) if (d / "evaluation.json").is_file() else {},
-            "validity": json.loads((d / VALIDITY_FILE).read_text()) if (d / VALIDITY_FILE).is_file() else {},
+    """What stage 06 wrote: answers, metrics, differences, variants, definitions, and the benchmarks' files (a
+    file stage 06 did not write reads as empty; FileNotFoundError when it has not run)."""
+    files.METRICS.require(run_dir)
+    read = lambda f: files.read(run_dir, f, missing_ok=True)  # noqa: E731
+    return {"answers": read(files.ANSWERS), "metrics": read(files.METRICS), "differences": read(files.DIFFERENCES),
+            "variants": read(files.VARIANTS), "definitions": read(files.DEFINITIONS),
+            "xstest_answers": read(files.XSTEST_ANSWERS), "strongreject_answers": read(files.STRONGREJECT_ANSWERS),
+            "info": read(files.EVALUATION), "validity": read(files.VALIDITY),
             "reference_figures": reference_figures(run_dir)}
 
 
 def reference_figures(run_dir: Path) -> dict[str, str]:
     """Published figures to show beside the metrics: ours (PAPER) and those the run's spec names."""
-    spec = Path(run_dir) / stages.POLICY / "spec.json"
-    own = json.loads(spec.read_text()).get("reference_figures", {}) if spec.is_file() else {}
-    return {**PAPER, **own}
+    return {**PAPER, **files.read(run_dir, files.SPEC, missing_ok=True).get("reference_figures", {})}
 
 
 def stage_times(run_dir: Path) -> pd.DataFrame:
@@ -102,29 +88,23 @@ def stage_times(run_dir: Path) -> pd.DataFrame:
 
 
 def training_logs(run_dir: Path) -> dict[str, pd.DataFrame]:
-    """The per-step logs of stages 04 and 05 (`log.jsonl`), where they trained."""
+    """The per-step logs of stages 04 and 05 (`log.jsonl`), where they trained, by stage."""
     out = {}
-    for stage in (stages.SFT, stages.RL):
-        log = _read_jsonl(Path(run_dir) / stage / "log.jsonl")
+    for f in files.TRAINING_LOG.values():
+        log = files.read(run_dir, f, missing_ok=True)
         if not log.empty and "step" in log:
-            out[stage] = log
+            out[f.stage] = log
     return out
 
 
 def training_summaries(run_dir: Path) -> dict[str, dict]:
-    out = {}
-    for stage in (stages.SFT, stages.RL):
-        path = Path(run_dir) / stage / "training.json"
-        if path.is_file():
-            out[stage] = json.loads(path.read_text())
-    return out
+    """What stages 04 and 05 trained (`training.json`), where they trained, by stage."""
+    return {f.stage: files.read(run_dir, f) for f in files.TRAINING_SUMMARY.values() if f.path(run_dir).is_file()}
 
 
 def judge_outputs(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Stage 03's funnel and scored samples (empty when stage 03 has not run)."""
-    d = Path(run_dir) / stages.JUDGE
-    funnel = pd.read_csv(d / "funnel.csv") if (d / "funnel.csv").is_file() else pd.DataFrame()
-    return funnel, _read_jsonl(d / "scored.jsonl")
+    return files.read(run_dir, files.FUNNEL, missing_ok=True), files.read(run_dir, files.SCORED, missing_ok=True)
 
 
 def headline_table(metrics: pd.DataFrame, keys: Sequence[str] = HEADLINE, n: bool = False) -> pd.DataFrame:
@@ -151,8 +131,3 @@ def not_available(variants: pd.DataFrame) -> list[str]:
         return []
     v = variants[~variants["available"].astype(bool)]
     return [f"{r.label} ({r.variant}): {r.reason}" for r in v.itertuples()]
-
-
-def read_variants(path: Path) -> pd.DataFrame:
-    """variants.csv with empty text cells kept empty (not NaN)."""
-    return pd.read_csv(path, keep_default_na=False) if path.is_file() else pd.DataFrame()

@@ -18,7 +18,7 @@ from delib.evaluation.llm_grading import agreement
 from delib.evaluation.metrics import bootstrap_weights, wide_table
 from delib.evaluation.reading import (COST, EVAL, HEADLINE, PAPER, RETRIEVAL, by_category, differences_table,
                                       headline, headline_table)
-from delib.run.io import write_json_atomic
+from delib.run import files
 
 
 def _clean(x: Any) -> Any:
@@ -80,9 +80,9 @@ def judge_summary(scored: pd.DataFrame, threshold: Optional[float], resamples: i
     return out
 
 
-def write_json(path: Path, doc: dict) -> Path:
-    """metrics.json: NaN written as null (JSON has no NaN), atomically."""
-    return write_json_atomic(path, _clean(doc))
+def write_json(where: files.Where, doc: dict) -> Path:
+    """The run's metrics.json (`where`: its params or its folder): NaN written as null (JSON has no NaN)."""
+    return files.write(where, files.METRICS_DOC, _clean(doc))
 
 
 def compare_runs(run_dirs: Iterable[Path]) -> pd.DataFrame:
@@ -91,9 +91,8 @@ def compare_runs(run_dirs: Iterable[Path]) -> pd.DataFrame:
     frames = []
     for rd in run_dirs:
         rd = Path(rd)
-        path = rd / EVAL / "metrics.csv"
-        if path.is_file():
-            frames.append(pd.read_csv(path).assign(run=rd.name, missing=""))
+        if files.METRICS.path(rd).is_file():
+            frames.append(files.read(rd, files.METRICS).assign(run=rd.name, missing=""))
         else:
             frames.append(pd.DataFrame([{"run": rd.name, "missing": f"no {EVAL}/metrics.csv in {rd}"}]))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

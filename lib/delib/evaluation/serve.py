@@ -13,6 +13,7 @@ from delib.models.servers import EmbeddedServer, LocalServer, TransformersServer
 from delib.policy.spec import load_spec
 from delib.run.config import RunParams, load_params, validate_params
 from delib.run.paths import resolve, stage_dir
+from delib.run.providers import provider_for
 from delib.training.serving import merged_folder
 
 
@@ -53,7 +54,7 @@ def server_for(variant: Variant, params: RunParams, log_dir: Optional[Path] = No
         folder = merged_folder(resolve(variant.checkpoint), params.sft.base_model or "",
                                stage_dir(params, STAGE) / f"merged_{variant.name}")
         return TransformersServer(folder, log_dir=log_dir)
-    if role.backend != "embedded":
+    if not provider_for(role).local_server:
         raise ServeError(f"variant {variant.name!r} is already served: {role.backend} model {role.model!r}"
                          + (f" at {role.base_url}" if role.base_url else "") + "; query it there")
     return EmbeddedServer(embedded_model_path(role.model), variant.name,

@@ -3,6 +3,7 @@ a chain of thought and an answer; several samples per prompt, each kept with why
 """
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional
@@ -19,10 +20,13 @@ from delib.generation.cot import (
 )
 from delib.generation.skeleton import ANSWER_GRAMMAR, ANSWER_STOPS, level_choice, skeleton_grammar
 from delib.models import ChatRequest
+from delib.models.cache import CallCache
 from delib.models.calls import groups_by_first_message
 from delib.models.progress import progress_bar
 from delib.policy.spec import Spec
 from delib.run.io import clip
+from delib.run.paths import resolve
+from delib.run.providers import provider_for
 from delib.run.templates import fill, load_template
 
 if TYPE_CHECKING:
@@ -111,11 +115,24 @@ def pick_examples(examples: list[Example], category: str, k: int) -> list[Exampl
 
 
 def structured_for(params: "RunParams") -> bool:
-    """Whether stage 02 writes the CoT under the skeleton grammar: `generate.structured` on, or auto for an
-    embedded generator (a small model; capable generators keep free-form CoT)."""
-    mode = params.generate.structured
-    return mode == "on" or (mode == "auto" and params.models.generator.backend == "embedded"
-                             and params.generate.prestart_think)
+    """Whether stage 02 writes the CoT under the skeleton grammar: `generate.structured` on, or auto where the
+    generator's server decodes a grammar (the embedded model; an openai_compatible server that is llama.cpp's or
+    vLLM's, as the role's `grammar` says or one probe finds) and the reply is pre-started. ValueError for on where
+    the server takes no grammar."""
+    g = params.generate
+    if g.structured == "off" or not g.prestart_think:  # (on needs prestart_think: the schema says so)
+        return False
+    provider = provider_for(params.models.generator)
+    if provider.probes_grammar and params.cache.enabled:  # the verdict kept where the client finds it
+        with closing(CallCache(resolve(params.cache.path))) as cache:
+            dialect = provider.grammar_dialect(cache)
+    else:
+        dialect = provider.grammar_dialect()
+    if dialect is None and g.structured == "on":
+        raise ValueError(f"generate.structured: on, but models.generator ({params.models.generator.backend}, model "
+                         f"{params.models.generator.model!r}) takes no grammar: set its grammar (llama_cpp or vllm) "
+                         "if its server decodes one, or set generate.structured to auto or off")
+    return dialect is not None
 
 
 def hint_line(spec: Spec, category: str, level: dict) -> str:

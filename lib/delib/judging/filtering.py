@@ -15,7 +15,7 @@ from delib.generation.cot import THINK_CLOSE, THINK_OPEN, parse_completion
 from delib.generation.skeleton import choices, style_sections
 from delib.judging import graders
 from delib.policy.spec import Spec
-from delib.run.io import clip, write_jsonl
+from delib.run.io import clip
 
 
 # What each of stage 03's gates checks (params: judge.gates), in the funnel's words.
@@ -170,11 +170,9 @@ def rl_rows(prompts: pd.DataFrame) -> list[dict]:
             for r in train.itertuples()]
 
 
-
-
-def export_openai_chat(path: Path, rows: list[dict]) -> Path:
-    """OpenAI's chat fine-tuning format: one {"messages": [...]} object per line, nothing else."""
-    return write_jsonl(path, [{"messages": r["messages"]} for r in rows])
+def openai_chat_rows(rows: list[dict]) -> list[dict]:
+    """The SFT rows in OpenAI's chat fine-tuning format: one {"messages": [...]} object per line, nothing else."""
+    return [{"messages": r["messages"]} for r in rows]
 
 
 def export_hf_dataset(folder: Path, rows: list[dict]) -> Path:

@@ -28,7 +28,8 @@ class ChatRequest:
     # includes it. Embedded: a completion over the model's chat template; openai_compatible: vLLM's
     # continue_final_message; OpenAI's API cannot continue a reply.
     prefill: Optional[str] = None
-    # A GBNF grammar the reply (after `prefill`) must follow: llama.cpp's constrained decoding, embedded backend only.
+    # A GBNF grammar the reply (after `prefill`) must follow: llama.cpp's constrained decoding (the embedded model, a
+    # llama.cpp server), or vLLM's; a role whose server takes none refuses it (run.providers).
     grammar: Optional[str] = None
 
 

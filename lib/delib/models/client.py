@@ -31,11 +31,10 @@ from delib.models.prefill import PrefillMixin
 from delib.models.prefixes import PrefixStore
 from delib.models.progress import LoopThread, Tracker
 from delib.models.scheduling import fan_out, in_lanes
-from delib.models.requests import add_structured, plan_call, planned_prefill
+from delib.models.requests import add_structured, plan_call
 from delib.models.usage import Usage, add_usage
 from delib.models.wire import (
     PARSE_RETRY_SEED_STRIDE,
-    REASONING_MODEL,
     RETRY_AFTER_CAP_S,
     WORKER_STAGGER_S,
     CallPlan,
@@ -48,9 +47,10 @@ from delib.models.wire import (
     retry_after_s,
     scrub_secret,
 )
-from delib.run.io import env_value, sha256_file, sha256_path
+from delib.run.io import env_value, sha256_file
 from delib.run.paths import project_root, resolve
 from delib.run.paths import run_dir as run_folder
+from delib.run.providers import provider_for
 
 from .structured import parse_reply
 
@@ -82,6 +82,7 @@ class ModelClient(PrefillMixin):
         env_file: Optional[str | Path] = None,  # where to look for OPENAI_API_KEY etc.; default <root>/.env
     ) -> None:
         self.role, self.role_name = role, role_name
+        self.provider = provider_for(role)  # what the role's backend can do, and how it is asked
         self.run_seed = seed
         self.stage_dir = Path(run_dir) / stage if run_dir is not None and stage else (
             Path(run_dir) if run_dir is not None else None)
@@ -97,14 +98,14 @@ class ModelClient(PrefillMixin):
         self._server: Optional[servers.EmbeddedServer] = None
         self._secret: Optional[str] = None
         self._fatal: Optional[str] = None
-        self._structured = {"embedded": "grammar", "openai": "json_schema"}.get(role.backend, "json_schema")
+        self._structured = self.provider.structured_output()
         self._identity: Optional[str] = None
         self._prefill: Optional[str] = None  # how a pre-filled reply is sent, once known (prefill_mode)
         self._closed = False
         self.last_usage = Usage()  # totals of the latest chat_many
-        if role.backend == "embedded" and role.sampling.n > 1:
-            warnings.warn("n > 1 on the embedded backend: llama-cpp-python's server ignores it and llama-server takes "
-                          "a slot per choice; ask for several samples with ChatRequest.sample_index instead",
+        if not self.provider.choices and role.sampling.n > 1:
+            warnings.warn(f"n > 1 on the {role.backend} backend: llama-cpp-python's server ignores it and llama-server "
+                          "takes a slot per choice; ask for several samples with ChatRequest.sample_index instead",
                           stacklevel=2)
 
     # ---------------------------------------------------------------- public API
@@ -125,15 +126,15 @@ class ModelClient(PrefillMixin):
             if result is not None:
                 results[key] = result
         todo = [p for key, p in unique.items() if key not in results]
-        if any(p.request.prefill is not None for p in todo) and self.prefill_mode() != planned_prefill(self.role):
+        if any(p.request.prefill is not None for p in todo) and \
+                self.prefill_mode() != self.provider.planned_prefill():
             todo = [self._plan(p.request) if p.request.prefill is not None else p for p in todo]  # same keys
         tracker = Tracker(len(requests), desc or self.role_name, self.progress)
         tracker.advance(sum(p.key in results for p in plans), cache_hits=sum(p.key in results for p in plans))
         try:
             if todo:
-                if self.role.backend == "embedded":
-                    if self._transport is None:
-                        self._ensure_server(logprobs=any(p.body.get("logprobs") for p in todo))
+                if self.provider.local_server and self._transport is None:
+                    self._ensure_server(logprobs=any(p.body.get("logprobs") for p in todo))
                 self._loop = self._loop or LoopThread()
                 fresh = self._loop.run(self._run(todo, tracker, batch, batch_poll_s, batch_timeout_s,
                                                  batch_fallback_live))
@@ -169,24 +170,10 @@ class ModelClient(PrefillMixin):
         """What the cache key knows of the model: its name, and the hash of the weights that answer (an embedded
         model's file and adapter, a local folder or file that a server loads) or the role's `revision`."""
         if self._identity is None:
-            role, ident = self.role, self.role.model
-            if role.backend == "embedded":
-                ident = f"embedded:{role.model}"
-                if self._transport is None:
-                    ident += f"@sha256:{sha256_file(servers.embedded_model_path(role.model))[:16]}"
-                    # which engine answers: the same weights sample differently in llama-server and in
-                    # llama-cpp-python (their samplers differ), so neither replays the other's answers
-                    if servers.llama_server_binary() is not None:
-                        ident += "@llama-server"
-                if role.adapter:
-                    adapter = resolve(role.adapter)
-                    ident += (f"+lora@sha256:{sha256_file(adapter)[:16]}" if adapter.is_file()
-                              else f"+lora:{role.adapter}")
-            elif resolve(role.model).exists():  # weights in a local file or folder (e.g. `transformers serve`
-                ident += f"@sha256:{sha256_path(resolve(role.model))[:16]}"  # of a merged checkpoint): their hash
-            elif role.revision:
-                ident += f"@{role.revision}"
-            self._identity = ident
+            fake = self._transport is not None
+            engine = "llama-server" if self.provider.local_server and not fake and servers.llama_server_binary() \
+                else None
+            self._identity = self.provider.identity(hashed=not fake, engine=engine)
         return self._identity
 
     def close(self) -> None:
@@ -214,14 +201,18 @@ class ModelClient(PrefillMixin):
     # ---------------------------------------------------------------- building calls
 
     def is_reasoning_model(self) -> bool:
-        """OpenAI's reasoning models (o-series, gpt-5) or any role with a reasoning_effort."""
-        s = self.role.sampling
-        return self.role.backend == "openai" and (s.reasoning_effort is not None
-                                                  or bool(REASONING_MODEL.match(self.role.model)))
+        """OpenAI's reasoning models (o-series, gpt-5, or any OpenAI role with a reasoning_effort)."""
+        return self.provider.is_reasoning_model()
+
+    def grammar_dialect(self) -> Optional[str]:
+        """How this role's server takes a free-text grammar ("llama_cpp", "vllm"; None: it cannot): the role's
+        `grammar`, or on auto one probe of the server's model list, its verdict kept in the cache."""
+        return self.provider.grammar_dialect(self.cache, self._transport, self._env_file)
 
     def _plan(self, req: ChatRequest) -> CallPlan:
         return plan_call(self.role, req, self.model_identity, self.run_seed, self.is_reasoning_model(),
-                         self._structured, self._prefill)
+                         self._structured, self._prefill, self.provider,
+                         self.grammar_dialect() if req.grammar is not None else None)
 
     def _slot_dir(self) -> Optional[Path]:
         """Where llama-server keeps this model's saved prefixes (prefixes.py): beside the model-call cache, a folder
@@ -250,7 +241,7 @@ class ModelClient(PrefillMixin):
 
     def _api_key(self) -> str:
         role = self.role
-        if role.backend == "embedded" or self._transport is not None:
+        if self.provider.local_server or self._transport is not None:
             return "sk-embedded-no-key"
         var = role.key_env
         if var is None:
@@ -275,7 +266,7 @@ class ModelClient(PrefillMixin):
             self._secret = self._api_key()
             if self._transport is not None:
                 base_url = "http://fake-model.invalid/v1"
-            elif role.backend == "embedded":
+            elif self.provider.local_server:
                 base_url = self._server.base_url
             else:
                 base_url = role.base_url  # None for openai: the package's default
@@ -312,7 +303,7 @@ class ModelClient(PrefillMixin):
         if self._server is not None and self._server.slot_dir is not None:
             store = PrefixStore(self._server.slot_dir, self._server.base_url.removesuffix("/v1"))
             await fan_out(plans, store, workers, send)
-        elif self.role.backend == "embedded":
+        elif self.provider.local_server:
             await in_lanes(plans, workers, send)
         else:
             queue = iter(plans)  # shared: each plan is taken by exactly one worker
@@ -386,7 +377,7 @@ class ModelClient(PrefillMixin):
 
     def _should_downgrade(self, kind: str, exc: Exception, body: dict) -> bool:
         """A server that rejects `json_schema` (llama.cpp's answers 500 or 400) gets json_object + schema."""
-        if self.role.backend != "openai_compatible" or (body.get("response_format") or {}).get("type") != "json_schema":
+        if not self.provider.json_fallback or (body.get("response_format") or {}).get("type") != "json_schema":
             return False
         if kind not in ("bad_request", "server_error"):
             return False
@@ -402,8 +393,8 @@ class ModelClient(PrefillMixin):
     async def _run_batch(self, plans: list[CallPlan], tracker: Tracker, results: dict, poll_s: float,
                          timeout_s: float, fallback_live: bool) -> list[CallPlan]:
         """Send the plans through the Batch API; returns those that still need a live call."""
-        if self.role.backend == "embedded":
-            raise ValueError("the Batch API is for the openai backends, not the embedded server")
+        if not self.provider.batch:
+            raise ValueError(f"the Batch API is for the openai backends, not the {self.role.backend} backend")
         state_dir = (self.stage_dir or Path(".")) / "batches"
         lines = {p.key: p.body for p in plans}
         outputs = await run_batch(self._openai, lines, state_dir, self.role_name, poll_s, timeout_s, tracker.note)

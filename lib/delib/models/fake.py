@@ -4,6 +4,9 @@ and the real client code path (cache, retries, parsing) above it.
     transport = scripted_transport(lambda body: "I can't help with that.")
     client = ModelClient(role, "judge", cache=..., transport=transport)
     transport.calls   # the request bodies the model received
+
+Its model list (GET /models, which probes read) names the server `owned_by` ("llamacpp", "vllm": one that takes
+a grammar); it is not a call.
 """
 from __future__ import annotations
 
@@ -43,8 +46,9 @@ def completion_body(text: str, body: dict, finish_reason: str = "stop") -> dict:
 class ScriptedTransport(httpx2.MockTransport):
     """An httpx2 transport that answers /chat/completions from a script; `calls` holds every body it got."""
 
-    def __init__(self, script: Union[Callable[[dict], Answer], Iterable[Answer]]):
+    def __init__(self, script: Union[Callable[[dict], Answer], Iterable[Answer]], owned_by: str = "scripted"):
         self.calls: list[dict] = []
+        self.owned_by = owned_by
         if callable(script):
             self._next = script
         else:
@@ -53,6 +57,9 @@ class ScriptedTransport(httpx2.MockTransport):
         super().__init__(self._answer)
 
     def _answer(self, request: httpx2.Request) -> httpx2.Response:
+        if request.method == "GET" and request.url.path.endswith("/models"):
+            return httpx2.Response(200, json={"object": "list", "data": [
+                {"id": "scripted", "object": "model", "owned_by": self.owned_by}]})
         body = json.loads(request.content or b"{}")
         self.calls.append(body)
         answer = self._next(body)
@@ -70,6 +77,8 @@ class ScriptedTransport(httpx2.MockTransport):
         return httpx2.Response(status, json=payload, headers=headers)
 
 
-def scripted_transport(script: Union[Callable[[dict], Answer], Iterable[Answer]]) -> ScriptedTransport:
-    """A fake model: `script` maps each request body to an answer, or lists the answers in order."""
-    return ScriptedTransport(script)
+def scripted_transport(script: Union[Callable[[dict], Answer], Iterable[Answer]],
+                       owned_by: str = "scripted") -> ScriptedTransport:
+    """A fake model: `script` maps each request body to an answer, or lists the answers in order; `owned_by`: who
+    its model list says serves it."""
+    return ScriptedTransport(script, owned_by)

@@ -1,4 +1,4 @@
-"""Pre-started replies (ChatRequest.prefill) per backend, for ModelClient: how the role's server continues one
+"""Pre-started replies (ChatRequest.prefill) per provider, for ModelClient: how the role's server continues one
 (ModelRole.prefill: continue, template or off; auto probes an openai_compatible server once), and the requests
 asked in one turn where it cannot.
 """
@@ -13,11 +13,11 @@ import httpx2
 from delib.models.cache import call_key
 from delib.models.calls import ChatRequest
 from delib.models.progress import LoopThread
-from delib.models.requests import planned_prefill, template_source
 from delib.models.wire import ModelAuthError, ModelCallsFailed, classify_error, json_body, scrub_secret
 
 # The probe that tells whether an openai_compatible server continues a pre-filled reply (prefill_mode).
 PROBE_ASK, PROBE_PREFILL = "Count from 1 to 10, separated by commas.", "1, 2, 3, 4,"
+PROBE_TOKENS = 3  # too few for a new turn to write "1, 2, 3, 4, 5" (at least 9 tokens), enough to go on with " 5,"
 
 
 class PrefillMixin:
@@ -28,8 +28,8 @@ class PrefillMixin:
         ModelRole.prefill). For an openai_compatible role on auto, one probe request finds out, and the cache keeps
         its verdict (a resumed run needs no server for it)."""
         if self._prefill is None:
-            mode = planned_prefill(self.role)
-            if self.role.backend == "openai_compatible" and self.role.prefill == "auto":
+            mode = self.provider.planned_prefill()
+            if self.provider.probes_prefill:
                 mode = self._probed_prefill()
             self._prefill = mode
         return self._prefill
@@ -56,7 +56,8 @@ class PrefillMixin:
         return len(self.cache.get_many(keys)) == len(set(keys))
 
     def _probed_prefill(self) -> str:
-        key = call_key({"probe": "prefill continued", "model": self.model_identity, "base_url": self.role.base_url})
+        key = call_key({"probe": "prefill continued, repeated or not", "model": self.model_identity,
+                        "base_url": self.role.base_url})
         verdict = self.cache.get_many([key]).get(key)
         if verdict is None:
             self._loop = self._loop or LoopThread()
@@ -65,7 +66,7 @@ class PrefillMixin:
             self.cache.put(key, verdict, self.model_identity)
         if verdict["continues"]:
             return "continue"
-        source = template_source(self.role)
+        source = self.provider.template_source()
         where = f"models.{self.role_name} ({self.role.base_url}, model {self.role.model!r})"
         if source is not None:
             warnings.warn(f"{where}: the server restarts a pre-filled reply instead of continuing it; pre-filling "
@@ -77,9 +78,10 @@ class PrefillMixin:
         return "off"
 
     async def _probe_continues(self) -> bool:
-        """Ask to count to ten with the reply pre-filled "1, 2, 3, 4,": a server that continues it goes on at 5, one
-        that opens a new turn starts over (or says something else)."""
-        body = {"model": self.role.model, "max_tokens": 8, "temperature": 0.0, "seed": self.run_seed,
+        """Ask to count to ten with the reply pre-filled "1, 2, 3, 4,": a server that continues it goes on at 5 (vLLM
+        answers with what follows, llama-server with the pre-fill and what follows), one that opens a new turn starts
+        over (in PROBE_TOKENS it cannot get to 5) or says something else."""
+        body = {"model": self.role.model, "max_tokens": PROBE_TOKENS, "temperature": 0.0, "seed": self.run_seed,
                 "messages": [{"role": "user", "content": PROBE_ASK}, {"role": "assistant", "content": PROBE_PREFILL}],
                 "continue_final_message": True, "add_generation_prompt": False}
         try:
@@ -95,6 +97,6 @@ class PrefillMixin:
             message = scrub_secret(getattr(exc, "message", None) or str(exc) or type(exc).__name__, self._secret)
             raise ModelCallsFailed(f"{self.role_name} ({self.role.backend}, model {self.role.model!r}): could not "
                                    f"ask whether the server continues a pre-filled reply: {message}", []) from None
-        return text.lstrip().startswith("5")
+        return text.removeprefix(PROBE_PREFILL).lstrip().startswith("5")
 
     # ---------------------------------------------------------------- running calls

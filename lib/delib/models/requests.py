@@ -1,35 +1,29 @@
-"""How one ChatRequest becomes what the model client sends: the request body for the backend (sampling, reasoning
-models' own fields, structured output, a pre-filled reply) and the cache key that identifies its answer.
+"""How one ChatRequest becomes what the model client sends: the request body for the role's provider (sampling,
+reasoning models' own fields, structured output, a grammar, a pre-filled reply) and the cache key that identifies
+its answer.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional
 
 from pydantic import BaseModel
 
-from delib.models import servers
 from delib.models.cache import call_key
 from delib.models.calls import ChatRequest
 from delib.models.structured import gbnf_for, json_object_response_format, openai_response_format, response_schema
 from delib.models.wire import CallPlan
 from delib.run.config import ModelRole
-from delib.run.paths import resolve
-
-
-def planned_prefill(role: ModelRole) -> str:
-    """How a pre-filled reply is sent before anything is known of the server: the role's `prefill`, or for auto
-    `template` (embedded), `off` (OpenAI), `continue` (openai_compatible, until a probe says otherwise)."""
-    if role.prefill != "auto":
-        return role.prefill
-    return {"embedded": "template", "openai": "off"}.get(role.backend, "continue")
+from delib.run.providers import Provider, provider_for
 
 
 def plan_call(role: ModelRole, req: ChatRequest, identity: str, run_seed: int, reasoning: bool,
-              structured: str, prefill: Optional[str] = None) -> CallPlan:
+              structured: str, prefill: Optional[str] = None, provider: Optional[Provider] = None,
+              dialect: Optional[str] = None) -> CallPlan:
     """The body to send for `req` and the key the cache knows it by (the model's identity, the messages, the
-    sampling, the schema: everything that changes the answer; not how a pre-fill is sent, `prefill`, which
-    defaults to `planned_prefill`)."""
+    sampling, the schema, the grammar: everything that changes the answer; not how a pre-fill is sent, `prefill`,
+    which defaults to the provider's plan, nor how the server takes the grammar, `dialect`, which defaults to the
+    provider's when it needs no probe)."""
+    provider = provider or provider_for(role)
     s = role.sampling
     seed = (s.seed if s.seed is not None else run_seed) + req.sample_index
     max_tokens = req.max_tokens if req.max_tokens is not None else s.max_tokens
@@ -58,7 +52,7 @@ def plan_call(role: ModelRole, req: ChatRequest, identity: str, run_seed: int, r
     else:
         body["temperature"] = temperature
         body["top_p"] = s.top_p
-        body["max_completion_tokens" if role.backend == "openai" else "max_tokens"] = max_tokens
+        body[provider.max_tokens_key] = max_tokens
         if s.reasoning_effort:  # e.g. a reasoning model behind vLLM
             body["reasoning_effort"] = s.reasoning_effort
         if logprobs:
@@ -72,12 +66,9 @@ def plan_call(role: ModelRole, req: ChatRequest, identity: str, run_seed: int, r
     if req.response_model is not None:
         add_structured(body, req.response_model, structured)
     if req.prefill is not None:
-        add_prefill(body, req, role, prefill or planned_prefill(role))
+        add_prefill(body, req, role, prefill or provider.planned_prefill(), provider)
     if req.grammar is not None:
-        if role.backend != "embedded":
-            raise ValueError(f"a free-text grammar is decoded by llama.cpp only: backend {role.backend!r} cannot "
-                             "follow it (turn generate.structured off for this generator)")
-        body["grammar"] = req.grammar
+        provider.add_grammar(body, req.grammar, dialect or provider.grammar_dialect())
     return CallPlan(call_key(material), req, body, seed)
 
 
@@ -85,18 +76,8 @@ class PrefillUnsupported(ValueError):
     """A pre-filled reply asked of a server that cannot continue one."""
 
 
-def template_source(role: ModelRole) -> Optional[Path]:
-    """The GGUF file or Hugging Face folder whose chat template pre-fills for `role`: its `chat_template`, the
-    embedded model's file, or `model` when that is a local path; None when there is none."""
-    if role.backend == "embedded":
-        return servers.embedded_model_path(role.model)
-    for named in (role.chat_template, role.model):
-        if named and resolve(named).exists():
-            return resolve(named)
-    return None
-
-
-def add_prefill(body: dict, req: ChatRequest, role: ModelRole, mode: str) -> None:
+def add_prefill(body: dict, req: ChatRequest, role: ModelRole, mode: str,
+                provider: Optional[Provider] = None) -> None:
     """Make the model continue `req.prefill` as the start of its reply, the way `mode` says."""
     if mode == "continue":  # vLLM's extension of the chat API
         body["messages"] = [*req.messages, {"role": "assistant", "content": req.prefill}]
@@ -106,7 +87,7 @@ def add_prefill(body: dict, req: ChatRequest, role: ModelRole, mode: str) -> Non
         raise PrefillUnsupported(
             f"the {role.backend} backend (model {role.model!r}) cannot continue a pre-started reply: set prefill "
             "only where the role's prefill is continue or template (stages ask in one turn where it is off)")
-    source = template_source(role)
+    source = (provider or provider_for(role)).template_source()
     if source is None:
         raise PrefillUnsupported(f"prefill 'template' for model {role.model!r} needs its chat template: set the "
                                  "role's chat_template to the model's GGUF file or Hugging Face folder")

@@ -262,11 +262,13 @@ class TransformersServer(LocalServer):
             return r.status == 200
 
     def role(self, template: "ModelRole") -> "ModelRole":
-        """`template` (its sampling and limits) pointed at this server. Pre-started replies are asked in one turn:
-        `transformers serve` is not known here to continue a pre-filled reply or to serve /completions."""
+        """`template` (its sampling and limits) pointed at this server. Pre-started replies are asked in one turn
+        and no grammar is sent: `transformers serve` is not known here to continue a pre-filled reply, to serve
+        /completions or to decode under a grammar."""
         return template.model_copy(update={"backend": "openai_compatible", "base_url": self.base_url,
                                            "model": self.folder, "adapter": None, "api_key_env": None,
-                                           "prefill": "off", "revision": None, "chat_template": None})
+                                           "prefill": "off", "grammar": "none", "revision": None,
+                                           "chat_template": None})
 
 
 def stop_process_group(proc: Optional[subprocess.Popen], wait_s: float = STOP_TIMEOUT_S) -> None:

@@ -25,9 +25,6 @@ PARSE_RETRY_SEED_STRIDE = 1_000_003  # a retried invalid reply samples again wit
 WORKER_STAGGER_S = 0.004
 
 
-REASONING_MODEL = re.compile(r"^(o\d|gpt-5(?!-chat))")
-
-
 _KEY_LIKE = re.compile(r"(sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+\S+)")
 
 
@@ -122,8 +119,9 @@ def extract_reply(data: Any, prefill: Optional[str] = None) -> dict:
     def text_of(choice: dict) -> Optional[str]:
         if "message" in choice:
             content = choice["message"].get("content")
-            if prefill is not None and content is not None:
-                content = prefill + content  # vLLM's continue_final_message returns only the continuation
+            # vLLM's continue_final_message returns only the continuation, llama-server the pre-fill and after it
+            if prefill is not None and content is not None and not content.startswith(prefill):
+                content = prefill + content
             return content
         return (prefill or "") + choice["text"]
 

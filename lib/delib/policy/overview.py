@@ -5,8 +5,6 @@ never the source files, so that a run is self-contained.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Optional
 
 import pandas as pd
@@ -17,8 +15,8 @@ from delib.policy.prompts import load_prompt_sets, near_duplicates
 from delib.policy.spec import Spec, count_tokens, load_spec, spec_for_category
 from delib.run import stages
 from delib.run.config import RunParams
-from delib.run.io import write_json_atomic
-from delib.run.paths import require, resolve
+from delib.run import files
+from delib.run.paths import resolve
 
 STAGE = stages.POLICY
 
@@ -89,21 +87,7 @@ def split_leaks(prompts: pd.DataFrame) -> pd.DataFrame:
     return near_duplicates(prompts[prompts.split == "train"], prompts[prompts.split == "eval"])
 
 
-def write_outputs(out: Path, spec: Spec, prompts: pd.DataFrame, rendered: dict[str, dict]) -> list[Path]:
-    write_json_atomic(out / "spec.json", spec.to_dict())
-    write_json_atomic(out / "spec_for_category.json", rendered)
-    prompts.to_json(out / "prompts.jsonl", orient="records", lines=True, force_ascii=False)
-    return [out / "spec.json", out / "spec_for_category.json", out / "prompts.jsonl"]
-
-
-def read_prompts(path) -> pd.DataFrame:
-    """Stage 01's prompt table as written: ids and level names stay text (a level named "1" is not the number 1)."""
-    return pd.read_json(path, lines=True, dtype={"id": str, "level": "object"})
-
-
 def read_outputs(params: RunParams) -> tuple[Spec, pd.DataFrame, dict[str, dict]]:
     """What stage 01 handed on: the parsed spec, the prompt table and the rendered spec per category."""
-    spec = Spec.from_dict(json.loads(require(params, STAGE, "spec.json").read_text()))
-    prompts = read_prompts(require(params, STAGE, "prompts.jsonl"))
-    rendered = json.loads(require(params, STAGE, "spec_for_category.json").read_text())
-    return spec, prompts, rendered
+    return (Spec.from_dict(files.read(params, files.SPEC)), files.read(params, files.PROMPTS),
+            files.read(params, files.SPEC_FOR_CATEGORY))

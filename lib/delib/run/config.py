@@ -6,7 +6,6 @@ the line and the key path.
 """
 from __future__ import annotations
 
-import ast
 import difflib
 import re
 from pathlib import Path
@@ -66,6 +65,9 @@ class ModelRole(_Strict):
     # model, off for OpenAI, and for openai_compatible one probe request (cached) that tells continue from restart.
     prefill: Literal["auto", "continue", "template", "off"] = "auto"
     chat_template: Optional[str] = None  # a GGUF file or Hugging Face folder whose chat template `template` renders
+    # How an openai_compatible server takes a grammar (generate.structured): llama_cpp (`grammar`), vllm (0.12+:
+    # `structured_outputs`), none; auto: as its model list's owned_by says (asked once, cached), else none.
+    grammar: Literal["auto", "llama_cpp", "vllm", "none"] = "auto"
 
     @property
     def key_env(self) -> Optional[str]:
@@ -80,6 +82,8 @@ class ModelRole(_Strict):
             raise ValueError(f"base_url is only used with backend 'openai_compatible', not {self.backend!r}")
         if self.adapter and self.backend != "embedded":
             raise ValueError("adapter is only loaded by the embedded backend")
+        if self.grammar != "auto" and self.backend != "openai_compatible":
+            raise ValueError(f"grammar {self.grammar!r}: only an openai_compatible server's is set (leave auto)")
         if self.backend == "openai" and self.prefill in ("continue", "template"):
             raise ValueError(f"prefill {self.prefill!r}: OpenAI's API cannot continue a pre-started reply (use auto "
                              "or off: stages then ask for the whole reply in one turn)")
@@ -155,8 +159,8 @@ class GenerateParams(CallingStageParams):
     examples: Optional[str] = "auto"  # YAML of worked examples; auto: examples.yaml beside the spec, if any; null: none
     prestart_think: bool = True  # pre-start the reply with <think>, stop at </think>, then ask for the answer
     cot_max_tokens: int = Field(192, ge=8)  # cap of the pre-started chain of thought
-    # The CoT under a grammar of the spec's skeleton (generation.skeleton): on, off, or auto (on for an embedded
-    # generator, whose free-form CoT rarely cites a real section). Needs prestart_think.
+    # The CoT under a grammar of the spec's skeleton (generation.skeleton): on, off, or auto (on where the generator's
+    # server decodes one: embedded, a llama.cpp or vLLM server, ModelRole.grammar). Needs prestart_think.
     structured: Literal["auto", "on", "off"] = "auto"
     # Tell the generator the level the prompt set gives for each prompt (its `level` column): named in the system
     # prompt and, under the skeleton grammar, the only level the CoT may cite. Like the spec, the label is context
@@ -361,10 +365,11 @@ class RunParams(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _structured_needs_llama_cpp(self) -> "RunParams":
-        if self.generate.structured == "on" and self.models.generator.backend != "embedded":
-            raise ValueError(f"generate.structured: on needs an embedded generator (llama.cpp decodes the grammar); "
-                             f"models.generator.backend is {self.models.generator.backend!r}: use auto or off")
+    def _structured_needs_a_grammar(self) -> "RunParams":
+        g = self.models.generator
+        if self.generate.structured == "on" and (g.backend == "openai" or g.grammar == "none"):
+            raise ValueError(f"generate.structured: on needs a generator whose server decodes a grammar, not "
+                             f"{g.backend!r}{' with grammar none' if g.grammar == 'none' else ''}: use auto or off")
         return self
 
     @model_validator(mode="after")
@@ -455,40 +460,37 @@ def load_params(path: str | Path) -> RunParams:
     return validate_params(data if data is not None else {}, str(path), root)
 
 
-INJECTED_COMMENT = "# Parameters"  # the first line of the cell papermill injects after the parameters cell
-
-
-def injected_names(history: Any) -> list[str]:
-    """The names that papermill's injected cells assigned, read from IPython's `In` (the sources run so far)."""
-    names: list[str] = []
-    for source in history if isinstance(history, (list, tuple)) else ():
-        if not (isinstance(source, str) and source.lstrip().startswith(INJECTED_COMMENT)):
-            continue
-        try:
-            tree = ast.parse(source)
-        except SyntaxError:
-            continue
-        names += [target.id for node in tree.body if isinstance(node, ast.Assign)
-                  for target in node.targets if isinstance(target, ast.Name)]
-    return names
+NOTEBOOK_PARAMS = ("recipe", "run_name")  # what a stage notebook's parameters cell holds
 
 
 def from_namespace(namespace: dict) -> RunParams:
-    """Validate the parameters a notebook received (its globals after the parameters cell). A name that papermill
-    injected (`papermill -p KEY ...` or `-f params.yaml`) and that is not a parameter is refused, one line a name."""
+    """The params a stage notebook runs with: its parameters cell's `recipe` (a params file, relative to the project
+    root or absolute) and `run_name` (None: the recipe's own). A name that papermill injected (`-p KEY ...`, `-f
+    FILE`) and that is neither is refused, one line a name, saying what the notebook takes."""
+    from delib.run.notebooks import injected_names
     unknown = [n for n in dict.fromkeys(injected_names(namespace.get("In")))
-               if n not in PARAM_NAMES and not n.startswith("PAPERMILL_")]  # --inject-paths adds PAPERMILL_*
+               if n not in NOTEBOOK_PARAMS and not n.startswith("PAPERMILL_")]  # --inject-paths adds PAPERMILL_*
     if unknown:
-        raise ParamsError("\n".join(f"notebook parameters: {n}: unknown key" + _did_you_mean(n, PARAM_NAMES)
-                                     for n in unknown))
-    return validate_params({k: namespace[k] for k in PARAM_NAMES if k in namespace}, "notebook parameters")
+        hint = ("; a stage notebook takes a recipe, not its keys: papermill NB OUT -p recipe params/default.yaml"
+                if set(unknown) & set(PARAM_NAMES) else "")
+        raise ParamsError("\n".join(f"notebook parameters: {n}: unknown key" + _did_you_mean(n, NOTEBOOK_PARAMS)
+                                     for n in unknown) + hint)
+    return recipe_params(namespace.get("recipe"), namespace.get("run_name"))
+
+
+def recipe_params(recipe: Any, run_name: Optional[str] = None) -> RunParams:
+    """A recipe's validated params (its path relative to the project root unless absolute), under another run name
+    when `run_name` is given."""
+    from delib.run.paths import resolve
+    if not isinstance(recipe, (str, Path)) or not str(recipe):
+        raise ParamsError(f"notebook parameters: recipe: a params file is needed (e.g. 'params/smoke.yaml'), "
+                          f"not {recipe!r}")
+    params = load_params(resolve(recipe))
+    if run_name is None or run_name == params.run_name:
+        return params
+    return validate_params({**params.model_dump(mode="json"), "run_name": run_name}, f"{recipe} (run_name)")
 
 
 def _did_you_mean(name: str, known: Sequence[str]) -> str:
     close = difflib.get_close_matches(name, known, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def as_papermill_parameters(params: RunParams) -> dict:
-    """The validated recipe as plain literals, to inject into a notebook's parameters cell."""
-    return params.model_dump(mode="json")

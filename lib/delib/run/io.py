@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 _FILE_DIGESTS: dict[tuple, str] = {}
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: the process's umask, as a plain open() would apply it
 
 
 def _write_atomic(path: str | Path, text: str) -> Path:
@@ -21,6 +23,7 @@ def _write_atomic(path: str | Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file owner-only; a run's files are read like any file
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

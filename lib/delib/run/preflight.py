@@ -14,20 +14,16 @@ from typing import Iterator, Optional, Sequence
 from delib.run import stages as st
 from delib.run.config import ModelRole, RunParams
 from delib.run.io import env_value
-from delib.run.paths import embedded_model_path, project_root
+from delib.run.paths import project_root
+from delib.run.providers import provider_for
 
 TIMEOUT_S = 10.0
-OPENAI_URL = "https://api.openai.com/v1"
-# The roles each stage calls (02 the generator; 03 and 05's reward the judge; 06 the policy and the grader).
-STAGE_ROLES = {st.GENERATE: ("generator",), st.JUDGE: ("judge", "second_judge"), st.RL: ("judge",),
-               st.EVALUATE: ("policy", "grader")}
-
-
 def roles_called(params: RunParams, stages: Sequence[str]) -> Iterator[tuple[str, ModelRole]]:
-    """(params key, role) of every model role the stages call, each once."""
+    """(params key, role) of every model role the stages call (the registry says which), each once."""
+    from delib.run.registry import get
     seen = set()
     for stage in stages:
-        for name in STAGE_ROLES.get(stage, ()):
+        for name in get(stage).roles(params):
             role = getattr(params.models, name)
             if role is not None and name not in seen:
                 seen.add(name)
@@ -54,18 +50,17 @@ def _get(url: str, key: Optional[str]) -> tuple[Optional[int], Optional[dict], s
 
 
 def check_role(where: str, role: ModelRole, env_file: Path) -> list[str]:
-    """What stops `role` from answering: no server, an unknown model, a missing or refused key."""
-    if role.backend == "embedded":
-        try:
-            embedded_model_path(role.model)
-        except FileNotFoundError as err:
-            return [f"{where}: {err}"]
-        return []
+    """What stops `role` from answering: no weights for a server this process starts; no server, an unknown model, a
+    missing or refused key."""
+    provider = provider_for(role)
+    if provider.local_server:
+        problem = provider.weights_problem()
+        return [f"{where}: {problem}"] if problem else []
     var = role.key_env
     key = env_value(var, env_file) if var else None
     if var and not key:
         return [f"{where}: no API key: set the environment variable {var} (or put `{var}=...` in {env_file})"]
-    base = (role.base_url or OPENAI_URL).rstrip("/")
+    base = provider.api_base
     status, body, problem = _get(f"{base}/models", key)
     if status is None:
         return [f"{where}: no server answers at {base} ({problem}); start it (e.g. `vllm serve {role.model}`), "
@@ -76,12 +71,8 @@ def check_role(where: str, role: ModelRole, env_file: Path) -> list[str]:
     if status != 200 or not isinstance(body, dict):
         return [f"{where}: {base}/models did not list the models ({problem or f'HTTP {status}'})"]
     served = [m.get("id") for m in body.get("data") or [] if isinstance(m, dict)]
-    if role.backend == "openai_compatible" and served and role.model not in served:
-        shown = ", ".join(map(repr, served[:8])) + (" ..." if len(served) > 8 else "")
-        return [f"{where}: model {role.model!r} is not served at {base} (served: {shown})"]
-    if role.backend == "openai" and role.model not in served:
-        return [f"{where}: model {role.model!r} is not among the {len(served)} models this key can use"]
-    return []
+    problem = provider.unserved_problem(served)
+    return [f"{where}: {problem}"] if problem else []
 
 
 def cuda_devices() -> int:

@@ -1,8 +1,10 @@
-"""The runner: executes the numbered stage notebooks of one recipe in order with papermill.
+"""The runner: runs the stages of one recipe in order, each as its numbered notebook executed by papermill
+(`engine="notebook"`, the default) or as its module's `run(params)` in this process (`engine="python"`, no
+Jupyter kernel); both call the same step functions and write the same files.
 
-Each executed copy lands in `outputs/<run>/NN_stage.ipynb`, its artifacts in `outputs/<run>/NN_stage/`, and the
-manifest records every stage. `resume` skips a stage whose recorded fingerprint (notebook code, the params it
-reads, its input files) still matches.
+With papermill each executed copy lands in `outputs/<run>/NN_stage.ipynb`; the artifacts in `outputs/<run>/NN_stage/`,
+and the manifest records every stage. `resume` skips a stage whose recorded fingerprint (the stage's code, the
+params it reads, its input files) still matches, whichever engine ran it.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import os
 import sqlite3
 import sys
 import time
+import traceback
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +22,16 @@ from typing import Callable, Optional, Sequence
 
 import yaml
 
-from delib.run.config import ParamsError, RunParams, as_papermill_parameters, key_line, load_params
+from delib.run.config import ParamsError, RunParams, key_line, load_params
 from delib.run.io import hash_tree, sha256_file, write_json_atomic
 from delib.run.manifest import Manifest, now
 from delib.run.paths import examples_path, project_root, resolve, run_dir
 from delib.run.preflight import preflight
-from delib.run.stages import ANALYSIS, EVALUATE, STAGE_SECTION, STAGES, USAGE_FILE
+from delib.run.stages import ANALYSIS, EVALUATE, STAGES, USAGE_FILE
 from delib.run.templates import FIELDS as TEMPLATE_FIELDS, TemplateError, load_template, template_path
 
 DONE_MARKER = "_done.json"
-# The params section each stage owns; a stage's fingerprint leaves out the sections of the others.
-
+ENGINES = ("notebook", "python")
 
 
 class UsageError(ValueError):
@@ -41,13 +43,14 @@ def parse_stages(text: Optional[str]) -> list[str]:
     if not text:
         return list(STAGES)
 
+    from delib.run import registry
+
     def one(token: str) -> int:
-        token = token.strip()
-        for i, stage in enumerate(STAGES):
-            number, name = stage.split("_", 1)
-            if token in (stage, name, number, number.lstrip("0")):
-                return i
-        raise UsageError(f"unknown stage {token!r}; stages are {', '.join(STAGES)} (or a range like 02-03)")
+        try:
+            return STAGES.index(registry.get(token.strip()).name)
+        except KeyError:
+            raise UsageError(f"unknown stage {token.strip()!r}; stages are {', '.join(STAGES)} "
+                             "(or a range like 02-03)") from None
 
     picked: set[int] = set()
     for part in text.split(","):
@@ -115,15 +118,29 @@ def check_named_files(params: RunParams, params_file: Path) -> None:
         raise ParamsError("\n".join(problems))
 
 
+def stage_code(stage: str, notebook: Path) -> str:
+    """A stage's code: its notebook's code cells (without stored outputs, so re-saving outputs changes nothing)
+    and its module's source."""
+    import importlib.util
+
+    from delib.run import registry
+    found = importlib.util.find_spec(f"{registry.PACKAGE}.{registry.get(stage).module}")
+    module_source = Path(found.origin).read_text(encoding="utf-8")  # read, not imported: training imports torch
+    return notebook_code(notebook) + "\n" + module_source if notebook.is_file() else module_source
+
+
 def fingerprint(stage: str, params: RunParams, notebook: Path, rdir: Path) -> str:
-    """What a stage's result depends on: its code, the params it reads, and every file upstream of it."""
+    """What a stage's result depends on: its code, the params it reads (every section but those other stages
+    own and it does not read), and every file upstream of it."""
+    from delib.run import registry
     h = hashlib.sha256()
-    h.update(notebook_code(notebook).encode())
-    relevant = as_papermill_parameters(params)
+    h.update(stage_code(stage, notebook).encode())
+    relevant = params.model_dump(mode="json")
     relevant.pop("run_name")
-    for other_stage, section in STAGE_SECTION.items():
-        if other_stage != stage:
-            relevant.pop(section)
+    me = registry.get(stage)
+    for other in registry.REGISTRY.values():
+        if other.section and other.section != me.section and other.section not in me.reads:
+            relevant.pop(other.section)
     h.update(json.dumps(relevant, sort_keys=True).encode())
     for _, f in named_files(params, optional=stage in (EVALUATE, ANALYSIS)):  # the validity sets: read by 06-07
         h.update(str(f).encode())
@@ -136,7 +153,7 @@ def fingerprint(stage: str, params: RunParams, notebook: Path, rdir: Path) -> st
 
 def is_up_to_date(stage: str, fp: str, rdir: Path) -> bool:
     marker = rdir / stage / DONE_MARKER
-    if not marker.is_file() or not (rdir / f"{stage}.ipynb").is_file():
+    if not marker.is_file():
         return False
     try:
         return json.loads(marker.read_text()).get("fingerprint") == fp
@@ -173,12 +190,14 @@ def _stderr_to(log_file: Path):
 @dataclass
 class StageFailed(Exception):
     stage: str
-    executed: Path
+    executed: Optional[Path]  # the executed notebook; None when the stage ran as Python
     detail: str
+    log_file: Optional[Path] = None
 
     def __str__(self) -> str:
-        return (f"stage {self.stage} failed: {self.detail}\n  executed notebook: {self.executed}\n"
-                f"  stage log: {self.executed.with_suffix('.log')}")
+        where = f"\n  executed notebook: {self.executed}" if self.executed else ""
+        log_file = self.log_file or (self.executed.with_suffix(".log") if self.executed else None)
+        return f"stage {self.stage} failed: {self.detail}{where}" + (f"\n  stage log: {log_file}" if log_file else "")
 
 
 def _describe_failure(err: Exception) -> str:
@@ -206,21 +225,23 @@ def _stages_to_run(params: RunParams, selected: list[str], notebooks_dir: Path, 
 
 def run(params_file: str | Path, stages: Optional[str] = None, resume: bool = False, force: bool = False,
         notebooks_dir: Optional[Path] = None, log: Callable[[str], None] = print,
-        command: Optional[Sequence[str]] = None, check: bool = True) -> Path:
+        command: Optional[Sequence[str]] = None, check: bool = True, engine: str = "notebook") -> Path:
     """Run the selected stages of the recipe in `params_file`; return the run folder.
 
-    Raises ParamsError or UsageError for bad input (before anything runs: with `check`, also every model role the
-    stages call and what the recipe needs of the machine, run.preflight) and StageFailed when a notebook fails.
+    `engine`: "notebook" executes each stage's notebook with papermill (the executed copy is part of the run),
+    "python" calls each stage's `run(params)` in this process. Raises ParamsError or UsageError for bad input
+    (before anything runs: with `check`, also every model role the stages call and what the recipe needs of the
+    machine, run.preflight) and StageFailed when a stage fails.
     """
-    import papermill
-
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}; engines are {', '.join(ENGINES)}")
     params_file = Path(params_file)
     params = load_params(params_file)
     check_named_files(params, params_file)
     selected = parse_stages(stages)
     root = project_root()
     notebooks_dir = Path(notebooks_dir) if notebooks_dir else root / "notebooks"
-    for stage in selected:
+    for stage in selected if engine == "notebook" else ():
         if not (notebooks_dir / f"{stage}.ipynb").is_file():
             raise UsageError(f"notebook for stage {stage} not found: {notebooks_dir / (stage + '.ipynb')}")
 
@@ -238,44 +259,55 @@ def run(params_file: str | Path, stages: Optional[str] = None, resume: bool = Fa
 
     manifest = Manifest(rdir)
     manifest.begin(params, params_file.resolve(), root, list(command or sys.argv))
-    parameters = as_papermill_parameters(params)
+    parameters = {"recipe": str(params_file.resolve()), "run_name": params.run_name}
     os.environ["DELIB_ROOT"] = str(root)  # the kernel resolves params paths against the same root
 
     for i, stage in enumerate(selected, 1):
         notebook = notebooks_dir / f"{stage}.ipynb"
-        executed = rdir / f"{stage}.ipynb"
+        executed = rdir / f"{stage}.ipynb" if engine == "notebook" else None
         prefix = f"[{i}/{len(selected)}] {stage}"
         fp = fingerprint(stage, params, notebook, rdir)
         if resume and not force and is_up_to_date(stage, fp, rdir):
             log(f"{prefix}: up to date, skipped")
             manifest.stage(stage, status="skipped", skipped_at=now())
             continue
-        log(f"{prefix}: running {notebook.name} ...")
+        what = notebook.name if executed else f"{registry.PACKAGE}.{registry.get(stage).module} (Python)"
+        log(f"{prefix}: running {what} ...")
         started, t0 = now(), time.perf_counter()
         manifest.stage(stage, status="running", start=started, end=None, duration_s=None,
-                       notebook=str(executed), error=None)
+                       notebook=str(executed) if executed else None, engine=engine, error=None)
         (rdir / stage / DONE_MARKER).unlink(missing_ok=True)
         (rdir / stage / USAGE_FILE).unlink(missing_ok=True)  # usage is per run of a stage: a re-run replaces it
         try:
-            with _stderr_to(rdir / f"{stage}.log"):
-                papermill.execute_notebook(str(notebook), str(executed), parameters=parameters,
-                                           kernel_name="python3", cwd=str(root), progress_bar=False)
+            if executed:
+                import papermill
+                with _stderr_to(rdir / f"{stage}.log"):
+                    papermill.execute_notebook(str(notebook), str(executed), parameters=parameters,
+                                               kernel_name="python3", cwd=str(root), progress_bar=False)
+            else:
+                from delib.run import registry
+                registry.module(stage).run(params)
         except KeyboardInterrupt:
             manifest.stage(stage, status="interrupted", end=now(), duration_s=round(time.perf_counter() - t0, 2))
             manifest.finish("interrupted")
             raise
-        except Exception as err:  # papermill's execution error, or a kernel that died
-            detail = _describe_failure(err)
+        except Exception as err:  # papermill's execution error, a kernel that died, or the stage's own error
+            if executed:
+                detail, log_file = _describe_failure(err), None
+            else:
+                detail, log_file = f"{type(err).__name__}: {err}", rdir / f"{stage}.log"
+                with open(log_file, "a", encoding="utf-8") as f:
+                    traceback.print_exception(err, file=f)
             manifest.stage(stage, status="failed", end=now(), duration_s=round(time.perf_counter() - t0, 2),
                            error=detail)
             manifest.collect_usage(rdir)
             manifest.finish("failed")
-            raise StageFailed(stage, executed, detail) from None
+            raise StageFailed(stage, executed, detail, log_file) from None
         duration = round(time.perf_counter() - t0, 2)
-        write_json_atomic(rdir / stage / DONE_MARKER, {"fingerprint": fp, "finished": now()})
+        write_json_atomic(rdir / stage / DONE_MARKER, {"fingerprint": fp, "finished": now(), "engine": engine})
         manifest.collect_usage(rdir)
         manifest.stage(stage, status="ok", end=now(), duration_s=duration)
-        log(f"{prefix}: ok in {duration:.1f} s -> {executed}")
+        log(f"{prefix}: ok in {duration:.1f} s" + (f" -> {executed}" if executed else ""))
 
     manifest.collect_usage(rdir)
     manifest.finish("ok")

@@ -11,9 +11,7 @@ RL = "05_rl"
 EVALUATE = "06_evaluate"
 ANALYSIS = "07_analysis"
 STAGES = (POLICY, GENERATE, JUDGE, SFT, RL, EVALUATE, ANALYSIS)
-# The params section each stage owns (01 owns none: spec and prompts feed every stage).
-STAGE_SECTION = {GENERATE: "generate", JUDGE: "judge", SFT: "sft", RL: "rl", EVALUATE: "evaluate",
-                 ANALYSIS: "analysis"}
+# What else there is to know of each stage (its params, roles, files, module): the registry, delib.run.registry.
 # The training stages by the params section each owns ("sft", "rl").
 TRAINING = {"sft": SFT, "rl": RL}
 # Each calling stage's folder holds the token and time totals of its model calls (and trainers) of its last run.

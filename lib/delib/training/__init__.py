@@ -10,8 +10,7 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING, Literal
 
-from delib.policy.overview import read_outputs as read_policy  # what stage 01 handed on
-from delib.run import stages
+from delib.run import files, stages
 from delib.run.io import write_json_atomic
 from delib.run.paths import project_root, stage_dir
 from delib.training import logs
@@ -20,8 +19,7 @@ from delib.training.errors import ChatTemplateError, EmptyDatasetError, OutOfMem
 if TYPE_CHECKING:
     from delib.run.config import RunParams
 
-__all__ = ["ChatTemplateError", "EmptyDatasetError", "OutOfMemoryError", "TrainingError", "launch_command", "read_policy",
-           "run"]
+__all__ = ["ChatTemplateError", "EmptyDatasetError", "OutOfMemoryError", "TrainingError", "launch_command", "run"]
 
 
 def launch_command(params: "RunParams", stage: Literal["sft", "rl"]) -> list[str]:
@@ -47,7 +45,7 @@ def run(params: "RunParams", stage: Literal["sft", "rl"]) -> dict:
         if done.returncode:
             raise TrainingError(f"accelerate launch of stage {stage} exited with {done.returncode}; its output is "
                                 f"in the stage log")
-        return logs.read(stage_dir(params, stages.TRAINING[stage]))[1]
+        return files.read(params, files.TRAINING_SUMMARY[stage])
     with logs.quiet():  # TRL's imports and trainers print progress bars and warnings; the stage log keeps them
         if stage == "sft":
             from delib.training.sft import train  # late: only the stage that runs is loaded

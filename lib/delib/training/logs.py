@@ -8,20 +8,18 @@ says how far it got, so that a long run can be watched and an interrupted one sa
 from __future__ import annotations
 
 import contextlib
-import json
 import statistics
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import pandas as pd
 
 from delib.models.usage import Usage, add_usage
+from delib.run import files
 from delib.run.figures import plt, save
 from delib.run.io import write_json_atomic
-
-LOG_FILE, SUMMARY_FILE, PROGRESS_FILE = "log.jsonl", "training.json", "progress.json"
 
 
 def step_clock(progress: Optional[Path] = None):
@@ -85,19 +83,19 @@ def summarize(stage: str, log: pd.DataFrame, seconds: list[float], wall_s: float
     return summary
 
 
-def write(out: Path, log: pd.DataFrame, summary: dict, role_name: str) -> None:
-    """log.jsonl, training.json, and the speed in usage.json under `role_name` (requests: optimizer steps,
-    prompt_tokens: tokens processed, wall_s: training seconds), which the runner adds to the manifest."""
-    log.to_json(out / LOG_FILE, orient="records", lines=True)
-    write_json_atomic(out / SUMMARY_FILE, summary)
-    add_usage(out, role_name, Usage(requests=summary["steps"], prompt_tokens=summary["tokens"] or 0,
-                                    wall_s=summary["train_seconds"]))
+def write(where: files.Where, which: Literal["sft", "rl"], log: pd.DataFrame, summary: dict) -> None:
+    """The stage's log.jsonl and training.json, and its speed in usage.json under "<which>_trainer" (requests:
+    optimizer steps, prompt_tokens: tokens processed, wall_s: training seconds), which the runner adds to the
+    manifest. `where`: the run's params or folder."""
+    files.write(where, files.TRAINING_LOG[which], log)
+    path = files.write(where, files.TRAINING_SUMMARY[which], summary)
+    add_usage(path.parent, f"{which}_trainer", Usage(requests=summary["steps"], prompt_tokens=summary["tokens"] or 0,
+                                                     wall_s=summary["train_seconds"]))
 
 
-def read(out: Path) -> tuple[pd.DataFrame, dict]:
+def read(where: files.Where, which: Literal["sft", "rl"]) -> tuple[pd.DataFrame, dict]:
     """What a finished training stage wrote: its per-step log and its summary."""
-    log = pd.read_json(out / LOG_FILE, lines=True) if (out / LOG_FILE).stat().st_size else pd.DataFrame()
-    return log, json.loads((out / SUMMARY_FILE).read_text())
+    return files.read(where, files.TRAINING_LOG[which]), files.read(where, files.TRAINING_SUMMARY[which])
 
 
 def plot_curves(log: pd.DataFrame, panels: dict[str, list[str]], path: Path, title: str = "") -> Path:

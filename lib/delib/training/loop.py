@@ -46,5 +46,5 @@ def save(params: "RunParams", section: Literal["sft", "rl"], trainer, tokenizer,
                              state_dict=None if lora else trainer.model.state_dict())
     summary = logs.summarize(stage, log, clock.seconds, time.perf_counter() - t0, {
         **facts, "lora": lora, "checkpoint": str(checkpoint), "served": served["route"], "torch": torch.__version__})
-    logs.write(stage_dir(params, stage), log, summary, f"{section}_trainer")
+    logs.write(params, section, log, summary)
     return summary

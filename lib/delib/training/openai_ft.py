@@ -19,15 +19,13 @@ from typing import Any, Callable, Optional
 
 import typing_extensions
 
-from delib.run.io import env_value
-from delib.run import stages
+from delib.run import files
 from delib.run.config import ModelRole
-from delib.run.io import write_json_atomic
+from delib.run.io import env_value
 from delib.run.paths import project_root
-from delib.training.serving import SERVED_FILE
+from delib.training.serving import section_of
 
 NEW_JOBS_END = dt.date(2027, 1, 6)  # OpenAI accepts no new fine-tuning jobs from this day
-JOB_FILE = "openai_job.json"
 # Models the fine-tuning guide lists per method (2025); a model not listed is warned about, not refused.
 SUPERVISED_MODELS = ("gpt-4.1-2025-04-14", "gpt-4.1-mini-2025-04-14", "gpt-4.1-nano-2025-04-14",
                      "gpt-4o-2024-08-06", "gpt-4o-mini-2024-07-18")
@@ -209,11 +207,12 @@ def submit(payload: dict, training_path: Path, client, poll_s: float = 30.0, tim
     return job.model_dump()
 
 
-def run_job(params, stage: str, training_path: Path, payload: dict, out: Path, client=None,
-            poll_s: float = 30.0) -> dict:
-    """Build, validate and (with backend openai, a key and a valid payload) submit one job; record the outcome in
-    `<out>/openai_job.json` and, when a model came out of it, make it servable (served.json)."""
-    section = getattr(params, stages.STAGE_SECTION[stage])
+def run_job(params, stage: str, training_path: Path, payload: dict, client=None, poll_s: float = 30.0) -> dict:
+    """Build, validate and (with backend openai, a key and a valid payload) submit one job of `stage` ("04_sft" or
+    "05_rl"); record the outcome in its openai_job.json and, when a model came out of it, make it servable
+    (its served.json)."""
+    which = section_of(stage)
+    section = getattr(params, which)
     method = payload["method"]["type"]
     n, problems = validate_training_file(training_path, method)
     problems = validate_job(payload) + problems
@@ -240,8 +239,8 @@ def run_job(params, stage: str, training_path: Path, payload: dict, out: Path, c
         if record["fine_tuned_model"]:
             role = ModelRole(backend="openai", model=record["fine_tuned_model"], api_key_env=params.models.policy.api_key_env,
                              sampling=params.models.policy.sampling)
-            write_json_atomic(out / SERVED_FILE, {"stage": stage, "route": "openai", "checkpoint": None,
-                                                  "lora": False, "role": role.model_dump(mode="json"),
-                                                  "base_gguf": None})
-    write_json_atomic(out / JOB_FILE, record)
+            files.write(params, files.SERVED[which], {"stage": stage, "route": "openai", "checkpoint": None,
+                                                      "lora": False, "role": role.model_dump(mode="json"),
+                                                      "base_gguf": None})
+    files.write(params, files.OPENAI_JOB[which], record)
     return record

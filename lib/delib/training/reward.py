@@ -28,6 +28,7 @@ from delib.models import ChatRequest
 
 if TYPE_CHECKING:
     from delib.models import ModelClient
+    from delib.run.config import RunParams
 
 JUDGE_PARTS = {"judge": "overall", "judge_action": "action_correct", "judge_style": "style"}  # weight -> criterion
 RULE_PARTS = {"rule_action": "graders.type_response", "rule_style": "graders.style_score"}  # shared with stage 06
@@ -97,6 +98,15 @@ class AnswerReward:
         self.calls = 0
         self.last_messages: list[list[dict]] = []  # what the judge was shown in the latest call
         self._lock = threading.Lock()
+
+    @classmethod
+    def for_run(cls, params: "RunParams", judge: "ModelClient", spec_for_category: dict[str, dict],
+                log_path: Optional[Path] = None) -> "AnswerReward":
+        """The reward as the recipe sets it: `rl.reward_weights`, `judge.show_expected_action`, the judge template."""
+        from delib.run.templates import load_template
+
+        return cls(judge, spec_for_category, params.rl.reward_weights, params.judge.show_expected_action, log_path,
+                   template=load_template("judge", params))
 
     def score(self, prompts: Sequence[str], answers: Sequence[str], categories: Sequence[str],
               expected_actions: Sequence[str]) -> list[dict]:

@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING
 
 from delib.models import ModelClient
 from delib.policy.overview import read_outputs
-from delib.run import stages
+from delib.run import files, stages
 from delib.run.paths import require, stage_dir
-from delib.run.templates import load_template
 from delib.training import logs, loop, recipe, weights
 from delib.training.errors import TrainingError
 from delib.training.reward import AnswerReward
@@ -24,15 +23,12 @@ if TYPE_CHECKING:
     from delib.run.config import RunParams
 
 STAGE = stages.RL
-REWARDS_FILE = "rewards.jsonl"  # every graded completion: its visible answer, reward parts, and (for people) the CoT
 
 
 def read_rl_set(params: "RunParams") -> list[dict]:
     """Stage 03's RL set (training prompts with category and expected action), capped at `rl.max_prompts`."""
-    import json
-
-    path = require(params, stages.JUDGE, "rl.jsonl")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    path = files.RL_SET.path(params)
+    rows = files.read(params, files.RL_SET)
     if params.rl.max_prompts:
         rows = rows[: params.rl.max_prompts]
     if not rows:
@@ -81,12 +77,11 @@ def train(params: "RunParams") -> dict:
     with logs.quiet():
         model, tokenizer, peft_config, lora = start_model(params)
     tokenizer.padding_side = "left"  # generation pads on the left
-    (out / REWARDS_FILE).unlink(missing_ok=True)
-    clock = logs.step_clock(out / logs.PROGRESS_FILE)
+    rewards_log = files.REWARDS.path(params)  # every graded completion, appended as GRPO asks for rewards
+    rewards_log.unlink(missing_ok=True)
+    clock = logs.step_clock(files.TRAINING_PROGRESS["rl"].path(params))
     with ModelClient.for_run(params, params.models.judge, "judge", STAGE, progress=False) as judge:
-        reward = AnswerReward(judge, rendered, r.reward_weights, params.judge.show_expected_action,
-                              out / REWARDS_FILE if recipe.is_main_process() else None,
-                              template=load_template("judge", params))
+        reward = AnswerReward.for_run(params, judge, rendered, rewards_log if recipe.is_main_process() else None)
         with logs.quiet():
             trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=recipe.grpo_config(params, out / "trainer"),
                                   train_dataset=rl_dataset(rows), processing_class=tokenizer,
@@ -101,8 +96,5 @@ def train(params: "RunParams") -> dict:
 
 
 def read_rewards(params: "RunParams"):
-    """Every graded completion of the run (pandas), with its step, answer and reward parts."""
-    import pandas as pd
-
-    path = stage_dir(params, STAGE, create=False) / REWARDS_FILE
-    return pd.read_json(path, lines=True, dtype={"prompt_id": str}) if path.is_file() else pd.DataFrame()
+    """Every graded completion of the run (pandas), with its step, answer and reward parts; empty before GRPO ran."""
+    return files.read(params, files.REWARDS, missing_ok=True)

@@ -3,16 +3,15 @@ adapter, or a merged folder behind `transformers serve`; a few held-out prompts 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from delib.generation.cot import parse_completion
 from delib.models import ChatRequest, ModelClient
-from delib.run import stages
+from delib.run import files, stages
 from delib.run.config import ModelRole, RunParams
-from delib.run.io import clip, write_json_atomic
-from delib.run.paths import project_root, require, stage_dir
+from delib.run.io import clip
+from delib.run.paths import shown, stage_dir
 from delib.training.export import ExportError, export_lora_gguf, export_model_gguf
 from delib.training.weights import served_base_gguf
 
@@ -20,16 +19,12 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-SERVED_FILE = "served.json"  # what 04_sft and 05_rl write: how to query the model they trained
+SERVED_FILE = files.SERVED["sft"].name  # what 04_sft and 05_rl write: how to query the model they trained
 
 
-def _relative(path: Path) -> str:
-    """A path as params write it: relative to the project root when under it."""
-    path = Path(path).resolve()
-    try:
-        return str(path.relative_to(project_root()))
-    except ValueError:
-        return str(path)
+def section_of(stage: str) -> str:
+    """The params section that trains a training stage: "sft" for "04_sft", "rl" for "05_rl"."""
+    return next(which for which, s in stages.TRAINING.items() if s == stage)
 
 
 def publish(params: RunParams, stage: str, checkpoint: Path, lora: bool, state_dict: Optional[dict] = None) -> dict:
@@ -44,24 +39,24 @@ def publish(params: RunParams, stage: str, checkpoint: Path, lora: bool, state_d
     policy = params.models.policy
     if base_gguf is not None and lora:
         gguf_path = export_lora_gguf(checkpoint, out / "adapter.gguf", base_gguf)
-        role, route = policy.model_copy(update={"adapter": _relative(gguf_path)}), "gguf_lora"
+        role, route = policy.model_copy(update={"adapter": shown(gguf_path)}), "gguf_lora"
     elif base_gguf is not None:
         if state_dict is None:
             raise ExportError("a full fine-tune needs its state dict to be exported to GGUF")
         gguf_path = export_model_gguf(state_dict, out / "model.gguf", base_gguf)
-        role, route = policy.model_copy(update={"model": _relative(gguf_path), "adapter": None}), "gguf_model"
+        role, route = policy.model_copy(update={"model": shown(gguf_path), "adapter": None}), "gguf_model"
     else:
         role, route = None, "transformers_serve"
-    record = {"stage": stage, "route": route, "checkpoint": _relative(checkpoint), "lora": lora,
+    record = {"stage": stage, "route": route, "checkpoint": shown(checkpoint), "lora": lora,
               "role": role.model_dump(mode="json") if role else None,
               "base_gguf": str(base_gguf) if base_gguf else None}
-    write_json_atomic(out / SERVED_FILE, record)
+    files.write(params, files.SERVED[section_of(stage)], record)
     return record
 
 
 def served_record(params: RunParams, which: str) -> dict:
     """What stage 04 ("sft") or 05 ("rl") recorded in served.json: route, checkpoint, role."""
-    return json.loads(require(params, stages.TRAINING[which], SERVED_FILE).read_text())
+    return files.read(params, files.SERVED[which])
 
 
 def served_role(params: RunParams, which: str) -> Optional[ModelRole]:
@@ -102,6 +97,11 @@ def merged_folder(checkpoint: Path, base_model: str, out: Path) -> Path:
     merged.save_pretrained(out)
     AutoTokenizer.from_pretrained(checkpoint).save_pretrained(out)
     return out
+
+
+def held_out_prompts(prompts: "pd.DataFrame", n: int = 2) -> "pd.DataFrame":
+    """A few held-out prompts (split "eval") for a first look at a trained model: one per expected action, at most `n`."""
+    return prompts[prompts["split"] == "eval"].groupby("expected_action").head(1).head(n)
 
 
 def ask(params: RunParams, roles: dict[str, ModelRole], prompts, stage: str, spec_ids=()) -> "pd.DataFrame":

@@ -3,14 +3,11 @@ model must recall the spec itself. TRL's SFTTrainer, LoRA by default, loss on th
 """
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from delib.run import stages
-from delib.run.paths import require, stage_dir
+from delib.run import files, stages
+from delib.run.paths import stage_dir
 from delib.training import logs, loop, recipe, weights
 from delib.training.errors import EmptyDatasetError, TrainingError
 
@@ -24,18 +21,17 @@ STAGE = stages.SFT
 
 def funnel_text(params: "RunParams") -> str:
     """Stage 03's funnel as a few lines of text (for the empty-dataset error)."""
-    path = stage_dir(params, stages.JUDGE, create=False) / "funnel.csv"
-    if not path.is_file():
-        return "  (no funnel.csv in 03_judge)"
-    funnel = pd.read_csv(path)
+    funnel = files.read(params, files.FUNNEL, missing_ok=True)
+    if funnel.empty:
+        return f"  (no {files.FUNNEL.name} in {files.FUNNEL.stage})"
     return "\n".join(f"  {r.step:<28} {r.samples:>5} samples  {r.prompts:>4} prompts" for r in funnel.itertuples())
 
 
 def read_sft_set(params: "RunParams") -> list[dict]:
     """Stage 03's SFT set (prompt without the spec, assistant turn with <think> CoT and answer), capped at
     `sft.max_prompts`; an empty set stops here with the funnel that emptied it."""
-    path = require(params, stages.JUDGE, "sft.jsonl")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    path = files.SFT_SET.path(params)
+    rows = files.read(params, files.SFT_SET)
     if params.sft.max_prompts:
         rows = rows[: params.sft.max_prompts]
     if not rows:
@@ -74,7 +70,7 @@ def train(params: "RunParams") -> dict:
         if not s.trl_args.get("chat_template_path"):
             weights.check_chat_template(tokenizer, base)
         model = AutoModelForCausalLM.from_pretrained(base, dtype=recipe.torch_dtype(s))
-        clock = logs.step_clock(out / logs.PROGRESS_FILE)
+        clock = logs.step_clock(files.TRAINING_PROGRESS["sft"].path(params))
         trainer = SFTTrainer(model=model, args=recipe.sft_config(params, out / "trainer"),
                              train_dataset=sft_dataset(rows), processing_class=tokenizer,
                              peft_config=recipe.lora_config(s) if s.lora else None, callbacks=[clock])
