@@ -1,5 +1,5 @@
-"""Stages 06 and 07 end to end: the real notebooks through the runner (and the stages' `run` without a kernel), the
-policy served by a deterministic OpenAI-compatible server on loopback (tests/fault_server.py), the trained stages
+"""Stages 06 and 07 end to end through the runner, as Python (tests/test_engines.py checks that the notebooks write
+the same files), the policy served by a deterministic OpenAI-compatible server on loopback (tests/fault_server.py), the trained stages
 absent."""
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ from delib.run.runner import run  # noqa: E402
 
 
 @pytest.mark.pipeline
-@pytest.mark.parametrize("engine", ["notebook", "python"])
-def test_evaluate_and_report_with_an_extra_model(tmp_path, root, monkeypatch, engine):
+def test_evaluate_and_report_with_an_extra_model(tmp_path, root, monkeypatch):
     monkeypatch.setenv("DELIB_ROOT", str(root))
     monkeypatch.chdir(root)
     with FaultServer(FaultConfig()) as server:
@@ -31,7 +30,7 @@ def test_evaluate_and_report_with_an_extra_model(tmp_path, root, monkeypatch, en
                                         "base_url": server.base_url}}}
         params_file = tmp_path / "p.yaml"
         params_file.write_text(yaml.safe_dump(recipe))
-        rdir = run(params_file, stages="01,06-07", log=lambda s: None, engine=engine)
+        rdir = run(params_file, stages="01,06-07", log=lambda s: None, engine="python")
 
     doc = json.loads((rdir / "metrics.json").read_text())
     assert set(doc["metrics"]) == {"base", "echo"}  # the two served variants, nothing for the untrained ones

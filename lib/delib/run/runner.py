@@ -26,6 +26,7 @@ from delib.run.config import ParamsError, RunParams, key_line, load_params
 from delib.run.io import hash_tree, sha256_file, write_json_atomic
 from delib.run.manifest import Manifest, now
 from delib.run.paths import examples_path, project_root, resolve, run_dir
+from delib.run import registry
 from delib.run.preflight import preflight
 from delib.run.stages import ANALYSIS, EVALUATE, STAGES, USAGE_FILE
 from delib.run.templates import FIELDS as TEMPLATE_FIELDS, TemplateError, load_template, template_path
@@ -42,8 +43,6 @@ def parse_stages(text: Optional[str]) -> list[str]:
     """'02-03', '02,05', 'generate', '01_policy-03' or None (all) to stage names, in pipeline order."""
     if not text:
         return list(STAGES)
-
-    from delib.run import registry
 
     def one(token: str) -> int:
         try:
@@ -123,7 +122,6 @@ def stage_code(stage: str, notebook: Path) -> str:
     and its module's source."""
     import importlib.util
 
-    from delib.run import registry
     found = importlib.util.find_spec(f"{registry.PACKAGE}.{registry.get(stage).module}")
     module_source = Path(found.origin).read_text(encoding="utf-8")  # read, not imported: training imports torch
     return notebook_code(notebook) + "\n" + module_source if notebook.is_file() else module_source
@@ -132,7 +130,6 @@ def stage_code(stage: str, notebook: Path) -> str:
 def fingerprint(stage: str, params: RunParams, notebook: Path, rdir: Path) -> str:
     """What a stage's result depends on: its code, the params it reads (every section but those other stages
     own and it does not read), and every file upstream of it."""
-    from delib.run import registry
     h = hashlib.sha256()
     h.update(stage_code(stage, notebook).encode())
     relevant = params.model_dump(mode="json")
@@ -285,7 +282,6 @@ def run(params_file: str | Path, stages: Optional[str] = None, resume: bool = Fa
                     papermill.execute_notebook(str(notebook), str(executed), parameters=parameters,
                                                kernel_name="python3", cwd=str(root), progress_bar=False)
             else:
-                from delib.run import registry
                 registry.module(stage).run(params)
         except KeyboardInterrupt:
             manifest.stage(stage, status="interrupted", end=now(), duration_s=round(time.perf_counter() - t0, 2))
