@@ -62,8 +62,14 @@ def test_the_smoke_recipe_runs_end_to_end_on_a_spec_of_another_shape_kept_outsid
     result = subprocess.run([sys.executable, "-m", "delib", "run", str(recipe), "--engine", "python"],
                             cwd=elsewhere, env=env, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert not list(elsewhere.iterdir()), "nothing is written where the user happens to stand"
     run = mine / "outputs" / "campus_smoke"
+    # stage 01 again as its notebook under papermill, from the same folder (a print of the spec's path relative to
+    # the project once crashed this notebook on a spec kept elsewhere)
+    again = subprocess.run([sys.executable, "-m", "delib", "run", str(recipe), "--stages", "01", "--force"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert (run / "01_policy.ipynb").is_file() and str(mine / "spec" / "spec.md") in (run / "01_policy.ipynb").read_text()
+    assert not list(elsewhere.iterdir()), "nothing is written where the user happens to stand"
     manifest = json.loads((run / "manifest.json").read_text())
     assert [s["status"] for s in manifest["stages"].values()] == ["ok"] * 7
 

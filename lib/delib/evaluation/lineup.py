@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import pandas as pd
 
 from delib.policy.spec import Spec, spec_for_category
-from delib.run import stages
+from delib.run import files, stages
 from delib.run.config import ModelRole, RunParams
 from delib.run.paths import stage_dir
 from delib.run.templates import fill, load_template
@@ -120,10 +120,10 @@ def _stage_state(params: RunParams, stage: str) -> str:
     number = stage.split("_")[0]
     if not folder.is_dir():
         return f"not available: stage {number} has not run"
-    status = folder / "status.json"
-    if status.is_file():
+    status = files.STATUS[serving.section_of(stage)]
+    if status.path(params).is_file():
         try:
-            if json.loads(status.read_text()).get("implemented") is False:
+            if files.read(params, status).get("implemented") is False:
                 return f"not available: stage {number} has not produced a model (its notebook is still a frame)"
         except json.JSONDecodeError:
             pass
@@ -134,11 +134,11 @@ def trained_variant(params: RunParams, name: str, label: str) -> Variant:
     """The SFT or SFT+RL model as its stage published it (`serving.publish` wrote `served.json`); not available,
     with the reason, when the stage has produced no model."""
     stage = TRAINED_STAGE[name]
-    path = stage_dir(params, stage, create=False) / SERVED_FILE
-    source = f"{stage}/{SERVED_FILE}"
-    if not path.is_file():
+    served = files.SERVED[serving.section_of(stage)]
+    source = f"{stage}/{served.name}"
+    if not served.path(params).is_file():
         return Variant(name, label, None, source, available=False, reason=_stage_state(params, stage))
-    record = json.loads(path.read_text(encoding="utf-8"))
+    record = files.read(params, served)
     role = serving.served_role(params, {"sft": "sft", "sft_rl": "rl"}[name])
     if role is not None:
         return Variant(name, label, role, source)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Union
 import pandas as pd
 
 from delib.run import stages as st
-from delib.run.io import _write_atomic, write_json_atomic, write_jsonl
+from delib.run.io import write_json_atomic, write_jsonl, write_text_atomic
 
 if TYPE_CHECKING:
     from delib.run.config import RunParams
@@ -171,11 +171,11 @@ def write(where: Where, f: RunFile, data: Any) -> Path:
     if f.form == "rows":
         return write_jsonl(path, data)
     if f.form == "other" and isinstance(data, str):
-        return _write_atomic(path, data)  # a page (report.html)
+        return write_text_atomic(path, data)  # a page (report.html)
     if path.suffix == ".csv":
-        return _write_atomic(path, data.to_csv(index=False))
+        return write_text_atomic(path, data.to_csv(index=False))
     buffer = io.StringIO()
     if len(data):
         data.to_json(buffer, orient="records", lines=True, force_ascii=False)
     text = buffer.getvalue()
-    return _write_atomic(path, text if not text or text.endswith("\n") else text + "\n")
+    return write_text_atomic(path, text if not text or text.endswith("\n") else text + "\n")

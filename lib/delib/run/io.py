@@ -17,7 +17,7 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: the process's umask, as a plain open() would apply it
 
 
-def _write_atomic(path: str | Path, text: str) -> Path:
+def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write `text` through a temporary file, fsync and os.replace; the temporary file never outlives a failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,12 +37,12 @@ def _write_atomic(path: str | Path, text: str) -> Path:
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
     """JSON, indented, keys in the order given; values JSON lacks (paths, timestamps) written as strings."""
-    return _write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    return write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     """One JSON object per line (the form datasets, the fine-tuning APIs and pandas read), written atomically."""
-    return _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+    return write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
 
 
 def read_jsonl(path: str | Path, error: type[Exception] = ValueError) -> list[tuple[int, dict]]:

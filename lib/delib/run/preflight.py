@@ -18,6 +18,8 @@ from delib.run.paths import project_root
 from delib.run.providers import provider_for
 
 TIMEOUT_S = 10.0
+
+
 def roles_called(params: RunParams, stages: Sequence[str]) -> Iterator[tuple[str, ModelRole]]:
     """(params key, role) of every model role the stages call (the registry says which), each once."""
     from delib.run.registry import get

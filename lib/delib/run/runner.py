@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence
 import yaml
 
 from delib.run.config import ParamsError, RunParams, key_line, load_params
-from delib.run.io import hash_tree, sha256_file, write_json_atomic
+from delib.run.io import hash_tree, sha256_file, write_json_atomic, write_text_atomic
 from delib.run.manifest import Manifest, now
 from delib.run.paths import examples_path, project_root, resolve, run_dir
 from delib.run import registry
@@ -32,6 +32,7 @@ from delib.run.stages import ANALYSIS, EVALUATE, STAGES, USAGE_FILE
 from delib.run.templates import FIELDS as TEMPLATE_FIELDS, TemplateError, load_template, template_path
 
 DONE_MARKER = "_done.json"
+PARAMS_FILE = "params.yaml"  # the run's validated recipe, which the notebooks read
 ENGINES = ("notebook", "python")
 
 
@@ -256,7 +257,10 @@ def run(params_file: str | Path, stages: Optional[str] = None, resume: bool = Fa
 
     manifest = Manifest(rdir)
     manifest.begin(params, params_file.resolve(), root, list(command or sys.argv))
-    parameters = {"recipe": str(params_file.resolve()), "run_name": params.run_name}
+    # the notebooks read the validated recipe as it was when the run began, written into the run folder: an edit
+    # to the recipe file during a long run changes no later stage (the Python engine holds the params in memory)
+    frozen = write_text_atomic(rdir / PARAMS_FILE, yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+    parameters = {"recipe": str(frozen), "run_name": params.run_name}
     os.environ["DELIB_ROOT"] = str(root)  # the kernel resolves params paths against the same root
 
     for i, stage in enumerate(selected, 1):

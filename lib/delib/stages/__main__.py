@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from delib.run.config import ParamsError, recipe_params
@@ -16,8 +17,6 @@ from delib.stages import REGISTRY, get, module
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in REGISTRY and len(argv) == 1:  # called from a stage module: the rest is on sys.argv
-        argv += sys.argv[1:]
     p = argparse.ArgumentParser(prog="python -m delib.stages", description=__doc__.splitlines()[0])
     p.add_argument("stage", help=f"one of {', '.join(REGISTRY)} (or its number or short name)")
     p.add_argument("recipe", help="params YAML file, e.g. params/smoke.yaml")
@@ -25,10 +24,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     try:
         stage = get(args.stage)
-        params = recipe_params(args.recipe, args.run_name)
+        recipe = Path(args.recipe).expanduser().resolve()  # from where the command runs, as `delib run` reads it
+        params = recipe_params(recipe, args.run_name)
         from delib.run.runner import check_named_files
-        from delib.run.paths import resolve
-        check_named_files(params, resolve(args.recipe))
+        check_named_files(params, recipe)
     except (KeyError, ParamsError) as err:
         print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ Steps: `load` (spec and prompts), `render` (spec_for_category for every category
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -46,4 +47,4 @@ def run(params: RunParams) -> dict:
 
 if __name__ == "__main__":
     from delib.stages.__main__ import main
-    raise SystemExit(main([STAGE]))
+    raise SystemExit(main([STAGE, *sys.argv[1:]]))

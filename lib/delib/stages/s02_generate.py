@@ -5,6 +5,7 @@ Steps: `plan` (the prompts, worked examples and requests), `generate` (the calls
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import pandas as pd
@@ -28,6 +29,7 @@ class Plan:
     selected: pd.DataFrame          # the training prompts to generate for
     examples: list                  # the worked examples shown (k_shot of the prompt's category)
     requests: list[ChatRequest]     # samples_per_prompt per selected prompt
+    structured: bool                # the CoT under the spec's skeleton grammar (generate.structured)
 
     @property
     def hinted(self) -> int:
@@ -42,10 +44,11 @@ def plan(params: RunParams) -> Plan:
     spec, prompts, rendered = read_outputs(params)
     selected = gen.select_prompts(prompts, "train", g.max_prompts)
     examples = gen.load_examples(examples_path(params), spec) if examples_path(params) and g.k_shot else []
+    structured = gen.structured_for(params)
     requests = gen.generation_requests(selected, rendered, spec, examples, g.k_shot, g.samples_per_prompt,
-                                       g.prestart_think, g.cot_max_tokens, gen.structured_for(params),
+                                       g.prestart_think, g.cot_max_tokens, structured,
                                        templates.load_template("generator", params), g.level_hint)
-    return Plan(spec, prompts, selected, examples, requests)
+    return Plan(spec, prompts, selected, examples, requests, structured)
 
 
 def generate(params: RunParams, plan: Plan) -> pd.DataFrame:
@@ -71,4 +74,4 @@ def run(params: RunParams) -> dict:
 
 if __name__ == "__main__":
     from delib.stages.__main__ import main
-    raise SystemExit(main([STAGE]))
+    raise SystemExit(main([STAGE, *sys.argv[1:]]))

@@ -7,6 +7,7 @@ scores.png), `second_judge` (optional; judgements_second.jsonl), `filter` (funne
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -134,4 +135,4 @@ def run(params: RunParams) -> dict:
 
 if __name__ == "__main__":
     from delib.stages.__main__ import main
-    raise SystemExit(main([STAGE]))
+    raise SystemExit(main([STAGE, *sys.argv[1:]]))

@@ -7,6 +7,7 @@ SFT and RL models), `openai_job` (rft_train.jsonl and the reinforcement job, bui
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -125,4 +126,4 @@ def run(params: RunParams) -> dict:
 
 if __name__ == "__main__":
     from delib.stages.__main__ import main
-    raise SystemExit(main([STAGE]))
+    raise SystemExit(main([STAGE, *sys.argv[1:]]))

@@ -6,6 +6,7 @@ Steps: `load` (what the earlier stages wrote, and the runs compared), `figures` 
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -146,4 +147,4 @@ def run(params: RunParams) -> dict:
 
 if __name__ == "__main__":
     from delib.stages.__main__ import main
-    raise SystemExit(main([STAGE]))
+    raise SystemExit(main([STAGE, *sys.argv[1:]]))
