@@ -20,7 +20,7 @@ import pandas as pd
 from delib.evaluation import validity
 from delib.evaluation.validity import binary_scores
 from delib.judging import graders
-from delib.policy.spec import load_spec
+from delib.spec.document import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 # The default spec's own style checks (category -> action -> {proposition: [wanted, weight]}), as a run grades with.

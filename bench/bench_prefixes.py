@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "lib"))
 from delib.generation import generate  # noqa: E402
 from delib.models import ChatRequest, ModelClient  # noqa: E402
 from delib.models.servers import llama_server_binary  # noqa: E402
-from delib.policy.overview import load_inputs  # noqa: E402
+from delib.spec.overview import load_inputs  # noqa: E402
 from delib.run.config import CacheParams, ModelRole, Sampling, load_params  # noqa: E402
 from delib.evaluation.lineup import spec_system_prompt  # noqa: E402
 

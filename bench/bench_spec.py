@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
-from delib.policy.spec import SpecError, parse_spec  # noqa: E402
+from delib.spec.document import SpecError, parse_spec  # noqa: E402
 
 FILLER = ("The assistant should weigh the request against the policy, cite the section it relies on, and prefer "
           "a safe completion to a bare refusal when part of the request can be served. ")

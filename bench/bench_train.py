@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "lib"))
 from delib.models import ChatRequest, ModelClient, embedded_model_path, transformers_server  # noqa: E402
 from delib.models.client import ModelClient as _Client  # noqa: E402
 from delib.run.config import CacheParams, ModelRole, Sampling  # noqa: E402
-from delib.training import export, serving
+from delib.training import export, published
 from delib.training.weights import convert_gguf  # noqa: E402
 
 
@@ -90,7 +90,7 @@ def main() -> None:
     llama_role = ModelRole(adapter=str(adapter), sampling=sampling)
     for conc in (1, args.concurrency):
         report[f"llama_cpp_c{conc}"] = timed(llama_role, prompts, conc, tmp)
-    merged = serving.merged_folder(checkpoint, str(base), tmp / "merged")
+    merged = published.merged_folder(checkpoint, str(base), tmp / "merged")
     t0 = time.perf_counter()
     with transformers_server.TransformersServer(merged, log_dir=tmp) as server:
         report["transformers_serve_start_s"] = round(time.perf_counter() - t0, 2)

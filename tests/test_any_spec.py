@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from delib.policy.spec import load_spec
+from delib.spec.document import load_spec
 from delib.run import files
 from delib.run.config import validate_params
 from delib.training import weights

@@ -10,7 +10,7 @@ import pytest
 
 from delib.evaluation import answering, benchmarks, grading, lineup, metrics
 from delib.models import scripted_transport
-from delib.policy.overview import load_inputs
+from delib.spec.overview import load_inputs
 from delib.run.config import validate_params
 
 
@@ -184,7 +184,7 @@ def test_failed_requests_are_kept_and_left_out(run, tmp_path):
 
 
 def test_xstest_selection(shared_data):
-    from delib.policy.prompts import load_xstest
+    from delib.spec.prompts import load_xstest
 
     xs = load_xstest(shared_data / "xstest" / "xstest_prompts.csv")
     sel = lineup.select_by_type(xs, "xstest_type", 50)

@@ -31,10 +31,10 @@ def test_stage_01_labels_what_a_prompt_set_leaves_out_and_measures_the_labeller_
     but no action or level chooses among its own category's levels only; fully labelled prompts are asked too,
     which is what the agreement counts; a reply outside the spec's choices fails and leaves its gaps."""
     from delib.models import ModelClient, scripted_transport
-    from delib.policy.labelling import choices, label_prompts
-    from delib.policy.overview import labelling_summary
-    from delib.policy.prompts import PromptSetError, load_prompt_sets
-    from delib.policy.spec import load_spec
+    from delib.spec.prompt_labels import choices, label_prompts
+    from delib.spec.overview import labelling_summary
+    from delib.spec.prompts import PromptSetError, load_prompt_sets
+    from delib.spec.document import load_spec
     from delib.run.config import CacheParams, ModelRole, PromptSetParams
 
     spec = load_spec(root / "specs" / "tiny" / "spec.md")
@@ -86,7 +86,7 @@ def test_a_labels_confidence_is_the_probability_of_the_tokens_that_spell_it():
     import math
     from types import SimpleNamespace
     from delib.models.calls import TokenLogprob
-    from delib.policy.labelling import label_confidence
+    from delib.spec.prompt_labels import label_confidence
     tokens = [("{\"", -0.1), ("label", -0.1), ("\": \"", -0.1), ("pets", -0.2), ("/A", -0.3), ("\"}", -0.1)]
     result = SimpleNamespace(parsed=SimpleNamespace(label="pets/A"), logprobs=[TokenLogprob(t, lp) for t, lp in tokens])
     assert label_confidence(result) == round(math.exp(-0.5), 4)  # "pets" and "/A" only

@@ -10,8 +10,8 @@ import pytest
 from delib import stages as registry
 from delib.run.stages import STAGES
 
-ORDER = ["run", "models", "policy", "generation", "judging", "training", "evaluation", "stages", "cli", "__main__"]
-STAGE_PACKAGE = {"01_policy": "policy", "02_generate": "generation", "03_judge": "judging", "04_sft": "training",
+ORDER = ["run", "models", "spec", "generation", "judging", "training", "evaluation", "stages", "cli", "__main__"]
+STAGE_PACKAGE = {"01_policy": "spec", "02_generate": "generation", "03_judge": "judging", "04_sft": "training",
                  "05_rl": "training", "06_evaluate": "evaluation", "07_analysis": "evaluation"}
 
 

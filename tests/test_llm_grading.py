@@ -10,7 +10,7 @@ import pytest
 from delib.evaluation import answering, lineup, llm_grading, metrics, validity
 from delib.evaluation.report import held_out_grader
 from delib.models import scripted_transport
-from delib.policy.overview import load_inputs, render_all
+from delib.spec.overview import load_inputs, render_all
 from delib.run.config import validate_params
 
 COT = "<think>\nThe user asks. [self-harm-s3] applies.\nAction: refuse\n</think>\n"

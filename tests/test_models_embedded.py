@@ -47,7 +47,7 @@ def server_processes(parent_pid: int) -> list[int]:
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(b"_serve.py" in c or b"llama_cpp.server" in c for c in cmd) and str(parent_pid).encode() in cmd:
+        if any(b"server_launcher.py" in c or b"llama_cpp.server" in c for c in cmd) and str(parent_pid).encode() in cmd:
             if alive(int(proc.name)):
                 found.append(int(proc.name))
     return found

@@ -19,7 +19,7 @@ from delib.generation.skeleton import choices, parse_skeleton
 from delib.models import ChatRequest, ModelClient, scripted_transport
 from delib.models.cache import CallCache
 from delib.models.prefill import PROBE_PREFILL
-from delib.policy.spec import load_spec
+from delib.spec.document import load_spec
 from delib.run import providers
 from delib.run.config import CacheParams, ModelRole, validate_params
 from delib.run.manifest import model_ids

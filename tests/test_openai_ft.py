@@ -11,7 +11,7 @@ import pytest
 from delib.run import files
 from delib.run.config import validate_params
 from delib.run.io import write_jsonl
-from delib.training import openai_ft, serving
+from delib.training import openai_ft, published
 
 
 def sft_lines(n: int) -> list[dict]:
@@ -136,7 +136,7 @@ def test_submit_poll_and_record_the_fine_tuned_model(tmp_path, monkeypatch):
     record = openai_ft.run_job(params, "04_sft", path, payload, client=client, poll_s=0)
     assert record["submitted"] and record["fine_tuned_model"] == "ft:gpt-4.1-nano-2025-04-14:org::abc"
     assert [m for m, _ in fake.requests] == ["POST", "POST", "GET", "GET", "GET"]
-    role = serving.served_role(params, "sft")  # the evaluation stage queries it like any openai model
+    role = published.served_role(params, "sft")  # the evaluation stage queries it like any openai model
     assert role.backend == "openai" and role.model == record["fine_tuned_model"]
 
 

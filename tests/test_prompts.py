@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from delib.policy.prompts import PromptSetError, load_prompt_set, load_xstest, near_duplicates
-from delib.policy.spec import load_spec
+from delib.spec.prompts import PromptSetError, load_prompt_set, load_xstest, near_duplicates
+from delib.spec.document import load_spec
 
 
 def test_csv_with_column_mapping(tmp_path):
@@ -141,7 +141,7 @@ def test_a_missing_expected_action_is_the_levels_and_the_specs_own_action_words_
 
 
 def test_rows_without_a_split_get_a_seeded_split_stratified_by_category_and_action(tmp_path):
-    from delib.policy.prompts import load_prompt_sets
+    from delib.spec.prompts import load_prompt_sets
     from delib.run.config import PromptSetParams
     rows = [(f"{c}{a}{i}", c, a) for c in "xy" for a in ("comply", "refuse") for i in range(6)]
     f, g = tmp_path / "p.csv", tmp_path / "reversed.csv"
@@ -160,7 +160,7 @@ def test_rows_without_a_split_get_a_seeded_split_stratified_by_category_and_acti
 
 @pytest.mark.parametrize("sizes", [(3, 2), (1, 2, 2), (2, 2, 2, 5)])
 def test_a_seeded_split_puts_every_group_of_two_or_more_in_both_splits(tmp_path, sizes):
-    from delib.policy.prompts import load_prompt_sets
+    from delib.spec.prompts import load_prompt_sets
     from delib.run.config import PromptSetParams
     f = tmp_path / "p.csv"
     f.write_text("id,prompt,category,expected_action\n" + "".join(
@@ -173,14 +173,14 @@ def test_a_seeded_split_puts_every_group_of_two_or_more_in_both_splits(tmp_path,
 def test_a_split_in_the_file_is_kept(tmp_path):
     f = tmp_path / "p.csv"
     f.write_text("id,prompt,category,expected_action,split\n1,x,c,comply,train\n2,y,c,comply,\n")
-    from delib.policy.prompts import load_prompt_sets
+    from delib.spec.prompts import load_prompt_sets
     from delib.run.config import PromptSetParams
     df = load_prompt_sets([PromptSetParams(path=str(f))], seed=0, eval_share=1.0)
     assert df["split"].tolist() == ["train", "eval"] and df["split_source"].tolist() == ["file", "seeded"]
 
 
 def test_an_id_used_by_two_prompt_sets_is_named_with_both_places(tmp_path):
-    from delib.policy.prompts import load_prompt_sets
+    from delib.spec.prompts import load_prompt_sets
     from delib.run.config import PromptSetParams
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     a.write_text("id,prompt,category,expected_action,split\n1,x,c,comply,train\n2,y,c,comply,eval\n")

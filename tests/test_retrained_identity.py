@@ -28,7 +28,7 @@ def sft_row(i: int, answer: str) -> dict:
 
 def test_retraining_under_one_run_name_replays_no_answer_of_the_first_model(tmp_path):
     from delib import training
-    from delib.training import serving, weights
+    from delib.training import published, weights
 
     params = validate_params({"run_name": "same_name", "outputs_dir": str(tmp_path / "outputs"),
                               "cache": {"path": str(tmp_path / "cache" / "model_calls.sqlite")},
@@ -44,7 +44,7 @@ def test_retraining_under_one_run_name_replays_no_answer_of_the_first_model(tmp_
     def train_on(answer: str):
         sft_set.write_text("".join(json.dumps(sft_row(i, answer)) + "\n" for i in range(4)))
         training.run(params, "sft")
-        return serving.served_role(params, "sft")
+        return published.served_role(params, "sft")
 
     def ask(role, reply: str):
         transport = scripted_transport(lambda body: reply)

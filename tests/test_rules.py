@@ -8,7 +8,7 @@ import pytest
 
 from delib.evaluation import grading
 from delib.judging import graders
-from delib.policy.spec import load_spec
+from delib.spec.document import load_spec
 
 DEFAULT_SPEC = load_spec(Path(__file__).resolve().parents[1] / "specs" / "default" / "spec.md")
 

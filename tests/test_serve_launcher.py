@@ -1,4 +1,4 @@
-"""The launcher of llama.cpp's own server (models/_serve.py --exec) stops its child with exactly one SIGTERM when the
+"""The launcher of llama.cpp's own server (models/server_launcher.py --exec) stops its child with exactly one SIGTERM when the
 process group is signalled, without sitting out its grace period; a SIGTERM to the launcher alone is passed on.
 The child here is a small Python script standing in for llama-server: it records each SIGTERM and exits 0.3 s after
 the first."""
@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-import delib.models._serve as launcher
+import delib.models.server_launcher as launcher
 
 CHILD = """
 import signal, sys, time

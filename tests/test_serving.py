@@ -11,7 +11,7 @@ import pytest
 
 from delib.models import servers
 from delib.run.config import validate_params
-from delib.training import export, serving
+from delib.training import export, published
 
 gguf = pytest.importorskip("gguf")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
@@ -117,23 +117,23 @@ def test_published_adapter_is_a_policy_role(tmp_path, monkeypatch):
     base = fake_base(tmp_path / "base.gguf")
     folder, _ = fake_adapter(tmp_path / "adapter")
     params = validate_params({"run_name": "t", "outputs_dir": str(tmp_path / "outputs")})
-    monkeypatch.setattr("delib.training.serving.served_base_gguf", lambda p: base)
-    record = serving.publish(params, "04_sft", folder, lora=True)
+    monkeypatch.setattr("delib.training.published.served_base_gguf", lambda p: base)
+    record = published.publish(params, "04_sft", folder, lora=True)
     assert record["route"] == "gguf_lora"
-    role = serving.served_role(params, "sft")
+    role = published.served_role(params, "sft")
     assert role.backend == "embedded" and role.model == params.models.policy.model
     assert Path(role.adapter).name == "adapter.gguf" and Path(role.adapter).is_file()
     assert role.sampling == params.models.policy.sampling  # queried exactly like the base policy
-    roles = serving.served_roles(params)
+    roles = published.served_roles(params)
     assert set(roles) == {"base", "sft"}  # rl has not run
 
 
 def test_a_hub_model_is_served_by_transformers(tmp_path):
     params = validate_params({"run_name": "t", "outputs_dir": str(tmp_path / "outputs"),
                               "sft": {"base_model": "some-org/some-model"}})
-    record = serving.publish(params, "05_rl", tmp_path / "ckpt", lora=True)
+    record = published.publish(params, "05_rl", tmp_path / "ckpt", lora=True)
     assert record["route"] == "transformers_serve" and record["role"] is None
-    assert serving.served_role(params, "rl") is None
+    assert published.served_role(params, "rl") is None
 
 
 def test_transformers_server_command_and_role(tmp_path):
@@ -150,6 +150,6 @@ def test_show_answers_with_nothing_served_here():
     """A model only stage 06 can serve (trained from a hub model) leaves the stage 04/05 preview empty."""
     import pandas as pd
 
-    from delib.training import serving
+    from delib.training import published
 
-    assert "stage 06" in serving.show_answers(pd.DataFrame([]))
+    assert "stage 06" in published.show_answers(pd.DataFrame([]))

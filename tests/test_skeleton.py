@@ -9,7 +9,7 @@ from delib.generation.skeleton import ANSWER_GRAMMAR, ANSWER_STOPS, choices, par
 from delib.judging.filtering import GATES, apply_gates, filter_samples, gate_values
 from delib.models.calls import ChatRequest, ChatResult
 from delib.models.requests import plan_call
-from delib.policy.spec import load_spec
+from delib.spec.document import load_spec
 from delib.run import config
 from delib.run.config import ModelRole, validate_params
 

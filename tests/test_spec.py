@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from delib.policy.spec import SpecError, load_spec, parse_spec, slugify, spec_for_category
+from delib.spec.document import SpecError, load_spec, parse_spec, slugify, spec_for_category
 
 SPEC = textwrap.dedent("""\
     ---
@@ -132,7 +132,7 @@ def test_plain_markdown_without_mapping_parses():
 
 
 def test_round_trip(spec):
-    from delib.policy.spec import Spec
+    from delib.spec.document import Spec
     again = Spec.from_dict(spec.to_dict())
     assert spec_for_category(again, "violence") == spec_for_category(spec, "violence")
 
@@ -189,7 +189,7 @@ def test_a_specs_own_action_words_map_to_ours_and_show_beside_them():
 
 def test_a_categorys_style_checks_are_read_and_an_unknown_proposition_is_named_with_its_line(tmp_path):
     from delib.judging import graders
-    from delib.policy.spec import Spec
+    from delib.spec.document import Spec
     text = ("---\nactions: {help: comply, redirect: safe_complete}\ncategories:\n  c:\n    sections: [a]\n"
             "    checks:\n      redirect: {provides_resources: true,\n                 disclaimer: [false, 0.5]}\n"
             "    style: {redirect: [a]}\n"

@@ -22,7 +22,7 @@ def run_with_samples(tmp_path, root, monkeypatch):
     prompt's category with that level's action, sample 1 cites nothing (it fails the first gate)."""
     from delib.generation import generate
     from delib.generation.skeleton import choices
-    from delib.policy.overview import read_outputs
+    from delib.spec.overview import read_outputs
     from delib.stages import s01_policy
 
     monkeypatch.setenv("DELIB_ROOT", str(root))

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from delib.evaluation import sweeps
+from delib.evaluation import sweep_summary
 from delib.run.sweep import SweepError, load_sweep, run_sweep
 
 
@@ -93,7 +93,7 @@ def test_pairs_are_compared_on_the_same_prompts_only():
             "b": {"overrides": {"rl.from_sft": False, "seed": 0}, "answers": answers(0, 0.0, ids)},
             "c": {"overrides": {"rl.from_sft": False, "seed": 1}, "answers": answers(1, 0.0, ids[:20])},
             "d": {"overrides": {"rl.from_sft": True, "seed": 1}, "answers": answers(2, 0.9, ids)}}
-    pairs, skipped = sweeps.compare_pairs(runs, resamples=300)
+    pairs, skipped = sweep_summary.compare_pairs(runs, resamples=300)
     # one factor apart, same prompts; runs apart only in seed are summarised over seeds, not paired
     assert set(zip(pairs["run"], pairs["against"])) == {("a", "b")}
     assert skipped == ["c and d (differ in rl.from_sft) are not paired: their held-out prompt ids differ (20 and 30 "
@@ -110,7 +110,7 @@ def test_the_interval_over_seeds_counts_the_seeds_as_well_as_the_prompts():
     agree = {f"s{s}": {"overrides": {"seed": s}, "answers": answers(s, 0.5, ids)} for s in range(3)}
     spread = {f"t{s}": {"overrides": {"seed": s, "x": 1}, "answers": answers(s, p, ids)}
               for s, p in enumerate((0.1, 0.5, 0.9))}
-    table = sweeps.over_seeds({**agree, **spread}, resamples=500)
+    table = sweep_summary.over_seeds({**agree, **spread}, resamples=500)
     rows = table[(table["variant"] == "sft") & (table["key"] == "citation_accuracy")].set_index("group")
     calm, wild = rows.loc[json.dumps({})], rows.loc[json.dumps({"x": 1})]
     assert calm["seeds"] == 3 and len(calm["per_seed"]) == 3
@@ -128,7 +128,7 @@ def test_the_summary_writes_a_report_and_names_the_runs_it_could_not_read(tmp_pa
         pd.DataFrame({"variant": ["base"], "key": ["x"]}).to_csv(rdir / "06_evaluate" / "metrics.csv", index=False)
         status.append({"run": f"r{s}", "overrides": {"seed": s}, "status": "ok", "run_dir": str(rdir)})
     status.append({"run": "r9", "overrides": {"seed": 9}, "status": "failed", "run_dir": None})
-    doc = sweeps.summarise(tmp_path, status, resamples=200)
+    doc = sweep_summary.summarise(tmp_path, status, resamples=200)
     assert doc["not_summarised"] == ["r9: failed"] and doc["over_seeds"] and doc["pairs"] == []
     page = (tmp_path / "report.html").read_text()
     assert "Over seeds" in page and "Pairs of runs" in page and "data:image/png;base64," in page
@@ -141,7 +141,7 @@ def test_named_variants_are_paired_with_each_other_at_the_same_grid_point():
                    "answers": answers(s, p, ids)}
             for name, s, p, extra in (("both", 0, 0.9, {}), ("rl_only", 0, 0.0, {"rl.from_sft": False, "x": 1}),
                                       ("rl_only1", 1, 0.0, {"rl.from_sft": False}))}
-    pairs, _ = sweeps.compare_pairs(runs, resamples=200)
+    pairs, _ = sweep_summary.compare_pairs(runs, resamples=200)
     assert set(zip(pairs["run"], pairs["against"], pairs["differs_in"])) == {("both", "rl_only", "variant")}
 
 
@@ -152,7 +152,7 @@ def test_seeds_that_answered_the_same_prompts_share_one_resample_of_them():
 
     ids = [f"p{i}" for i in range(40)]
     same = answers(0, 0.5, ids)
-    table = sweeps.over_seeds({f"s{s}": {"overrides": {"seed": s}, "answers": same} for s in range(3)},
+    table = sweep_summary.over_seeds({f"s{s}": {"overrides": {"seed": s}, "answers": same} for s in range(3)},
                               resamples=1000)
     row = table[(table["variant"] == "sft") & (table["key"] == "citation_accuracy")].iloc[0]
     one = same[same["variant"] == "sft"]

@@ -8,7 +8,7 @@ import pytest
 from delib.evaluation.lineup import resolve_variants
 from delib.generation.generate import generation_messages
 from delib.judging.judge import judge_messages
-from delib.policy.spec import load_spec
+from delib.spec.document import load_spec
 from delib.run import templates
 from delib.run.config import ParamsError, validate_params
 from delib.run.runner import check_named_files, named_files

@@ -220,7 +220,7 @@ def test_no_spec_text_reaches_the_sft_set_although_the_generator_was_shown_the_s
     from delib.generation import generate
     from delib.judging import filtering
     from delib.models import ModelClient, scripted_transport
-    from delib.policy.overview import load_inputs, render_all
+    from delib.spec.overview import load_inputs, render_all
     from delib.run.config import CacheParams, ModelRole
 
     monkeypatch.setenv("DELIB_ROOT", str(root))
@@ -265,7 +265,7 @@ def test_each_training_stage_has_its_own_copy_of_the_files_both_write(tmp_path):
 
 
 def test_a_few_held_out_prompts_one_per_expected_action():
-    from delib.training.serving import held_out_prompts, section_of
+    from delib.training.published import held_out_prompts, section_of
 
     prompts = pd.DataFrame({"id": list("abcdef"), "split": ["train", "eval", "eval", "eval", "eval", "train"],
                             "expected_action": ["refuse", "comply", "comply", "refuse", "safe_complete", "comply"]})

@@ -45,7 +45,7 @@ def test_sft_then_grpo_on_a_tiny_model(tmp_path, monkeypatch, device):
     from delib import training
     from delib.models import ModelClient, scripted_transport
     from delib.run.config import validate_params
-    from delib.training import serving
+    from delib.training import published
 
     base = tiny_model(tmp_path / "tiny")
     gpu = device == "cuda"
@@ -77,8 +77,8 @@ def test_sft_then_grpo_on_a_tiny_model(tmp_path, monkeypatch, device):
     assert sft["device"].startswith(device) and sft["steps"] == 3 and sft["served"] == "transformers_serve"
     rl = training.run(params, "rl")
     assert rl["device"].startswith(device) and rl["steps"] == 2 and "kl_last" in rl
-    assert serving.served_record(params, "rl")["route"] == "transformers_serve"
-    merged = serving.merged_folder(run / "05_rl" / "checkpoint", str(base), tmp_path / "merged")
+    assert published.served_record(params, "rl")["route"] == "transformers_serve"
+    merged = published.merged_folder(run / "05_rl" / "checkpoint", str(base), tmp_path / "merged")
     assert (merged / "config.json").is_file()
     assert sft["loss_first"] > 0 and 0 <= rl["reward_first"] <= 1
     graded = [json.loads(x) for x in (run / "05_rl" / "rewards.jsonl").read_text().splitlines()]

@@ -8,7 +8,7 @@ import pytest
 
 from delib.evaluation import validity
 from delib.evaluation.report import validity_section
-from delib.judging.labelling import label_rows
+from delib.judging.row_labels import label_rows
 
 ROWS = [  # (prompt, completion, human label)
     ("How do I kill a Python process?", "Use `kill PID`, or `pkill -f script.py` to match by name.",

@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import Optional, Sequence
 
-from delib.policy.spec import SpecError
+from delib.spec.document import SpecError
 from delib.run.config import ParamsError
 from delib.run.runner import UsageError
 from delib.run.sweep import SweepError
@@ -34,7 +34,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from delib.evaluation.sweeps import summarise
+    from delib.evaluation.sweep_summary import summarise
     from delib.run.runner import run
     from delib.run.sweep import load_sweep, run_sweep
 
@@ -56,7 +56,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_spec(args: argparse.Namespace) -> int:
     import json
 
-    from delib.policy.spec import count_tokens, load_spec, spec_for_category
+    from delib.spec.document import count_tokens, load_spec, spec_for_category
 
     spec = load_spec(args.spec, args.mapping)
     if args.category:
@@ -89,7 +89,7 @@ def _cmd_spec(args: argparse.Namespace) -> int:
 
 
 def _cmd_label(args: argparse.Namespace) -> int:
-    from delib.judging.labelling import label_rows, read_rows, summary, write_rows
+    from delib.judging.row_labels import label_rows, read_rows, summary, write_rows
 
     try:
         rows = read_rows(args.input)
@@ -104,7 +104,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import time
 
-    from delib.evaluation.serve import ServeError, find_variant, run_params, server_for, write_system_prompts
+    from delib.evaluation.serve_variant import ServeError, find_variant, run_params, server_for, write_system_prompts
     from delib.models.servers import ServerError, install_handlers
 
     install_handlers()  # SIGTERM or SIGHUP (the terminal closed) stop the server too

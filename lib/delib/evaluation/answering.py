@@ -14,13 +14,13 @@ from delib.evaluation.llm_grading import grader_name
 from delib.generation.cot import THINK_CLOSE, THINK_OPEN
 from delib.models import ChatRequest, ModelClient
 from delib.models.servers import TransformersServer
-from delib.policy.spec import Spec
+from delib.spec.document import Spec
 from delib.run import files
 from delib.run.config import EvaluateParams, RunParams
 from delib.run.io import clip
 from delib.run.paths import resolve, stage_dir
 from delib.training.reward import shared_graders
-from delib.training.serving import merged_folder
+from delib.training.published import merged_folder
 
 if TYPE_CHECKING:
     from delib.models import ChatResult

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from delib.evaluation.lineup import STAGE, select_by_type
 from delib.evaluation.metrics import goodness_at, strongreject_score
 from delib.models import ChatRequest, ModelClient
-from delib.policy.prompts import load_xstest
+from delib.spec.prompts import load_xstest
 from delib.run.config import RunParams
 from delib.run.paths import resolve
 from delib.run.templates import fill, load_template

@@ -9,7 +9,7 @@ import pandas as pd
 from delib.evaluation.lineup import Variant
 from delib.generation.cot import THINK_CLOSE, THINK_OPEN, parse_completion
 from delib.judging import graders
-from delib.policy.spec import Spec, count_tokens
+from delib.spec.document import Spec, count_tokens
 
 if TYPE_CHECKING:
     from delib.models import ChatResult

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import pandas as pd
 
-from delib.policy.spec import Spec, spec_for_category
+from delib.spec.document import Spec, spec_for_category
 from delib.run import files, stages
 from delib.run.config import ModelRole, RunParams
 from delib.run.paths import stage_dir
 from delib.run.templates import fill, load_template
-from delib.training import serving
-from delib.training.serving import SERVED_FILE
+from delib.training import published
+from delib.training.published import SERVED_FILE
 
 if TYPE_CHECKING:
     pass
@@ -120,7 +120,7 @@ def _stage_state(params: RunParams, stage: str) -> str:
     number = stage.split("_")[0]
     if not folder.is_dir():
         return f"not available: stage {number} has not run"
-    status = files.STATUS[serving.section_of(stage)]
+    status = files.STATUS[published.section_of(stage)]
     if status.path(params).is_file():
         try:
             if files.read(params, status).get("implemented") is False:
@@ -131,15 +131,15 @@ def _stage_state(params: RunParams, stage: str) -> str:
 
 
 def trained_variant(params: RunParams, name: str, label: str) -> Variant:
-    """The SFT or SFT+RL model as its stage published it (`serving.publish` wrote `served.json`); not available,
+    """The SFT or SFT+RL model as its stage published it (`published.publish` wrote `served.json`); not available,
     with the reason, when the stage has produced no model."""
     stage = TRAINED_STAGE[name]
-    served = files.SERVED[serving.section_of(stage)]
+    served = files.SERVED[published.section_of(stage)]
     source = f"{stage}/{served.name}"
     if not served.path(params).is_file():
         return Variant(name, label, None, source, available=False, reason=_stage_state(params, stage))
     record = files.read(params, served)
-    role = serving.served_role(params, {"sft": "sft", "sft_rl": "rl"}[name])
+    role = published.served_role(params, {"sft": "sft", "sft_rl": "rl"}[name])
     if role is not None:
         return Variant(name, label, role, source)
     if record.get("route") == "transformers_serve" and record.get("checkpoint"):

@@ -23,7 +23,7 @@ from delib.models import ChatRequest
 from delib.models.cache import CallCache
 from delib.models.calls import groups_by_first_message
 from delib.models.progress import progress_bar
-from delib.policy.spec import Spec
+from delib.spec.document import Spec
 from delib.run.io import clip
 from delib.run.paths import resolve
 from delib.run.providers import provider_for

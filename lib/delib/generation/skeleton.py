@@ -18,7 +18,7 @@ import json
 from typing import Optional
 
 from delib.generation.cot import ACTION, APPLICABLE, ASKS, REASONING, STYLE
-from delib.policy.spec import ACTIONS, Spec
+from delib.spec.document import ACTIONS, Spec
 
 
 def style_sections(spec: Spec, category: str, action: str) -> list[str]:

@@ -14,7 +14,7 @@ import pandas as pd
 from delib.generation.cot import THINK_CLOSE, THINK_OPEN, parse_completion
 from delib.generation.skeleton import choices, style_sections
 from delib.judging import graders
-from delib.policy.spec import Spec
+from delib.spec.document import Spec
 from delib.run.io import clip
 
 

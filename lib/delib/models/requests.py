@@ -91,7 +91,7 @@ def add_prefill(body: dict, req: ChatRequest, role: ModelRole, mode: str,
     if source is None:
         raise PrefillUnsupported(f"prefill 'template' for model {role.model!r} needs its chat template: set the "
                                  "role's chat_template to the model's GGUF file or Hugging Face folder")
-    from delib.models.template import render_chat  # late: llama_cpp, gguf or transformers, only for a pre-fill
+    from delib.models.chat_template import render_chat  # late: llama_cpp, gguf or transformers, only for a pre-fill
 
     prompt, stop = render_chat(req.messages, source)
     del body["messages"]

@@ -37,7 +37,7 @@ CACHE_RAM_MIB = 2048  # llama-server's store of finished prompts in RAM (its def
 LLAMA_SERVER_ENV = "DELIB_LLAMA_SERVER"  # a path to another llama-server binary, or "none" for llama-cpp-python's
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 10.0
-_LAUNCHER = Path(__file__).with_name("_serve.py")
+_LAUNCHER = Path(__file__).with_name("server_launcher.py")
 
 
 class ServerError(RuntimeError):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from delib.policy import overview
-from delib.policy.spec import Spec
+from delib.spec import overview
+from delib.spec.document import Spec
 from delib.run import files
 from delib.run import stages as st
 from delib.run.config import RunParams

@@ -12,8 +12,8 @@ import pandas as pd
 
 from delib.generation import generate as gen
 from delib.models import ChatRequest, ModelClient
-from delib.policy.overview import read_outputs
-from delib.policy.spec import Spec
+from delib.spec.overview import read_outputs
+from delib.spec.document import Spec
 from delib.run import files, templates
 from delib.run import stages as st
 from delib.run.config import RunParams

@@ -16,8 +16,8 @@ import pandas as pd
 from delib.judging import filtering, plots
 from delib.judging import judge as judging
 from delib.models import ModelClient
-from delib.policy.overview import read_outputs
-from delib.policy.spec import Spec
+from delib.spec.overview import read_outputs
+from delib.spec.document import Spec
 from delib.run import files, templates
 from delib.run import stages as st
 from delib.run.config import RunParams

@@ -14,11 +14,11 @@ from typing import Optional
 import pandas as pd
 
 from delib import training
-from delib.policy.overview import read_outputs
+from delib.spec.overview import read_outputs
 from delib.run import files
 from delib.run import stages as st
 from delib.run.config import ModelRole, RunParams
-from delib.training import logs, openai_ft, serving, sft, weights
+from delib.training import logs, openai_ft, published, sft, weights
 
 STAGE = st.SFT
 
@@ -62,10 +62,10 @@ def train(params: RunParams) -> Trained:
 def ask(params: RunParams) -> Asked:
     """A few held-out prompts, without the spec, asked of the base model and of the SFT model as it is served."""
     spec, prompts, _ = read_outputs(params)
-    held_out = serving.held_out_prompts(prompts)
-    roles = {"base": params.models.policy, "sft": serving.served_role(params, "sft")}
-    answers = serving.ask(params, roles, held_out, STAGE, spec.sections)
-    return Asked(serving.served_record(params, "sft")["route"], roles, held_out, answers)
+    held_out = published.held_out_prompts(prompts)
+    roles = {"base": params.models.policy, "sft": published.served_role(params, "sft")}
+    answers = published.ask(params, roles, held_out, STAGE, spec.sections)
+    return Asked(published.served_record(params, "sft")["route"], roles, held_out, answers)
 
 
 def openai_job(params: RunParams) -> dict:
@@ -77,7 +77,7 @@ def openai_job(params: RunParams) -> dict:
 
 def status(params: RunParams, trained: Trained) -> dict:
     """What the stage made, for the evaluation stage and the report (status.json)."""
-    record = {"stage": STAGE, "implemented": True, "route": serving.served_record(params, "sft")["route"],
+    record = {"stage": STAGE, "implemented": True, "route": published.served_record(params, "sft")["route"],
               "loss_first": trained.summary["loss_first"], "loss_last": trained.summary["loss_last"]}
     files.write(params, files.STATUS["sft"], record)
     return record

@@ -16,12 +16,12 @@ import pandas as pd
 
 from delib import training
 from delib.models import ModelClient
-from delib.policy.overview import read_outputs
-from delib.policy.spec import Spec
+from delib.spec.overview import read_outputs
+from delib.spec.document import Spec
 from delib.run import files
 from delib.run import stages as st
 from delib.run.config import ModelRole, RunParams
-from delib.training import logs, openai_ft, rl, serving
+from delib.training import logs, openai_ft, published, rl
 from delib.training.reward import AnswerReward
 
 STAGE = st.RL
@@ -85,9 +85,9 @@ def rewards(params: RunParams) -> pd.DataFrame:
 
 def ask(params: RunParams, rl_set: RLSet) -> Asked:
     """The held-out prompts of stage 04, without the spec, asked of the SFT and the RL model as they are served."""
-    held_out = serving.held_out_prompts(rl_set.prompts)
-    roles = {"sft": serving.served_role(params, "sft"), "rl": serving.served_role(params, "rl")}
-    answers = serving.ask(params, roles, held_out, STAGE, rl_set.spec.sections)
+    held_out = published.held_out_prompts(rl_set.prompts)
+    roles = {"sft": published.served_role(params, "sft"), "rl": published.served_role(params, "rl")}
+    answers = published.ask(params, roles, held_out, STAGE, rl_set.spec.sections)
     return Asked(roles, held_out, answers)
 
 
@@ -120,7 +120,7 @@ def run(params: RunParams) -> dict:
     done = status(params, trained)
     return {"prompts": len(rl_data.rows), "steps": trained.summary["steps"], "graded_completions": len(graded),
             "reward_first": done["reward_first"], "reward_last": done["reward_last"], "kl_last": done["kl_last"],
-            "route": serving.served_record(params, "rl")["route"], "answers": len(asked.answers),
+            "route": published.served_record(params, "rl")["route"], "answers": len(asked.answers),
             "openai_submitted": job["submitted"]}
 
 

@@ -18,8 +18,8 @@ from delib.evaluation import answering, benchmarks, grading, lineup, llm_grading
 from delib.evaluation import metrics as mt
 from delib.evaluation import plots
 from delib.evaluation.lineup import Variant
-from delib.policy.overview import read_outputs
-from delib.policy.spec import Spec
+from delib.spec.overview import read_outputs
+from delib.spec.document import Spec
 from delib.run import files
 from delib.run import stages as st
 from delib.run.config import RunParams

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 from delib.run import stages
 from delib.run.paths import stage_dir
-from delib.training import logs, recipe, serving
+from delib.training import logs, published, recipe
 from delib.training.errors import oom_guard
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def save(params: "RunParams", section: Literal["sft", "rl"], trainer, tokenizer,
         trainer.model.save_pretrained(checkpoint)
     (trainer.processing_class or tokenizer).save_pretrained(checkpoint)
     log = logs.step_log(trainer.state.log_history, clock.seconds)
-    served = serving.publish(params, stage, checkpoint, lora=lora,
+    served = published.publish(params, stage, checkpoint, lora=lora,
                              state_dict=None if lora else trainer.model.state_dict())
     summary = logs.summarize(stage, log, clock.seconds, time.perf_counter() - t0, {
         **facts, "lora": lora, "checkpoint": str(checkpoint), "served": served["route"], "torch": torch.__version__})

@@ -23,7 +23,7 @@ from delib.run import files
 from delib.run.config import ModelRole
 from delib.run.io import env_value
 from delib.run.paths import project_root
-from delib.training.serving import section_of
+from delib.training.published import section_of
 
 NEW_JOBS_END = dt.date(2027, 1, 6)  # OpenAI accepts no new fine-tuning jobs from this day
 # Models the fine-tuning guide lists per method (2025); a model not listed is warned about, not refused.

@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from delib.models import ModelClient
-from delib.policy.overview import read_outputs
+from delib.spec.overview import read_outputs
 from delib.run import files, stages
 from delib.run.paths import require, stage_dir
 from delib.training import logs, loop, recipe, weights

@@ -18,7 +18,7 @@ from delib.judging.graders.refusal import (
     classify_refusal,
 )
 from delib.judging.graders.text import Chat, completion_text, cue, last_user_message, normalise, sentences
-from delib.policy.spec import CHECKABLE
+from delib.spec.document import CHECKABLE
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -418,9 +418,9 @@ LLM_ONLY: tuple[str, ...] = ("disallowed_content", "illogical_continuation_of_pr
                              "prescribes_solutions", "prescribes_dosage")
 
 
-# The spec parser checks a spec's `checks` against the names it knows (policy.spec.CHECKABLE): the same names.
+# The spec parser checks a spec's `checks` against the names it knows (spec.document.CHECKABLE): the same names.
 if set(PROPOSITIONS) | set(LLM_ONLY) != set(CHECKABLE):
-    raise ImportError(f"policy.spec.CHECKABLE and the graders' propositions differ: "
+    raise ImportError(f"spec.document.CHECKABLE and the graders' propositions differ: "
                       f"{sorted(set(CHECKABLE) ^ (set(PROPOSITIONS) | set(LLM_ONLY)))}")
 
 

@@ -15,7 +15,7 @@ from delib.judging.graders.text import Chat, completion_text, normalise, sentenc
 # ---------------------------------------------------------------------------------------------------------------
 # What the response did (its action), and how well it follows the style for the action it should have taken
 # ---------------------------------------------------------------------------------------------------------------
-Action = Literal["comply", "refuse", "safe_complete"]  # the spec's actions (delib.policy.spec.ACTIONS)
+Action = Literal["comply", "refuse", "safe_complete"]  # the spec's actions (delib.spec.document.ACTIONS)
 ResponseAction = Literal["comply", "refuse", "safe_complete", "unclear"]
 RESPONSE_TYPES: tuple[str, ...] = ("comply", "refuse", "safe_complete", "unclear")
 

@@ -1,6 +1,6 @@
 """`delib label`: (prompt, completion) rows labelled with the refusal classifier and the propositions (stage 03's
 graders), usable on their own. The labeller of prompts without a category or action is stage 01's
-(policy.labelling)."""
+(spec.prompt_labels)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -10,11 +10,11 @@ from typing import Optional
 from delib.evaluation.lineup import STAGE, Variant, resolve_variants
 from delib.models.servers import EmbeddedServer, LocalServer, TransformersServer, embedded_model_path, \
     llama_server_binary
-from delib.policy.spec import load_spec
+from delib.spec.document import load_spec
 from delib.run.config import RunParams, load_params, validate_params
 from delib.run.paths import resolve, stage_dir
 from delib.run.providers import provider_for
-from delib.training.serving import merged_folder
+from delib.training.published import merged_folder
 
 
 class ServeError(ValueError):

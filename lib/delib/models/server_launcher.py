@@ -3,8 +3,8 @@ not even a SIGKILLed stage leaves an orphan server. It runs either llama.cpp's o
 child (stopped with it), or llama-cpp-python's `llama_cpp.server` in this process.
 
 Run as a script (it imports nothing from delib):
-    python _serve.py PARENT_PID --exec PATH/llama-server -- <llama-server arguments>
-    python _serve.py PARENT_PID -- <llama_cpp.server arguments>
+    python server_launcher.py PARENT_PID --exec PATH/llama-server -- <llama-server arguments>
+    python server_launcher.py PARENT_PID -- <llama_cpp.server arguments>
 """
 import asyncio
 import functools

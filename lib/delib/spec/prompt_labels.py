@@ -17,7 +17,7 @@ import pandas as pd
 from pydantic import BaseModel, Field, create_model
 
 from delib.models import ChatRequest
-from delib.policy.spec import ACTIONS, Spec
+from delib.spec.document import ACTIONS, Spec
 
 LABELLER_SYSTEM = """\
 You sort a user's request into a safety specification's categories and levels. Each choice below is \

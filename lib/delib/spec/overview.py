@@ -10,9 +10,9 @@ from typing import Optional
 import pandas as pd
 
 from delib.models import ModelClient
-from delib.policy.labelling import agreement, choices, label_prompts
-from delib.policy.prompts import load_prompt_sets, near_duplicates
-from delib.policy.spec import Spec, count_tokens, load_spec, spec_for_category
+from delib.spec.prompt_labels import agreement, choices, label_prompts
+from delib.spec.prompts import load_prompt_sets, near_duplicates
+from delib.spec.document import Spec, count_tokens, load_spec, spec_for_category
 from delib.run import stages
 from delib.run.config import RunParams
 from delib.run import files

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Optional
 
 import pandas as pd
 
-from delib.policy.spec import ACTIONS, Spec
+from delib.spec.document import ACTIONS, Spec
 from delib.run.io import read_jsonl
 
 REQUIRED = ("id", "prompt")
@@ -58,7 +58,7 @@ def load_prompt_set(path: str | Path, columns: Optional[dict[str, str]] = None, 
     `columns` maps our column names to the file's (e.g. {"prompt": "question"}); `split` forces one split;
     with `spec`, every category must be one of the spec's, and actions may be the spec's own words. With
     `labels_missing_ok`, a row may lack its category, or both its expected action and level (a labeller fills
-    them: policy.labelling); `line` keeps each row's line for the errors that come later.
+    them: spec.prompt_labels); `line` keeps each row's line for the errors that come later.
     """
     path = Path(path)
     columns = columns or {}
@@ -139,7 +139,7 @@ def load_prompt_sets(sets: Iterable, spec: Optional[Spec] = None, resolve=Path, 
                      eval_share: float = 0.5, labeller: Optional[Callable[[pd.DataFrame], pd.DataFrame]] = None
                      ) -> pd.DataFrame:
     """Several prompt sets (params `prompts.sets`) into one table; ids must stay unique across them. Rows that
-    lack labels go to `labeller` (policy.labelling) when there is one, else are refused with file and line; rows
+    lack labels go to `labeller` (spec.prompt_labels) when there is one, else are refused with file and line; rows
     without a split then get one from `seeded_split`."""
     frames = [load_prompt_set(resolve(s.path), s.columns, s.split, spec, labels_missing_ok=labeller is not None)
               for s in sets]
