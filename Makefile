@@ -12,10 +12,10 @@ env:
 run: env
 	$(VENV)/bin/delib run $(PARAMS) --resume
 
-# The whole suite: unit tests, pipeline tests on the real embedded model, nbval on the stage notebooks; the 15
-# slowest tests are listed at the end.
+# The whole suite: unit tests, pipeline tests on the real embedded model, nbval on the stage notebooks, as three
+# pytest processes at once (scripts/run_tests.py says why); the 15 slowest tests are listed at the end.
 test: env
-	$(PY) -m pytest --durations=15
+	$(PY) scripts/run_tests.py
 
 # The edit loop: unit tests only (no model server, no notebook, no training), under 2 minutes.
 test-fast: env

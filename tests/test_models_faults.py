@@ -55,7 +55,9 @@ def test_every_request_ends_once_under_faults(tmp_path):
     assert all(r.text == f"echo seed=0: question {r.meta['i']}" for r in ok)
     assert max(stats["ok_by_body"].values()) == 1  # nothing answered twice: no duplicate call
     assert stats["ok"] == len(ok)
-    assert sum(r.attempts for r in results) == stats["received"]
+    # no attempt the client does not count (a hidden retry would make the server receive more); an attempt may
+    # reach it less often: on a loaded machine the 0.3 s timeout can pass before the server reads the request
+    assert stats["received"] <= sum(r.attempts for r in results)
 
 
 def test_persistent_failures_are_recorded_with_their_error(tmp_path):

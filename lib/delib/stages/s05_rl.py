@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import pandas as pd
@@ -21,7 +20,7 @@ from delib.spec.document import Spec
 from delib.run import files
 from delib.run import stages as st
 from delib.run.config import ModelRole, RunParams
-from delib.training import logs, openai_ft, published, rl
+from delib.training import openai_ft, published, rl
 from delib.training.reward import AnswerReward
 
 STAGE = st.RL
@@ -33,13 +32,6 @@ class RLSet:
     spec: Spec
     prompts: pd.DataFrame           # every prompt of stage 01 (the held-out ones are asked after training)
     rendered: dict[str, dict]       # spec_for_category: what the judge holds for each category
-
-
-@dataclass
-class Trained:
-    summary: dict                   # training.json: steps, speed, first and last reward and KL
-    log: pd.DataFrame               # log.jsonl: one row per optimizer step
-    plot: Path                      # curves.png
 
 
 @dataclass
@@ -68,14 +60,12 @@ def reward_of(params: RunParams, rl_set: RLSet, row: dict, completions: list[str
     return rewards, "\n".join(m["content"] for messages in reward.last_messages for m in messages)
 
 
-def train(params: RunParams) -> Trained:
+def train(params: RunParams) -> training.Trained:
     """GRPO (in this process, or under accelerate when rl.num_processes > 1): the checkpoint, log.jsonl,
     rewards.jsonl, training.json and served.json; then reward, KL and completion length per step drawn to curves.png."""
-    summary = training.run(params, "rl")
-    log, _ = logs.read(params, "rl")
-    plot = logs.plot_curves(log, {"reward (answer only)": ["reward"], "KL to the SFT model": ["kl"],
-                                  "completion length": ["completions/mean_length"]}, files.CURVES_PLOT.path(params))
-    return Trained(summary, log, plot)
+    return training.train(params, "rl", {"reward (answer only)": ["reward"], "KL to the SFT model": ["kl"],
+                                          "completion length": ["completions/mean_length"]},
+                          files.CURVES_PLOT.path(params))
 
 
 def rewards(params: RunParams) -> pd.DataFrame:
@@ -101,7 +91,7 @@ def openai_job(params: RunParams, rl_set: RLSet) -> dict:
     return openai_ft.run_job(params, STAGE, path, payload)
 
 
-def status(params: RunParams, trained: Trained) -> dict:
+def status(params: RunParams, trained: training.Trained) -> dict:
     """What the stage made, for the evaluation stage and the report (status.json)."""
     s = trained.summary
     record = {"stage": STAGE, "implemented": True, "reward_first": s["reward_first"], "reward_last": s["reward_last"],

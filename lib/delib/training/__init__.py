@@ -2,13 +2,18 @@
 
     from delib import training
     summary = training.run(params, "sft")      # or "rl"; reads sft:/rl: from params
+    trained = training.train(params, "sft", panels, plot_path)  # the same, then its log and curves
 """
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+
+import pandas as pd
 
 from delib.run import files, stages
 from delib.run.io import write_json_atomic
@@ -19,7 +24,8 @@ from delib.training.errors import ChatTemplateError, EmptyDatasetError, OutOfMem
 if TYPE_CHECKING:
     from delib.run.config import RunParams
 
-__all__ = ["ChatTemplateError", "EmptyDatasetError", "OutOfMemoryError", "TrainingError", "launch_command", "run"]
+__all__ = ["ChatTemplateError", "EmptyDatasetError", "OutOfMemoryError", "TrainingError", "Trained", "launch_command", "run",
+           "train"]
 
 
 def launch_command(params: "RunParams", stage: Literal["sft", "rl"]) -> list[str]:
@@ -52,3 +58,17 @@ def run(params: "RunParams", stage: Literal["sft", "rl"]) -> dict:
         else:
             from delib.training.rl import train
         return train(params)
+
+
+@dataclass
+class Trained:
+    summary: dict                   # training.json: steps, speed, first and last loss (SFT) or reward and KL (RL)
+    log: pd.DataFrame               # log.jsonl: one row per optimizer step
+    plot: Path                      # the curves per step, drawn
+
+
+def train(params: "RunParams", stage: Literal["sft", "rl"], panels: dict[str, list[str]], plot: Path) -> Trained:
+    """`run`, then the stage's log read back and `panels` ({title: [log columns]}) drawn per step to `plot`."""
+    summary = run(params, stage)
+    log, _ = logs.read(params, stage)
+    return Trained(summary, log, logs.plot_curves(log, panels, plot))

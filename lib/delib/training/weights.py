@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from delib.models.servers import embedded_model_path
 from delib.run.io import sha256_file
 from delib.run.paths import resolve
+from delib.run.providers import provider_for
 from delib.training.errors import ChatTemplateError, TrainingError
 from delib.training.logs import quiet
 
@@ -28,11 +28,6 @@ SOURCE_FILE = "delib_source.json"  # written last into a converted folder: its p
 def cache_root(params: "RunParams") -> Path:
     """Where converted base weights live: `base_models/` beside the model-call cache (default outputs/.cache/)."""
     return resolve(params.cache.path).parent / "base_models"
-
-
-def embedded_gguf(params: "RunParams") -> Path:
-    """The GGUF file the embedded policy is served from (the packaged SmolLM2, or a .gguf path in params)."""
-    return embedded_model_path(params.models.policy.model)
 
 
 def convert_gguf(gguf_path: Path, cache_dir: Path) -> Path:
@@ -81,19 +76,17 @@ def base_model(params: "RunParams") -> str:
     if name:
         local = resolve(name)
         return str(local) if local.exists() else name
-    if params.models.policy.backend != "embedded":
+    gguf = provider_for(params.models.policy).weights_to_train()
+    if gguf is None:
         raise TrainingError(f"models.policy uses the {params.models.policy.backend!r} backend: TRL needs weights; "
                             "set sft.base_model to a Hugging Face folder or id, or use sft.backend: openai")
-
     with quiet():
-        return str(convert_gguf(embedded_gguf(params), cache_root(params)))
+        return str(convert_gguf(gguf, cache_root(params)))
 
 
 def served_base_gguf(params: "RunParams") -> Optional[Path]:
     """The GGUF a trained adapter is served on, when the weights trained came from it (else None)."""
-    if params.sft.base_model or params.models.policy.backend != "embedded":
-        return None
-    return embedded_gguf(params)
+    return None if params.sft.base_model else provider_for(params.models.policy).weights_to_train()
 
 
 def check_chat_template(tokenizer, model_name: str) -> None:

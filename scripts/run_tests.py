@@ -1,0 +1,98 @@
+"""`make test`: the whole suite as three pytest processes at once, one thread each, then one report.
+
+The suite's time is spent in three parts that share nothing: nbval on the stage notebooks (the smoke run, in the
+project's outputs/), the any-spec run (tests/test_any_spec.py: a whole run on another spec, all of it in a temporary
+folder) with the runs that are interrupted on purpose, and every other test. Each part waits mostly on one single-threaded process (llama-server, or torch), so
+on a machine with two cores or more the three run side by side. Each process gets OMP_NUM_THREADS (when it is not set
+already) of at most cores / 3, which torch and the embedded llama-server both obey (models/servers.py): more busy
+threads than cores slow llama.cpp many times over.
+
+Usage: python scripts/run_tests.py [extra pytest arguments, given to every part]
+Prints each part's output as it was written, then the slowest tests of all parts, then one line per part; the exit
+status is the first non-zero status of a part (pytest's 5, no test collected, included).
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Each part a few minutes long; the second holds the run on another spec and the runs that are interrupted.
+LONG = ["tests/test_any_spec.py", "tests/test_interrupt_training.py", "tests/test_resume_and_secrets.py"]
+PARTS = [
+    ("notebooks (nbval)", ["notebooks"]),
+    ("the any-spec run, the interrupted runs", LONG),
+    ("every other test", ["tests", *[f"--ignore={path}" for path in LONG]]),
+]
+SLOWEST = 15
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s (call|setup|teardown)\s+(\S.*)$")
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def slowest(text: str) -> list[tuple[float, str]]:
+    """(seconds, 'call  nodeid') of every line of pytest's --durations section."""
+    found, inside = [], False
+    for line in text.splitlines():
+        if "slowest" in line and "durations" in line:
+            inside = True
+            continue
+        if inside:
+            m = DURATION.match(line)
+            if m:
+                found.append((float(m.group(1)), f"{m.group(2):8} {m.group(3)}"))
+            elif line.startswith("="):
+                inside = False
+    return found
+
+
+def main(extra: list[str]) -> int:
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cores() // len(PARTS))))
+    logs = Path(tempfile.mkdtemp(prefix="delib-tests-"))
+    started, procs = time.monotonic(), []
+    for i, (name, args) in enumerate(PARTS):
+        log = (logs / f"part{i}.log").open("w")
+        cmd = [sys.executable, "-m", "pytest", *args, f"--durations={SLOWEST}", *extra]
+        procs.append((name, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    print(f"run_tests: {len(PARTS)} pytest processes at once, OMP_NUM_THREADS={env['OMP_NUM_THREADS']}; "
+          f"their output follows when each is done", flush=True)
+    finished: dict[int, tuple[int, float]] = {}  # part -> (exit status, seconds after the start)
+    try:
+        while len(finished) < len(procs):
+            for i, (_, proc, log) in enumerate(procs):
+                if i not in finished and proc.poll() is not None:
+                    log.close()
+                    finished[i] = (proc.returncode, time.monotonic() - started)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        for _, proc, _ in procs:
+            proc.terminate()
+        raise
+    results = [(name, *finished[i]) for i, (name, _, _) in enumerate(procs)]
+    durations = []
+    for i, (name, code, _) in enumerate(results):
+        text = (logs / f"part{i}.log").read_text(errors="replace")
+        print(f"\n{'#' * 30} {name}: pytest exit {code} {'#' * 30}\n{text}", flush=True)
+        durations += slowest(text)
+    print(f"\n{'=' * 30} slowest {SLOWEST} of all parts {'=' * 30}")
+    for seconds, what in sorted(durations, reverse=True)[:SLOWEST]:
+        print(f"{seconds:8.2f}s {what}")
+    for name, code, wall in results:
+        print(f"run_tests: {name}: exit {code}, done after {wall:.0f} s")
+    print(f"run_tests: whole suite {time.monotonic() - started:.0f} s")
+    return next((code for _, code, _ in results if code != 0), 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
