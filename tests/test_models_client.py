@@ -15,6 +15,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from delib.models import ChatRequest, ModelAuthError, ModelCallsFailed, ModelClient, read_usage, scripted_transport
+from delib.models.requests import sample_seed
 from delib.models.scheduling import SHARED_LANES
 from delib.models.fake import completion_body
 from delib.run.config import CacheParams, ModelRole, Sampling
@@ -52,15 +53,28 @@ def test_results_keep_order_meta_and_seed(tmp_path):
     assert [r.sample_index for r in results] == [i % 3 for i in range(10)]
     assert all(r.ok and not r.cached and r.attempts == 1 for r in results)
     seeds = {b["messages"][-1]["content"]: b["seed"] for b in transport.calls}
-    assert seeds["q0"] == 7 and seeds["q1"] == 8 and seeds["q5"] == 9  # run seed + sample index
+    assert seeds == {f"q{i}": sample_seed(7, ask(f"q{i}").messages, i % 3) for i in range(10)}
     client.close()
+
+
+def test_neighbouring_run_seeds_and_two_prompts_share_no_sample_seed():
+    """The seed of a sample is a hash of (run seed, messages, sample index): under the former run seed + sample
+    index, sample 1 of seed s was sample 0 of seed s + 1, so a 3-seed sweep was not 3 independent draws."""
+    samples = 8
+    by_run = {run: {sample_seed(run, ask("q").messages, i) for i in range(samples)} for run in range(5)}
+    assert all(len(seeds) == samples for seeds in by_run.values())
+    assert all(by_run[a].isdisjoint(by_run[b]) for a in by_run for b in by_run if a < b)
+    assert sample_seed(0, ask("q").messages, 0) != sample_seed(0, ask("r").messages, 0)  # two prompts of one run
+    every = [sample_seed(run, ask(f"p{p}").messages, i) for run in range(20) for p in range(20) for i in range(4)]
+    assert len(set(every)) == len(every) and 0 <= min(every) and max(every) < 2 ** 31  # uint32 and int64 alike
+    assert sample_seed(3, ask("q").messages, 2) == sample_seed(3, ask("q").messages, 2)  # a resumed run asks alike
 
 
 def test_role_seed_overrides_run_seed():
     role = ModelRole(sampling=Sampling(seed=100))
     client, transport = make(lambda body: "x", role=role)
     client.chat_many([ask("a", sample_index=2)])
-    assert transport.calls[0]["seed"] == 102
+    assert transport.calls[0]["seed"] == sample_seed(100, ask("a").messages, 2) != sample_seed(7, ask("a").messages, 2)
 
 
 def test_cache_answers_a_rerun_without_calls(cache, tmp_path):
@@ -69,7 +83,7 @@ def test_cache_answers_a_rerun_without_calls(cache, tmp_path):
     client.close()
     again, transport2 = make(lambda body: pytest.fail("the model was called for a cached request"), cache=cache)
     second = again.chat_many([ask("hello", sample_index=i) for i in range(5)])
-    assert [r.text for r in second] == [r.text for r in first] == [f"reply {7 + i}" for i in range(5)]
+    assert [r.text for r in second] == [r.text for r in first] == [f"reply {sample_seed(7, ask('hello').messages, i)}" for i in range(5)]
     assert all(r.cached and r.attempts == 0 for r in second)
     assert len(transport.calls) == 5 and transport2.calls == []
 

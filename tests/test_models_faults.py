@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from delib.models import ChatRequest, ModelCallsFailed, ModelClient
 from delib.models.batch import BatchTimeout
+from delib.models.requests import sample_seed
 from delib.run.config import CacheParams, ModelRole
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -52,7 +53,7 @@ def test_every_request_ends_once_under_faults(tmp_path):
     assert set(stats["faults"]) == {"429", "500", "hang", "malformed", "drop"}
     ok = [r for r in results if r.ok]
     assert len(ok) == n  # 8 retries at 20% faults: every request gets through
-    assert all(r.text == f"echo seed=0: question {r.meta['i']}" for r in ok)
+    assert all(r.text == f"echo seed={sample_seed(0, ask(r.meta['i']).messages, 0)}: question {r.meta['i']}" for r in ok)
     assert max(stats["ok_by_body"].values()) == 1  # nothing answered twice: no duplicate call
     assert stats["ok"] == len(ok)
     # no attempt the client does not count (a hidden retry would make the server receive more); an attempt may
@@ -141,7 +142,7 @@ def test_batch_maps_results_back_by_custom_id(tmp_path):
             results = client.chat_many(requests, batch=True, batch_poll_s=0.01)
         stats = server.stats()
     assert stats["batch_creates"] == 1 and stats["received"] == 0  # everything went through the batch
-    assert [r.text for r in results[:20]] == [f"echo seed=3: question {i}" for i in range(20)]
+    assert [r.text for r in results[:20]] == [f"echo seed={sample_seed(3, ask(i).messages, 0)}: question {i}" for i in range(20)]
     assert results[20].parsed == Score(score=9)
     state = list((tmp_path / "03_judge" / "batches").glob("judge-*.json"))
     assert len(state) == 1 and '"batch_id": "batch-1"' in state[0].read_text()

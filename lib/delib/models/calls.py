@@ -13,7 +13,8 @@ from pydantic import BaseModel
 
 @dataclass
 class ChatRequest:
-    """One chat call. `sample_index` picks the sample: seed = role seed (or run seed) + sample_index."""
+    """One chat call. `sample_index` picks the sample: the seed is a hash of the role's seed (or the run's), the
+    messages and the sample index (models.requests.sample_seed)."""
 
     messages: list[dict]  # [{"role": "system"|"user"|"assistant", "content": str}, ...]
     sample_index: int = 0

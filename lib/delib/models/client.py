@@ -31,7 +31,7 @@ from delib.models.prefill import PrefillMixin
 from delib.models.prefixes import PrefixStore
 from delib.models.progress import LoopThread, Tracker
 from delib.models.scheduling import fan_out, in_lanes
-from delib.models.requests import add_structured, plan_call
+from delib.models.requests import SEED_BITS, add_structured, plan_call
 from delib.models.usage import Usage, add_usage
 from delib.models.wire import (
     PARSE_RETRY_SEED_STRIDE,
@@ -364,7 +364,7 @@ class ModelClient(PrefillMixin):
                 except ValueError as err:
                     parse_failures += 1
                     if parse_failures <= self.parse_retries:
-                        body["seed"] = plan.seed + parse_failures * PARSE_RETRY_SEED_STRIDE
+                        body["seed"] = (plan.seed + parse_failures * PARSE_RETRY_SEED_STRIDE) % (1 << SEED_BITS)
                         continue
                     failed = self._failure(plan, "parse", f"reply does not fit {model.__name__} after "
                                            f"{parse_failures} tries: {err}", attempts)

@@ -4,11 +4,12 @@ its answer.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Optional
 
 from pydantic import BaseModel
 
-from delib.models.cache import call_key
+from delib.models.cache import call_key, canonical_json
 from delib.models.calls import ChatRequest
 from delib.models.structured import gbnf_for, json_object_response_format, openai_response_format, response_schema
 from delib.models.wire import CallPlan
@@ -25,7 +26,7 @@ def plan_call(role: ModelRole, req: ChatRequest, identity: str, run_seed: int, r
     provider's when it needs no probe)."""
     provider = provider or provider_for(role)
     s = role.sampling
-    seed = (s.seed if s.seed is not None else run_seed) + req.sample_index
+    seed = sample_seed(s.seed if s.seed is not None else run_seed, req.messages, req.sample_index)
     max_tokens = req.max_tokens if req.max_tokens is not None else s.max_tokens
     temperature = req.temperature if req.temperature is not None else s.temperature
     top_logprobs = req.top_logprobs
@@ -70,6 +71,20 @@ def plan_call(role: ModelRole, req: ChatRequest, identity: str, run_seed: int, r
     if req.grammar is not None:
         provider.add_grammar(body, req.grammar, dialect or provider.grammar_dialect())
     return CallPlan(call_key(material), req, body, seed)
+
+
+SEED_BITS = 31  # llama.cpp reads a seed as uint32 (0xFFFFFFFF: a random one); OpenAI as int64
+
+
+def sample_seed(base: int, messages: list[dict], sample_index: int) -> int:
+    """The server seed of one sample: a hash of (the run's seed, or the role's own, the request's messages, the
+    sample index). Two samples share a seed only when they are the same sample of the same request under the same
+    base seed, the case the cache answers anyway: run seeds s and s + 1 share no sample (the former seed + sample index
+    made sample 1 of seed s sample 0 of seed s + 1), nor do two prompts of one run. The messages stand for the
+    (stage, prompt) of the sample: they hold the prompt and each stage's own instructions, and a greedy question
+    that two stages ask alike (stage 04's and 06's held-out prompts to the same model) stays one call."""
+    material = canonical_json({"seed": base, "messages": messages, "sample": sample_index})
+    return int(hashlib.sha256(material.encode("utf-8")).hexdigest()[:8], 16) % (1 << SEED_BITS)
 
 
 class PrefillUnsupported(ValueError):
