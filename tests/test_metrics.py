@@ -188,3 +188,74 @@ def test_a_categorys_own_refusal_style_and_not_unsafe_per_action_are_reported():
     assert {"style_hard_refusal[integrity]", "not_unsafe[refuse]", "not_unsafe[safe_complete]"} <= keys
     assert "style_comply[integrity]" not in keys  # no guideline of its own for complying
     assert "style_hard_refusal[integrity]" not in {d.key for d in metrics.heldout_metrics(df)}
+
+
+# ------------------------------------------------------------------------------------------ many comparisons
+
+
+def test_holm_and_benjamini_hochberg_give_the_hand_computed_values():
+    p = [0.01, 0.04, 0.03, 0.005, np.nan]
+    # Holm: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> made monotone: 0.06
+    assert np.allclose(metrics.holm(p)[:4], [0.03, 0.06, 0.06, 0.02]) and np.isnan(metrics.holm(p)[4])
+    # BH: 0.005 * 4/1, 0.01 * 4/2, 0.03 * 4/3, 0.04 * 4/4 = 0.02, 0.02, 0.04, 0.04 (already monotone)
+    bh = metrics.benjamini_hochberg(p)
+    assert np.allclose(bh[:4], [0.02, 0.04, 0.04, 0.02]) and np.isnan(bh[4])
+    assert metrics.holm([]).size == 0 and np.allclose(metrics.holm([0.5, 0.9]), [1.0, 1.0])
+
+
+def planted(rng: np.random.Generator, prompts: int, columns: int, effect_column: int | None) -> pd.DataFrame:
+    """Per-prompt 0/1 results of a trained variant and the base on `columns` metrics, independent coin flips
+    except `effect_column`, where the trained variant is right on every prompt and the base on ~30%."""
+    rows = []
+    for variant in ("sft", "base"):
+        values = rng.random((prompts, columns)) < 0.5
+        if effect_column is not None:
+            values[:, effect_column] = True if variant == "sft" else rng.random(prompts) < 0.3
+        for i in range(prompts):
+            rows.append({"variant": variant, "prompt_id": f"p{i}",
+                         **{f"m{j}": float(values[i, j]) for j in range(columns)}})
+    return pd.DataFrame(rows)
+
+
+def test_a_planted_effect_survives_holm_among_fifty_metrics_and_most_nulls_do_not():
+    rng = np.random.default_rng(0)
+    answers = planted(rng, prompts=50, columns=50, effect_column=7)
+    defs = [MetricDef(f"m{j}", "all", f"m{j}", lambda df: pd.Series(True, index=df.index), f"m{j}")
+            for j in range(50)]
+    _, diffs = bootstrap_metrics(answers, defs, resamples=300, seed=1, pairs=[("sft", "base")])
+    adjusted = metrics.adjust_for_multiplicity(diffs, primary=[f"m{j}" for j in range(50)], trained=["sft"])
+    assert set(adjusted["family"]) == {"primary"} and adjusted["q_bh"].isna().all()
+    assert adjusted.set_index("key").loc["m7", "significant"]
+    assert adjusted.loc[adjusted["key"] != "m7", "significant"].sum() <= 1
+    assert (adjusted["p_holm"] >= adjusted["p_sign"]).all()
+    # the same table with no family declared: every comparison exploratory, BH; the planted one still stands
+    exploratory = metrics.adjust_for_multiplicity(diffs, primary=[], trained=["sft"])
+    assert set(exploratory["family"]) == {"exploratory"} and exploratory.set_index("key").loc["m7", "significant"]
+
+
+def test_on_all_null_tables_holm_keeps_the_family_wise_error_near_five_percent():
+    """200 runs of 20 null metrics on 50 prompts: the share of runs with any p_sign < 0.05 is far above 5% (what
+    uncorrected tests give), the share with any Holm-adjusted p < 0.05 is not."""
+    rng = np.random.default_rng(3)
+    runs, columns, prompts = 200, 20, 50
+    raw_any = holm_any = 0
+    for _ in range(runs):
+        a, b = rng.random((prompts, columns)) < 0.5, rng.random((prompts, columns)) < 0.5
+        delta = a.astype(int) - b.astype(int)
+        p = [metrics.sign_test(int((delta[:, j] > 0).sum()), int((delta[:, j] < 0).sum())) for j in range(columns)]
+        raw_any += min(p) < 0.05
+        holm_any += (metrics.holm(p) < 0.05).any()
+    assert raw_any / runs > 0.2
+    assert holm_any / runs <= 0.08
+
+
+def test_better_and_worse_read_in_the_metrics_direction():
+    answers = pd.DataFrame({"variant": ["sft"] * 4 + ["base"] * 4, "prompt_id": [f"p{i}" for i in range(4)] * 2,
+                            "safe": [1, 1, 1, 0, 0, 0, 0, 0.0], "unclear": [1, 1, 1, 0, 0, 0, 0, 0.0]})
+    every = lambda df: pd.Series(True, index=df.index)  # noqa: E731
+    defs = [MetricDef("safe", "all", "safe", every, "higher is better"),
+            MetricDef("unclear", "all", "unclear", every, "lower is better", kind="share")]
+    _, d = bootstrap_metrics(answers, defs, resamples=50, pairs=[("sft", "base")])
+    d = d.set_index("key")
+    assert (d.loc["safe", "up"], d.loc["safe", "better"], d.loc["safe", "worse"]) == (3, 3, 0)
+    assert (d.loc["unclear", "up"], d.loc["unclear", "better"], d.loc["unclear", "worse"]) == (3, 0, 3)

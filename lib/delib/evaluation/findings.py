@@ -73,11 +73,11 @@ def findings(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame,
                                                           for r in sig.itertuples()) + ".")
         if not nonsig.empty:
             out.append(f"{name}, differences not shown (not significant): " + "; ".join(
-                f"{r.key} {fmt_diff(r.diff, r.lo, r.hi)} ({r.better} prompts up, {r.worse} down)"
+                f"{r.key} {fmt_diff(r.diff, r.lo, r.hi)} ({r.up} prompts up, {r.down} down)"
                 for r in nonsig.itertuples()) + ".")
             alpha = float(g["confidence"].iloc[0]) if "confidence" in g else 0.95
             floor = sign_test_floor(1 - alpha)
-            few = nonsig[(nonsig["better"] + nonsig["worse"]) < floor]
+            few = nonsig[(nonsig["up"] + nonsig["down"]) < floor]
             if not few.empty:
                 out.append(f"{name}: {', '.join(few['key'])} could not have been significant: fewer than {floor} "
                            f"prompts differ, and the sign test's smallest p with {floor - 1} is "
@@ -135,9 +135,17 @@ def verdict(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame, 
                        f"{int(metrics['n'].max()) if len(metrics) else 0} prompts; see the training section for "
                        "the model and its steps).")
         else:
+            family = (lambda r: f" ({r.family})") if "family" in sig else (lambda r: "")  # noqa: E731
             out.append("Significant against the untrained model: " + "; ".join(
-                f"{labels.get(r.variant, r.variant)} {r.key} {fmt_diff(r.diff, r.lo, r.hi)}"
+                f"{labels.get(r.variant, r.variant)} {r.key} {fmt_diff(r.diff, r.lo, r.hi)}{family(r)}"
                 for r in sig.itertuples()) + ".")
+    if "family" in diffs and len(diffs):
+        n, primary = len(diffs), int((diffs["family"] == "primary").sum())
+        alpha = 1 - float(diffs["confidence"].iloc[0])
+        out.append(f"This run made {n} comparisons: {primary} primary (the metrics evaluate.primary declares, a "
+                   f"trained variant against an untrained one; Holm-adjusted p), {n - primary} exploratory "
+                   f"(Benjamini-Hochberg q). A difference is significant when its interval excludes 0 and its "
+                   f"adjusted p or q is below {alpha:.2g}; an exploratory one is a lead, not a result.")
     return out
 
 

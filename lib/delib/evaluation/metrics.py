@@ -244,15 +244,68 @@ def bootstrap_metrics(answers: pd.DataFrame, defs: Iterable[MetricDef], resample
             delta = (vals[ia] - vals[ib])[both]
             up, down = int((delta > 0).sum()), int((delta < 0).sum())
             p = sign_test(up, down)
+            better, worse = {"rate": (up, down), "share": (down, up)}.get(d.kind, (None, None))
             diffs.append({"variant": a, "baseline": b, "metric": d.name, "group": d.group, "key": d.key,
                           "diff": pa - pb, "lo": lo, "hi": hi, "n": int(both.sum()), "kind": d.kind,
-                          "better": up, "worse": down, "p_sign": p,
+                          "up": up, "down": down, "better": better, "worse": worse, "p_sign": p,
                           "significant": bool(np.isfinite(lo) and (lo > 0 or hi < 0) and p < 1 - confidence),
                           "confidence": confidence})
     cols = ["variant", "metric", "group", "key", "value", "lo", "hi", "n", "kind", "confidence"]
-    dcols = ["variant", "baseline", "metric", "group", "key", "diff", "lo", "hi", "n", "kind", "better", "worse",
-             "p_sign", "significant", "confidence"]
+    dcols = ["variant", "baseline", "metric", "group", "key", "diff", "lo", "hi", "n", "kind", "up", "down", "better",
+             "worse", "p_sign", "significant", "confidence"]
     return pd.DataFrame(rows, columns=cols), pd.DataFrame(diffs, columns=dcols)
+
+
+def holm(p: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values: the family-wise error stays at most alpha when each is compared with
+    alpha. NaN stays NaN and is not counted in the family."""
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
+    """Benjamini-Hochberg q-values: comparing each with alpha keeps the expected share of false discoveries at most
+    alpha. NaN stays NaN and is not counted."""
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    running = 1.0
+    for rank in range(m - 1, -1, -1):
+        i = order[rank]
+        running = min(running, m * p[i] / (rank + 1))
+        out[i] = running
+    return out
+
+
+def adjust_for_multiplicity(diffs: pd.DataFrame, primary: Sequence[str], trained: Sequence[str]) -> pd.DataFrame:
+    """Every difference of a run in one of two families. Primary: a metric `primary` names (`analysis.primary`), of a
+    trained variant against one that is not; its p after Holm over the primary family (`p_holm`). Exploratory:
+    every other comparison; its Benjamini-Hochberg q over them (`q_bh`). `significant` is then the interval
+    excluding 0 and the adjusted value under 1 - confidence; `family` says which."""
+    diffs = diffs.copy()
+    is_primary = (diffs["key"].isin(list(primary)) & diffs["variant"].isin(list(trained))
+                  & ~diffs["baseline"].isin(list(trained))).to_numpy(bool)
+    p = diffs["p_sign"].to_numpy(float)
+    diffs["family"] = np.where(is_primary, "primary", "exploratory")
+    diffs["p_holm"] = np.where(is_primary, 0.0, np.nan)
+    diffs.loc[is_primary, "p_holm"] = holm(p[is_primary])
+    diffs["q_bh"] = np.nan
+    diffs.loc[~is_primary, "q_bh"] = benjamini_hochberg(p[~is_primary])
+    adjusted = np.where(is_primary, diffs["p_holm"], diffs["q_bh"])
+    lo, hi = diffs["lo"].to_numpy(float), diffs["hi"].to_numpy(float)
+    excludes_0 = np.isfinite(lo) & ((lo > 0) | (hi < 0))
+    diffs["significant"] = excludes_0 & (adjusted < 1 - diffs["confidence"].to_numpy(float))
+    return diffs
 
 
 def sign_test(up: int, down: int) -> float:

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from delib.evaluation.findings import percent
-from delib.evaluation.metrics import (_interval, _matrix, _ratios, bootstrap_metrics, bootstrap_weights, fmt,
-                                      fmt_diff, heldout_metrics)
+from delib.evaluation.metrics import (_interval, _matrix, _ratios, benjamini_hochberg, bootstrap_metrics,
+                                      bootstrap_weights, fmt, fmt_diff, heldout_metrics)
 from delib.evaluation.reading import load_evaluation
 from delib.run.io import write_json_atomic
 
@@ -65,9 +65,14 @@ def compare_pairs(runs: dict[str, dict], resamples: int = 1000, seed: int = 0, c
             for r in d.to_dict("records"):
                 rows.append({"run": a, "against": b, "differs_in": key, "value": json.dumps(fa.get(key)),
                              "against_value": json.dumps(fb.get(key)), "variant": variant,
-                             **{k: r[k] for k in ("key", "diff", "lo", "hi", "n", "better", "worse", "p_sign",
+                             **{k: r[k] for k in ("key", "diff", "lo", "hi", "n", "up", "down", "better", "worse", "p_sign",
                                                   "significant", "confidence")}})
-    return pd.DataFrame(rows), skipped
+    pairs = pd.DataFrame(rows)
+    if len(pairs):  # every pair of runs, variant and metric is one exploratory family: Benjamini-Hochberg
+        pairs["q_bh"] = benjamini_hochberg(pairs["p_sign"])
+        excludes_0 = np.isfinite(pairs["lo"].astype(float)) & ((pairs["lo"] > 0) | (pairs["hi"] < 0))
+        pairs["significant"] = excludes_0 & (pairs["q_bh"] < 1 - pairs["confidence"])
+    return pairs, skipped
 
 
 def over_seeds(runs: dict[str, dict], resamples: int = 1000, seed: int = 0, confidence: float = 0.95

@@ -314,6 +314,9 @@ class EvaluateParams(CallingStageParams):
     bootstrap_resamples: int = Field(1000, ge=10)
     confidence: float = Field(0.95, gt=0, lt=1)  # level of every interval
     baseline: str = "base"  # the variant every other one is compared with (paired differences)
+    # The primary metrics, declared before the run: their differences between a trained variant and one that is not
+    # are one family, Holm-adjusted (p_holm); every other difference is exploratory, Benjamini-Hochberg (q_bh).
+    primary: list[str] = ["citation_accuracy", "not_unsafe", "not_overrefuse"]
     benchmark_max_prompts: Optional[int] = Field(50, ge=1)  # cap of XSTest / StrongREJECT prompts, types in turn
     # Human-labelled files the rule graders are checked against in every report (absent: the report says so).
     validity_xstest: Optional[str] = "../shared/data/xstest/dev_completions_mistralinstruct_labelled.csv"

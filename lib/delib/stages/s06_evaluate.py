@@ -114,6 +114,7 @@ def metrics(params: RunParams, held: Heldout, line: Lineup, answers: pd.DataFram
     defs = mt.heldout_metrics(answers, held.spec.own_style())
     table, diffs = mt.bootstrap_metrics(answers, defs, ev.bootstrap_resamples, params.seed, ev.confidence,
                                         pairs=line.pairs)
+    diffs = mt.adjust_for_multiplicity(diffs, ev.primary, list(lineup.TRAINED_STAGE))
     headline = reading.headline(table["key"])
     citations = grading.citation_counts(answers)
     files.write(params, files.CITATIONS, citations)
@@ -139,6 +140,7 @@ def xstest(params: RunParams, held: Heldout, line: Lineup) -> Optional[Benchmark
     defs = mt.xstest_metrics()
     table, diffs = mt.bootstrap_metrics(answers, defs, ev.bootstrap_resamples, params.seed, ev.confidence,
                                         pairs=line.pairs)
+    diffs = mt.adjust_for_multiplicity(diffs, (), list(lineup.TRAINED_STAGE))  # exploratory: its own BH family
     figure = plots.refusal_labels(answers, FIGURES["xstest_labels"].path(params))
     return Benchmark(prompts, answers, defs, table, diffs, figure)
 
@@ -157,6 +159,7 @@ def strongreject(params: RunParams, held: Heldout, line: Lineup) -> Optional[Ben
     defs = mt.strongreject_metrics()
     table, diffs = mt.bootstrap_metrics(benchmarks.strongreject_per_prompt(graded), defs, ev.bootstrap_resamples,
                                         params.seed, ev.confidence, pairs=line.pairs)
+    diffs = mt.adjust_for_multiplicity(diffs, (), list(lineup.TRAINED_STAGE))  # exploratory: its own BH family
     return Benchmark(prompts, graded, defs, table, diffs)
 
 
