@@ -194,7 +194,7 @@ def test_no_model_role_branches_on_its_backend_outside_the_providers_and_the_sch
 @pytest.fixture
 def llama_server_by_hand(tmp_path):
     """llama-server on a free loopback port, started as a user would (no delib launcher), stopped after."""
-    from delib.models.servers import free_port, llama_server_binary
+    from delib.models.servers import cpu_count, free_port, llama_server_binary
     from delib.run.paths import embedded_model_file
 
     binary, gguf = llama_server_binary(), embedded_model_file()
@@ -203,7 +203,8 @@ def llama_server_by_hand(tmp_path):
     port = free_port()
     log = open(tmp_path / "llama-server.log", "wb")
     proc = subprocess.Popen([str(binary), "--model", str(gguf), "--alias", "smollm2", "--host", "127.0.0.1",
-                             "--port", str(port), "--ctx-size", "2048", "--threads", "2", "--jinja", "--no-webui"],
+                             "--port", str(port), "--ctx-size", "2048", "--threads", str(cpu_count()), "--jinja",
+                             "--no-webui"],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120

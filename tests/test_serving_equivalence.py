@@ -45,7 +45,7 @@ def setup(tmp_path_factory):
     from delib.training import export
     from delib.training.weights import convert_gguf
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(servers.cpu_count())  # OMP_NUM_THREADS caps it: make test runs three pytests at once
     tmp = tmp_path_factory.mktemp("equivalence")
     shipped = embedded_model_path()
     folder = convert_gguf(shipped, ROOT / "outputs" / ".cache" / "base_models")  # the runs' cache
@@ -142,8 +142,8 @@ def test_adapter_gguf_on_float_weights_is_the_pytorch_model(setup):
     greedy token is the same. Proves the export (names, scale, Q/K row order)."""
     from llama_cpp import Llama
 
-    llm = Llama(str(setup["f32"]), lora_path=str(setup["adapter"]), n_ctx=512, n_threads=2, type_k=0, type_v=0,
-                verbose=False)
+    llm = Llama(str(setup["f32"]), lora_path=str(setup["adapter"]), n_ctx=512, n_threads=servers.cpu_count(),
+                type_k=0, type_v=0, verbose=False)
     try:
         for prompt in PROMPTS:
             out = llm.create_chat_completion([{"role": "user", "content": prompt}], temperature=0.0,

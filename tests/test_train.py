@@ -272,3 +272,34 @@ def test_a_few_held_out_prompts_one_per_expected_action():
     assert list(held_out_prompts(prompts)["id"]) == ["b", "d"]
     assert list(held_out_prompts(prompts, 5)["id"]) == ["b", "d", "e"]
     assert (section_of("04_sft"), section_of("05_rl")) == ("sft", "rl")
+
+
+def test_base_weights_asked_by_two_processes_at_once_are_converted_once(tmp_path, monkeypatch):
+    """make test runs three pytest processes at once, and each may ask for the converted base weights first: the
+    lock makes the others wait for the folder the first one writes."""
+    import threading
+    import time
+
+    from delib.training import weights
+
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"weights")
+    converted = []
+
+    def slow_convert(path, folder, digest):
+        converted.append(folder)
+        time.sleep(0.5)  # long enough for every other caller to arrive meanwhile
+        folder.mkdir()
+        (folder / weights.SOURCE_FILE).write_text("{}")
+        return folder
+
+    monkeypatch.setattr(weights, "_convert", slow_convert)
+    found = []
+    callers = [threading.Thread(target=lambda: found.append(weights.convert_gguf(gguf, tmp_path / "cache")))
+               for _ in range(3)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert len(converted) == 1 and len(found) == 3 and len(set(found)) == 1
+    assert (found[0] / weights.SOURCE_FILE).is_file()

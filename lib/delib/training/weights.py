@@ -6,6 +6,7 @@ GPU names any Hugging Face folder or id in `sft.base_model` instead.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -35,18 +36,26 @@ def convert_gguf(gguf_path: Path, cache_dir: Path) -> Path:
 
     transformers dequantizes the GGUF on load (`gguf_file=`); the model then carries a GGUF quantizer that refuses
     to save, so it is detached first: the weights are plain fp32 tensors by then. The folder is named by the
-    file's sha256, so a changed GGUF converts again; it is written to a temporary folder and renamed, so two
-    processes converting at once both end up with a complete folder.
+    file's sha256, so a changed GGUF converts again; it is written to a temporary folder and renamed, and a lock
+    file makes a second process that asks meanwhile wait for the first one's folder instead of converting again.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     digest = sha256_file(gguf_path)
     folder = cache_dir / f"{gguf_path.stem}-{digest[:16]}"
     if (folder / SOURCE_FILE).is_file():
         return folder
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{folder.name}."))
+    with open(cache_dir / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, even if this process dies
+        if (folder / SOURCE_FILE).is_file():  # converted by the process that held the lock
+            return folder
+        return _convert(gguf_path, folder, digest)
+
+
+def _convert(gguf_path: Path, folder: Path, digest: str) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
