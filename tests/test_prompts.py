@@ -25,7 +25,7 @@ def test_jsonl_and_forced_split(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     ("id,prompt,category,expected_action,split\n1,x,c,comply,train\n2,y,c,maybe,train\n", "p.csv:3: expected_action 'maybe'"),
-    ("id,prompt,category,expected_action,split\n1,x,c,comply,test\n", "p.csv:2: split 'test'"),
+    ("id,prompt,category,expected_action,split\n1,x,c,comply,holdout\n", "p.csv:2: split 'holdout'"),
     ("id,prompt,category,expected_action,split\n1,,c,comply,train\n", "p.csv:2: missing value for column 'prompt'"),
     ("id,prompt,category,expected_action,split\n1,x,c,comply,train\n1,y,c,comply,eval\n", "p.csv:3: duplicate id '1' (first on line 2)"),
     ("id,prompt,category,expected_action,split\n", "p.csv: the prompt set has no rows"),
@@ -198,3 +198,27 @@ def test_stage_01s_prompt_table_reads_back_level_names_as_text(tmp_path):
     files.write(tmp_path, files.PROMPTS, pd.DataFrame([{"id": "001", "level": "1"}, {"id": "002", "level": None}]))
     back = files.read(tmp_path, files.PROMPTS)
     assert back["id"].tolist() == ["001", "002"] and back["level"].iloc[0] == "1"
+
+
+TEST_SPLIT_SHA256 = "e939514318b423dd9b5cc66738164e57ca2b69a2513a2d5a08f77d2b660dd5cc"  # prompts/README.md
+
+
+def test_the_locked_test_split_is_unchanged_and_covers_every_level(root):
+    """prompts/default_test.csv was written before any model answered it: its hash is recorded in prompts/README.md,
+    and this fails when the file changes. 12 prompts a category, every level with the spec's action, no prompt a
+    near-copy of default.csv's."""
+    from delib.run.io import sha256_file
+    from delib.spec.document import load_spec
+    from delib.spec.prompts import load_prompt_set, near_duplicates
+
+    path = root / "prompts" / "default_test.csv"
+    assert sha256_file(path) == TEST_SPLIT_SHA256, "the locked test split changed (see prompts/README.md)"
+    assert TEST_SPLIT_SHA256 in (root / "prompts" / "README.md").read_text()
+    spec = load_spec(root / "specs" / "default" / "spec.md")
+    test = load_prompt_set(path, spec=spec)
+    assert len(test) == 84 and set(test["split"]) == {"test"} and test["id"].is_unique
+    assert test.groupby("category").size().to_dict() == {c: 12 for c in spec.categories}
+    known = load_prompt_set(root / "prompts" / "default.csv", spec=spec)
+    assert set(zip(test["level"], test["expected_action"])) >= set(zip(known["level"], known["expected_action"]))
+    assert not set(test["id"]) & set(known["id"])
+    assert near_duplicates(known, test).empty

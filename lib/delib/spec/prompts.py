@@ -28,7 +28,7 @@ COLUMNS = (*REQUIRED, "category", "expected_action", "split")
 OPTIONAL = ("level",)  # may be absent, or empty on some rows
 SOURCES = ("category_source", "action_source", "split_source")  # "file", or where the value came from ("level",
 # "model", "seeded", "params")
-SPLITS = ("train", "eval")
+SPLITS = ("train", "eval", "test")  # test: the locked split (prompts/default_test.csv), which no stage selects yet
 XSTEST_URL = "https://raw.githubusercontent.com/paul-rottger/exaggerated-safety/main/xstest_prompts.csv"
 
 
