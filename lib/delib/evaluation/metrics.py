@@ -256,13 +256,17 @@ def bootstrap_metrics(answers: pd.DataFrame, defs: Iterable[MetricDef], resample
     return pd.DataFrame(rows, columns=cols), pd.DataFrame(diffs, columns=dcols)
 
 
+def _ranked(p: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The p-values as floats, an all-NaN array of their shape, and the indices of the finite ones, smallest first."""
+    p = np.asarray(p, dtype=float)
+    ok = np.flatnonzero(np.isfinite(p))
+    return p, np.full(p.shape, np.nan), ok[np.argsort(p[ok], kind="stable")]
+
+
 def holm(p: Sequence[float]) -> np.ndarray:
     """Holm's step-down adjusted p-values: the family-wise error stays at most alpha when each is compared with
     alpha. NaN stays NaN and is not counted in the family."""
-    p = np.asarray(p, dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    order = ok[np.argsort(p[ok], kind="stable")]
+    p, out, order = _ranked(p)
     m = len(order)
     running = 0.0
     for rank, i in enumerate(order):
@@ -274,10 +278,7 @@ def holm(p: Sequence[float]) -> np.ndarray:
 def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
     """Benjamini-Hochberg q-values: comparing each with alpha keeps the expected share of false discoveries at most
     alpha. NaN stays NaN and is not counted."""
-    p = np.asarray(p, dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    order = ok[np.argsort(p[ok], kind="stable")]
+    p, out, order = _ranked(p)
     m = len(order)
     running = 1.0
     for rank in range(m - 1, -1, -1):
