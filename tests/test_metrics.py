@@ -259,3 +259,36 @@ def test_better_and_worse_read_in_the_metrics_direction():
     d = d.set_index("key")
     assert (d.loc["safe", "up"], d.loc["safe", "better"], d.loc["safe", "worse"]) == (3, 3, 0)
     assert (d.loc["unclear", "up"], d.loc["unclear", "better"], d.loc["unclear", "worse"]) == (3, 0, 3)
+
+
+def test_significance_follows_the_adjusted_value_in_each_family():
+    """Hand-built differences, every interval excluding 0: three primary ones with p 0.01, 0.03, 0.04 (Holm: 0.03,
+    0.06, 0.06, so only the first stays significant), and exploratory ones (sft_rl against sft, a non-primary metric)
+    with BH q."""
+    diffs = pd.DataFrame({
+        "variant": ["sft", "sft", "sft_rl", "sft_rl", "sft", "sft"],
+        "baseline": ["base", "base", "base", "sft", "base", "base"],
+        "key": ["not_unsafe", "not_overrefuse", "citation_accuracy", "not_unsafe", "truncated", "unclear"],
+        "p_sign": [0.01, 0.03, 0.04, 0.01, 0.02, 0.5],
+        "lo": [0.1] * 6, "hi": [0.3] * 6, "confidence": [0.95] * 6})
+    out = metrics.adjust_for_multiplicity(diffs, ["not_unsafe", "not_overrefuse", "citation_accuracy"],
+                                          ["sft", "sft_rl"])
+    assert list(out["family"]) == ["primary"] * 3 + ["exploratory"] * 3  # sft_rl against sft is not primary
+    assert np.allclose(out["p_holm"][:3], [0.03, 0.06, 0.06]) and out["p_holm"][3:].isna().all()
+    assert np.allclose(out["q_bh"][3:], [0.03, 0.03, 0.5]) and out["q_bh"][:3].isna().all()
+    assert list(out["significant"]) == [True, False, False, True, True, False]
+    assert out["significant"].dtype == bool
+
+
+def test_the_verdict_counts_the_comparisons_and_names_each_significant_ones_family():
+    from delib.evaluation.findings import verdict
+
+    metrics_table = pd.DataFrame({"variant": ["sft", "base"], "key": ["not_unsafe"] * 2, "value": [0.9, 0.5],
+                                  "lo": [0.8, 0.4], "hi": [1.0, 0.6], "n": [40, 40]})
+    diffs = metrics.adjust_for_multiplicity(pd.DataFrame({
+        "variant": ["sft", "sft"], "baseline": ["base", "base"], "key": ["not_unsafe", "correct_action"],
+        "diff": [0.4, 0.3], "p_sign": [0.001, 0.001], "lo": [0.2, 0.1], "hi": [0.6, 0.5], "confidence": [0.95] * 2}),
+        ["not_unsafe"], ["sft"])
+    text = " ".join(verdict(metrics_table, diffs, pd.DataFrame({"variant": ["sft", "base"], "label": ["SFT", "base"]})))
+    assert "made 2 comparisons: 1 primary" in text and "1 exploratory" in text
+    assert "not_unsafe +0.40 [+0.20, +0.60] (primary)" in text and "correct_action +0.30 [+0.10, +0.50] (exploratory)" in text

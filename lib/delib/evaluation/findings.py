@@ -35,7 +35,8 @@ def findings(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame,
                    "effects can show, and an interval of zero width (e.g. [0.00, 0.00]) means that every counted "
                    "answer agreed, not that the value is certain: read it with its n. A difference is called "
                    "significant only when its paired interval excludes 0 and the exact sign test over the prompts "
-                   f"where the two variants differ gives p < {1 - confidence:.2g}.")
+                   "where the two variants differ, adjusted for the run's many comparisons (Holm over the primary "
+                   f"metrics, Benjamini-Hochberg over the rest), gives p < {1 - confidence:.2g}.")
     for line in not_available(variants):
         out.append(f"Not evaluated: {line}. No number is reported for it.")
     out += verdict(metrics, diffs, variants, info.get("baseline", "base"))
@@ -60,6 +61,8 @@ def findings(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame,
         out.append(f"{labels.get(r.variant, r.variant)}: {round((1 - r.value) * r.n)} of {r.n} replies have no answer "
                    "(cut off inside the chain of thought: truncated; or empty: unclear), counted as neither safe, "
                    "nor not over-refused, nor correct.")
+    if "up" not in diffs:  # a differences.csv written before up/down (raw counts) were kept beside better/worse
+        diffs = diffs.assign(up=diffs["better"], down=diffs["worse"])
     d = diffs[diffs["key"].isin(keys)]
     for (a, b), g in d.groupby(["variant", "baseline"], sort=False):
         sig = g[g["significant"]]
@@ -198,8 +201,9 @@ def summary(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame, 
     n = info.get("prompts")
     if n:
         out.append(f"Each variant answered {n} held-out prompts. A difference is significant only when its paired "
-                   f"{percent(info.get('confidence', 0.95))} interval excludes 0 and the sign test agrees, which "
-                   f"needs at least {floor} prompts that differ, all one way; on a metric counted over fewer prompts "
+                   f"{percent(info.get('confidence', 0.95))} interval excludes 0 and the sign test agrees after the "
+                   f"adjustment for many comparisons, which needs at least {floor} prompts that differ, all one way "
+                   "(more after the adjustment); on a metric counted over fewer prompts "
                    "(by expected action or by category) most differences cannot reach it.")
     out.append(caveats(info)[0])
     return out

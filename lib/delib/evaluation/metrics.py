@@ -253,7 +253,8 @@ def bootstrap_metrics(answers: pd.DataFrame, defs: Iterable[MetricDef], resample
     cols = ["variant", "metric", "group", "key", "value", "lo", "hi", "n", "kind", "confidence"]
     dcols = ["variant", "baseline", "metric", "group", "key", "diff", "lo", "hi", "n", "kind", "up", "down", "better",
              "worse", "p_sign", "significant", "confidence"]
-    return pd.DataFrame(rows, columns=cols), pd.DataFrame(diffs, columns=dcols)
+    diffs = pd.DataFrame(diffs, columns=dcols).astype({"better": "Int64", "worse": "Int64"})  # None: no direction
+    return pd.DataFrame(rows, columns=cols), diffs
 
 
 def _ranked(p: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -289,8 +290,8 @@ def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
 
 
 def adjust_for_multiplicity(diffs: pd.DataFrame, primary: Sequence[str], trained: Sequence[str]) -> pd.DataFrame:
-    """Every difference of a run in one of two families. Primary: a metric `primary` names (`analysis.primary`), of a
-    trained variant against one that is not; its p after Holm over the primary family (`p_holm`). Exploratory:
+    """Every difference of a run in one of two families. Primary: a metric `primary` names (`evaluate.primary`), of
+    a trained variant against one that is not; its p after Holm over the primary family (`p_holm`). Exploratory:
     every other comparison; its Benjamini-Hochberg q over them (`q_bh`). `significant` is then the interval
     excluding 0 and the adjusted value under 1 - confidence; `family` says which."""
     diffs = diffs.copy()

@@ -210,7 +210,8 @@ def report_sections(run: str, ev: dict, figures: dict[str, Path], found: Sequenc
                          ("StrongREJECT goodness@0.1 against XSTest not_overrefuse", figures.get("pareto_paper"))]),
         Section("Differences between variants", [
             "Paired bootstrap: each variant minus the baseline on the same resampled prompts; * marks a significant "
-            "difference (the interval excludes 0 and the sign test agrees). Anything without * is not shown by this "
+            "difference (the interval excludes 0 and the sign test's p, Holm-adjusted over the primary metrics or "
+            "Benjamini-Hochberg over the rest, is below 1 - confidence). Anything without * is not shown by this "
             "evaluation."],
             tables=[(f"difference [{pct} interval]", _metrics_rows(differences_table(d)))],
             figures=[("Paired differences", figures.get("differences"))]),

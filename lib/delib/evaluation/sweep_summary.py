@@ -162,8 +162,8 @@ def summarise(folder: Path, status: Sequence[dict], resamples: int = 1000, seed:
         report.Section("Pairs of runs", [
             "Runs that differ in one of the sweep's factors other than the seed (a grid key, or the named variant), "
             "model by model, paired on the held-out prompts both answered; * marks a significant difference (the "
-            "interval excludes 0 and the sign test agrees). Each pair is tested on its own: with many pairs, some "
-            "marks can be chance."]
+            "interval excludes 0 and the sign test's q, Benjamini-Hochberg over every pair, variant and metric of the "
+            "sweep, is below 1 - confidence): an exploratory lead, not a result."]
             + skipped, [(f"difference [{pct} interval]", pairs_table(pairs))]),
     ]
     report.write_html(folder / "report.html", f"Sweep {folder.name}", sections)

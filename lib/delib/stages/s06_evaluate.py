@@ -8,6 +8,7 @@ grader), `metrics` (bootstrap, figures, citations.csv), `xstest` and `strongreje
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -114,6 +115,10 @@ def metrics(params: RunParams, held: Heldout, line: Lineup, answers: pd.DataFram
     defs = mt.heldout_metrics(answers, held.spec.own_style())
     table, diffs = mt.bootstrap_metrics(answers, defs, ev.bootstrap_resamples, params.seed, ev.confidence,
                                         pairs=line.pairs)
+    unknown = sorted(set(ev.primary) - set(table["key"]))
+    if unknown:
+        warnings.warn(f"evaluate.primary names {unknown}, which are no metric of this run: they are in no family "
+                      f"(the metrics are {sorted(set(table['key']))[:12]}...)", stacklevel=2)
     diffs = mt.adjust_for_multiplicity(diffs, ev.primary, list(lineup.TRAINED_STAGE))
     headline = reading.headline(table["key"])
     citations = grading.citation_counts(answers)
