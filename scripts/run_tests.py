@@ -2,7 +2,7 @@
 
 The suite's time is spent in three parts that share nothing: nbval on the stage notebooks (the smoke run, in the
 project's outputs/), the any-spec run (tests/test_any_spec.py: a whole run on another spec, all of it in a temporary
-folder) with the runs that are interrupted on purpose, and every other test. Each part waits mostly on one single-threaded process (llama-server, or torch), so
+folder) with the training run stopped by Ctrl-C, and every other test. Each part waits mostly on one single-threaded process (llama-server, or torch), so
 on a machine with two cores or more the three run side by side. Each process gets OMP_NUM_THREADS (when it is not set
 already) of at most cores / 3, which torch and the embedded llama-server both obey (models/servers.py): more busy
 threads than cores slow llama.cpp many times over.
@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Each part a few minutes long; the second holds the run on another spec and the runs that are interrupted.
-LONG = ["tests/test_any_spec.py", "tests/test_interrupt_training.py", "tests/test_resume_and_secrets.py"]
+# Parts of about equal length (fresh checks of 2026-12: the any-spec run alone ~450 s with three parts at once).
+LONG = ["tests/test_any_spec.py", "tests/test_interrupt_training.py"]
 PARTS = [
     ("notebooks (nbval)", ["notebooks"]),
-    ("the any-spec run, the interrupted runs", LONG),
+    ("the any-spec run, the Ctrl-C run", LONG),
     ("every other test", ["tests", *[f"--ignore={path}" for path in LONG]]),
 ]
 SLOWEST = 15
