@@ -101,6 +101,9 @@ def test_pairs_are_compared_on_the_same_prompts_only():
     cite = pairs[(pairs["run"] == "a") & (pairs["against"] == "b") & (pairs["variant"] == "sft")
                  & (pairs["key"] == "citation_accuracy")].iloc[0]
     assert cite["diff"] > 0.6 and cite["significant"]
+    # every pair of runs, variant and metric is one exploratory family: a BH q beside each p, significance by q
+    assert set(pairs["family"]) == {"exploratory"} and pairs["p_holm"].isna().all()
+    assert (pairs["q_bh"] >= pairs["p_sign"]).all() and cite["q_bh"] < 0.05
     same = pairs[(pairs["run"] == "a") & (pairs["against"] == "b") & (pairs["variant"] == "base")]
     assert (same["diff"] == 0).all() and not same["significant"].any()  # identical base answers: no difference
 

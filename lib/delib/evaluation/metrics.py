@@ -309,13 +309,16 @@ def adjust_for_multiplicity(diffs: pd.DataFrame, primary: Sequence[str], trained
     """Every difference of a run in one of two families. Primary: a metric `primary` names (`evaluate.primary`), of
     a trained variant against one that is not; its p after Holm over the primary family (`p_holm`). Exploratory:
     every other comparison; its Benjamini-Hochberg q over them (`q_bh`). `significant` is then the interval
-    excluding 0 and the adjusted value under 1 - confidence; `family` says which."""
+    excluding 0 and the adjusted value under 1 - confidence; `family` says which. With no `primary`, every
+    difference is exploratory (and `diffs` needs no baseline column: a sweep's pairs of runs)."""
     diffs = diffs.copy()
-    is_primary = (diffs["key"].isin(list(primary)) & diffs["variant"].isin(list(trained))
-                  & ~diffs["baseline"].isin(list(trained))).to_numpy(bool)
+    is_primary = np.zeros(len(diffs), bool)
+    if len(primary):
+        is_primary = (diffs["key"].isin(list(primary)) & diffs["variant"].isin(list(trained))
+                      & ~diffs["baseline"].isin(list(trained))).to_numpy(bool)
     p = diffs["p_sign"].to_numpy(float)
     diffs["family"] = np.where(is_primary, "primary", "exploratory")
-    diffs["p_holm"] = np.where(is_primary, 0.0, np.nan)
+    diffs["p_holm"] = np.nan
     diffs.loc[is_primary, "p_holm"] = holm(p[is_primary])
     diffs["q_bh"] = np.nan
     diffs.loc[~is_primary, "q_bh"] = benjamini_hochberg(p[~is_primary])

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from delib.evaluation.findings import percent
-from delib.evaluation.metrics import (_interval, _matrix, _ratios, benjamini_hochberg, bootstrap_metrics,
+from delib.evaluation.metrics import (_interval, _matrix, _ratios, adjust_for_multiplicity, bootstrap_metrics,
                                       bootstrap_weights, fmt, fmt_diff, heldout_metrics)
 from delib.evaluation.reading import load_evaluation
 from delib.run.io import write_json_atomic
@@ -69,9 +69,7 @@ def compare_pairs(runs: dict[str, dict], resamples: int = 1000, seed: int = 0, c
                                                   "significant", "confidence")}})
     pairs = pd.DataFrame(rows)
     if len(pairs):  # every pair of runs, variant and metric is one exploratory family: Benjamini-Hochberg
-        pairs["q_bh"] = benjamini_hochberg(pairs["p_sign"])
-        excludes_0 = np.isfinite(pairs["lo"].astype(float)) & ((pairs["lo"] > 0) | (pairs["hi"] < 0))
-        pairs["significant"] = excludes_0 & (pairs["q_bh"] < 1 - pairs["confidence"])
+        pairs = adjust_for_multiplicity(pairs, primary=(), trained=())
     return pairs, skipped
 
 
