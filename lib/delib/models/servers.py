@@ -99,6 +99,9 @@ class LocalServer:
         self.port: Optional[int] = None
         self.proc: Optional[subprocess.Popen] = None
         self.log_path: Optional[Path] = None
+        self.parallel = 1  # requests it takes at once
+        self.slot_dir: Optional[Path] = None  # where it saves prefixes (llama-server only)
+        self.logits_all = True  # every request may ask for logprobs (llama-cpp-python: only when started so)
 
     @property
     def base_url(self) -> str:
@@ -335,7 +338,31 @@ def acquire(model_path: Path, alias: str, adapter: Optional[Path], log_dir: Opti
         return server
 
 
-def release(server: EmbeddedServer) -> None:
+def acquire_transformers(folder: Path, log_dir: Optional[Path]) -> "TransformersServer":
+    """The running `transformers serve` of this Hugging Face folder, started if there is none; release() it."""
+    key = ("transformers", str(Path(folder).resolve()))
+    with _LOCK:
+        entry = _SHARED.get(key)
+        if entry and entry[0].alive():
+            entry[1] += 1
+            return entry[0]
+        if entry:
+            entry[0].stop()
+        install_handlers()
+        server = TransformersServer(folder, device="cuda" if _cuda() else "cpu", log_dir=log_dir).start()
+        _SHARED[key] = [server, 1]
+        return server
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def release(server: LocalServer) -> None:
     """One client is done with the server; the last one stops it."""
     with _LOCK:
         for key, entry in list(_SHARED.items()):

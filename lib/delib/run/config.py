@@ -43,7 +43,8 @@ class Sampling(_Strict):
 class ModelRole(_Strict):
     """One model the run talks to: where it is served and how it samples."""
 
-    backend: Literal["embedded", "openai", "openai_compatible"] = "embedded"
+    # embedded: a GGUF, transformers: a Hugging Face folder (both served here); openai_compatible: at base_url
+    backend: Literal["embedded", "transformers", "openai", "openai_compatible"] = "embedded"
     model: str = EMBEDDED_MODEL
     base_url: Optional[str] = None  # openai_compatible only, e.g. http://localhost:8000/v1
     api_key_env: Optional[str] = None  # name of the environment variable holding the key (never the key)

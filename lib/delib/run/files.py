@@ -61,6 +61,9 @@ def run_folder(where: Where) -> Path:
     return run_dir(where)
 
 
+# Every stage that calls a model or trains: the token and time totals of its last run (USAGE["02_generate"])
+USAGE = {stage: RunFile(stage, st.USAGE_FILE, about="tokens, calls and seconds of the stage's model calls, per role")
+         for stage in st.STAGES}
 # Stage 01
 SPEC = RunFile(st.POLICY, "spec.json", about="the parsed spec: sections, categories, levels")
 SPEC_FOR_CATEGORY = RunFile(st.POLICY, "spec_for_category.json", about="what the generator sees per category")

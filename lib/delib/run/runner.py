@@ -26,9 +26,9 @@ from delib.run.config import ParamsError, RunParams, key_line, load_params
 from delib.run.io import hash_tree, sha256_file, write_json_atomic, write_text_atomic
 from delib.run.manifest import Manifest, now
 from delib.run.paths import examples_path, project_root, resolve, run_dir
-from delib.run import registry
+from delib.run import files, registry
 from delib.run.preflight import preflight
-from delib.run.stages import ANALYSIS, EVALUATE, STAGES, USAGE_FILE
+from delib.run.stages import ANALYSIS, EVALUATE, STAGES
 from delib.run.templates import FIELDS as TEMPLATE_FIELDS, TemplateError, load_template, template_path
 
 DONE_MARKER = "_done.json"
@@ -278,7 +278,7 @@ def run(params_file: str | Path, stages: Optional[str] = None, resume: bool = Fa
         manifest.stage(stage, status="running", start=started, end=None, duration_s=None,
                        notebook=str(executed) if executed else None, engine=engine, error=None)
         (rdir / stage / DONE_MARKER).unlink(missing_ok=True)
-        (rdir / stage / USAGE_FILE).unlink(missing_ok=True)  # usage is per run of a stage: a re-run replaces it
+        files.USAGE[stage].path(rdir).unlink(missing_ok=True)  # usage is per run of a stage: a re-run replaces it
         try:
             if executed:
                 import papermill

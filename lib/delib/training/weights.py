@@ -85,17 +85,20 @@ def base_model(params: "RunParams") -> str:
     if name:
         local = resolve(name)
         return str(local) if local.exists() else name
-    gguf = provider_for(params.models.policy).weights_to_train()
-    if gguf is None:
+    weights = provider_for(params.models.policy).weights_to_train()
+    if weights is None:
         raise TrainingError(f"models.policy uses the {params.models.policy.backend!r} backend: TRL needs weights; "
                             "set sft.base_model to a Hugging Face folder or id, or use sft.backend: openai")
+    if weights.is_dir():  # a Hugging Face folder (the transformers provider): trained as it is
+        return str(weights)
     with quiet():
-        return str(convert_gguf(gguf, cache_root(params)))
+        return str(convert_gguf(weights, cache_root(params)))
 
 
 def served_base_gguf(params: "RunParams") -> Optional[Path]:
     """The GGUF a trained adapter is served on, when the weights trained came from it (else None)."""
-    return None if params.sft.base_model else provider_for(params.models.policy).weights_to_train()
+    weights = None if params.sft.base_model else provider_for(params.models.policy).weights_to_train()
+    return weights if weights is not None and weights.suffix == ".gguf" else None
 
 
 def check_chat_template(tokenizer, model_name: str) -> None:
