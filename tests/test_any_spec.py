@@ -83,7 +83,7 @@ def test_the_smoke_recipe_runs_end_to_end_on_a_spec_of_another_shape_kept_outsid
     assert sorted(by_model["id"]) == ["lab-11", "wel-11"] and set(by_model["action_source"]) == {"model"}
     assert set(by_model["category"]) <= set(campus.categories) and by_model["level"].notna().all()
     assert set(prompts.loc[prompts["category_source"] == "file", "action_source"]) == {"level"}
-    assert set(prompts["split"]) == {"train", "eval"}
+    assert set(prompts["split"]) == {"train", "dev"}
     rendered = json.loads((run / "01_policy" / "spec_for_category.json").read_text())
     assert set(rendered) == set(campus.categories)
     assert "A1 -> decline (refuse)" in rendered["academic_integrity"]["text"]

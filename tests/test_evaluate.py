@@ -29,7 +29,7 @@ def run(tmp_path, root, monkeypatch):
 def test_selection_balances_actions_across_categories(run):
     _, _, prompts = run
     sel = lineup.select_eval_prompts(prompts, 14)
-    assert len(sel) == 14 and (sel["split"] == "eval").all()
+    assert len(sel) == 14 and (sel["split"] == "dev").all()
     assert sel["category"].value_counts().eq(2).all()  # 7 categories, 2 each
     counts = sel["expected_action"].value_counts()
     assert set(counts.index) == {"comply", "refuse", "safe_complete"} and counts.max() - counts.min() <= 1
@@ -37,7 +37,31 @@ def test_selection_balances_actions_across_categories(run):
     sc = set(sel.loc[sel["expected_action"] == "safe_complete", "category"])
     assert {"self_harm", "regulated_advice"} <= sc
     assert lineup.select_eval_prompts(prompts, 14).equals(sel)  # deterministic
-    assert len(lineup.select_eval_prompts(prompts, None)) == (prompts["split"] == "eval").sum()
+    assert len(lineup.select_eval_prompts(prompts, None)) == (prompts["split"] == "dev").sum()
+
+
+def test_the_default_recipe_evaluates_dev_and_the_test_split_only_when_asked(run):
+    """The default prompt sets hold train, dev and the locked test split; stage 06 takes dev unless
+    evaluate.split says test, and a report on test says so in its title."""
+    from delib.stages.s07_analysis import title
+    params, _, prompts = run
+    assert prompts["split"].value_counts().to_dict() == {"train": 105, "dev": 50, "test": 84}
+    test = lineup.select_eval_prompts(prompts, None, "test")
+    assert len(test) == 84 and test["id"].str.startswith("tst-").all()
+    assert set(lineup.select_eval_prompts(prompts, 14)["split"]) == {"dev"}
+    assert "test split" in title("r", {"split": "test"}) and "test" not in title("r", {"split": "dev"})
+    assert len(_select_with(params, prompts, "test").selected) == 14  # capped by max_prompts, as dev is
+    with pytest.raises(ValueError, match="evaluate.split is 'test' but no prompt .* add prompts/default_test.csv"):
+        _select_with(params, prompts[prompts["split"] != "test"], "test")
+
+
+def _select_with(params, prompts, split):
+    """stage 06's selection over a given prompt table (as stage 01 would have written it)."""
+    from unittest import mock
+    from delib.stages import s06_evaluate
+    evaluate = params.evaluate.model_copy(update={"split": split})
+    with mock.patch.object(s06_evaluate, "read_outputs", lambda p: (None, prompts, {})):
+        return s06_evaluate.select(params.model_copy(update={"evaluate": evaluate}))
 
 
 def test_whole_spec_prompt_holds_every_section(run):

@@ -54,7 +54,7 @@ def test_sft_rows_drop_the_spec_and_keep_the_cot(generated, tmp_path):
 
 def test_rl_rows_are_the_training_prompts():
     prompts = pd.DataFrame({"id": ["a", "b"], "prompt": ["x", "y"], "category": ["c", "c"],
-                            "expected_action": ["refuse", "comply"], "split": ["train", "eval"]})
+                            "expected_action": ["refuse", "comply"], "split": ["train", "dev"]})
     assert rl_rows(prompts) == [{"prompt_id": "a", "prompt": "x", "category": "c", "expected_action": "refuse"}]
 
 

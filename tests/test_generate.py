@@ -89,11 +89,11 @@ def test_select_prompts_takes_categories_and_actions_in_turn():
     from delib.generation.generate import select_prompts
     rows = [(f"{c}{i}", c, a, "train") for c in "ab" for i, a in enumerate(["comply"] * 3 + ["refuse"] * 2)]
     df = pd.DataFrame(rows, columns=["id", "category", "expected_action", "split"])
-    df = pd.concat([df, pd.DataFrame([("e1", "a", "comply", "eval")], columns=df.columns)])
+    df = pd.concat([df, pd.DataFrame([("e1", "a", "comply", "dev")], columns=df.columns)])
     picked = select_prompts(df, "train", 4)
     assert picked["category"].value_counts().to_dict() == {"a": 2, "b": 2}
     assert set(picked["expected_action"]) == {"comply", "refuse"}
-    assert len(select_prompts(df, "train", None)) == 10 and select_prompts(df, "eval", 5)["id"].tolist() == ["e1"]
+    assert len(select_prompts(df, "train", None)) == 10 and select_prompts(df, "dev", 5)["id"].tolist() == ["e1"]
 
 
 def test_small_caps_still_mix_actions_across_categories():

@@ -13,14 +13,14 @@ def test_csv_with_column_mapping(tmp_path):
     df = load_prompt_set(f, {"id": "key", "prompt": "question", "category": "topic",
                              "expected_action": "action", "split": "part"})
     assert df[["id", "prompt", "category", "expected_action", "split"]].values.tolist() == [
-        ["1", "Hi, there", "a", "comply", "train"], ["2", "Bye", "b", "refuse", "eval"]]
+        ["1", "Hi, there", "a", "comply", "train"], ["2", "Bye", "b", "refuse", "dev"]]  # "eval": dev's old name
 
 
 def test_jsonl_and_forced_split(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text(json.dumps({"id": "a", "prompt": "x", "category": "c", "expected_action": "safe_complete"}) + "\n")
-    forced = load_prompt_set(f, split="eval")
-    assert forced["split"].tolist() == ["eval"] and forced["split_source"].tolist() == ["params"]
+    forced = load_prompt_set(f, split="test")
+    assert forced["split"].tolist() == ["test"] and forced["split_source"].tolist() == ["params"]
 
 
 @pytest.mark.parametrize("content, message", [
@@ -99,10 +99,10 @@ def test_default_prompt_set(root):
     per_category = df.groupby("category").size()
     assert set(per_category.index) == set(spec.categories)
     assert per_category.min() >= 15
-    assert (df.groupby("category")["split"].apply(lambda s: (s == "eval").sum()) >= 4).all()
+    assert (df.groupby("category")["split"].apply(lambda s: (s == "dev").sum()) >= 4).all()
     assert (df.groupby("category")["expected_action"].apply(lambda s: (s == "comply").sum()) >= 3).all()
     assert df["level"].notna().all()  # every prompt names the level that applies (its action checked on load)
-    leaks = near_duplicates(df[df.split == "train"], df[df.split == "eval"])
+    leaks = near_duplicates(df[df.split == "train"], df[df.split == "dev"])
     assert leaks.empty, leaks[["train_prompt", "eval_prompt"]].to_string()
 
 
@@ -147,15 +147,15 @@ def test_rows_without_a_split_get_a_seeded_split_stratified_by_category_and_acti
     f, g = tmp_path / "p.csv", tmp_path / "reversed.csv"
     f.write_text("id,prompt,category,expected_action\n" + "".join(f"{i},q {i},{c},{a}\n" for i, c, a in rows))
     g.write_text("id,prompt,category,expected_action\n" + "".join(f"{i},q {i},{c},{a}\n" for i, c, a in rows[::-1]))
-    df = load_prompt_sets([PromptSetParams(path=str(f))], seed=3, eval_share=0.5)
+    df = load_prompt_sets([PromptSetParams(path=str(f))], seed=3, dev_share=0.5)
     assert (df["split_source"] == "seeded").all()
-    assert df.groupby(["category", "expected_action"])["split"].apply(lambda s: (s == "eval").sum()).tolist() == [3] * 4
-    again = load_prompt_sets([PromptSetParams(path=str(g))], seed=3, eval_share=0.5)
+    assert df.groupby(["category", "expected_action"])["split"].apply(lambda s: (s == "dev").sum()).tolist() == [3] * 4
+    again = load_prompt_sets([PromptSetParams(path=str(g))], seed=3, dev_share=0.5)
     assert dict(zip(df["id"], df["split"])) == dict(zip(again["id"], again["split"]))  # file order does not matter
-    other = load_prompt_sets([PromptSetParams(path=str(f))], seed=4, eval_share=0.5)
+    other = load_prompt_sets([PromptSetParams(path=str(f))], seed=4, dev_share=0.5)
     assert dict(zip(df["id"], df["split"])) != dict(zip(other["id"], other["split"]))
-    quarter = load_prompt_sets([PromptSetParams(path=str(f))], seed=3, eval_share=0.25)
-    assert (quarter["split"] == "eval").sum() == 8  # round(1.5) = 2 of each group of 6, halves up
+    quarter = load_prompt_sets([PromptSetParams(path=str(f))], seed=3, dev_share=0.25)
+    assert (quarter["split"] == "dev").sum() == 8  # round(1.5) = 2 of each group of 6, halves up
 
 
 @pytest.mark.parametrize("sizes", [(3, 2), (1, 2, 2), (2, 2, 2, 5)])
@@ -165,9 +165,9 @@ def test_a_seeded_split_puts_every_group_of_two_or_more_in_both_splits(tmp_path,
     f = tmp_path / "p.csv"
     f.write_text("id,prompt,category,expected_action\n" + "".join(
         f"g{g}-{i},q,c{g},{('comply', 'refuse')[g % 2]}\n" for g, n in enumerate(sizes) for i in range(n)))
-    df = load_prompt_sets([PromptSetParams(path=str(f))], seed=0, eval_share=0.5)
+    df = load_prompt_sets([PromptSetParams(path=str(f))], seed=0, dev_share=0.5)
     per_group = df.groupby("category")["split"].agg(lambda s: sorted(set(s)))
-    assert all(splits == ["eval", "train"] for c, splits in per_group.items() if sizes[int(c[1:])] >= 2), per_group
+    assert all(splits == ["dev", "train"] for c, splits in per_group.items() if sizes[int(c[1:])] >= 2), per_group
 
 
 def test_a_split_in_the_file_is_kept(tmp_path):
@@ -175,8 +175,8 @@ def test_a_split_in_the_file_is_kept(tmp_path):
     f.write_text("id,prompt,category,expected_action,split\n1,x,c,comply,train\n2,y,c,comply,\n")
     from delib.spec.prompts import load_prompt_sets
     from delib.run.config import PromptSetParams
-    df = load_prompt_sets([PromptSetParams(path=str(f))], seed=0, eval_share=1.0)
-    assert df["split"].tolist() == ["train", "eval"] and df["split_source"].tolist() == ["file", "seeded"]
+    df = load_prompt_sets([PromptSetParams(path=str(f))], seed=0, dev_share=1.0)
+    assert df["split"].tolist() == ["train", "dev"] and df["split_source"].tolist() == ["file", "seeded"]
 
 
 def test_an_id_used_by_two_prompt_sets_is_named_with_both_places(tmp_path):

@@ -46,7 +46,9 @@ def test_findings_say_what_was_and_was_not_shown():
     assert sig and "not_unsafe" in sig[0] and "citation_accuracy" in sig[0]
     nonsig = [t for t in text if "not significant" in t]
     assert nonsig and "not_overrefuse" in nonsig[0]  # drawn at the same rate for both: no claim of a difference
-    assert text[0].startswith("Each variant answered 20 held-out prompts (5 comply, 10 refuse, 5 safe_complete)")
+    assert text[0].startswith("Each variant answered 20 held-out prompts of the dev split (tuned on: a development "
+                              "figure;") and "(5 comply, 10 refuse, 5 safe_complete)" in text[0]
+    assert "cover the sampling of prompts only, not the run's seed" in text[0]
 
 
 def test_findings_say_when_too_few_prompts_differ_for_the_sign_test():

@@ -33,7 +33,8 @@ def project(tmp_path, monkeypatch):
         WRITE.format(stage="02_generate"), "assert (paths.stage_dir(params, '01_policy') / 'out.txt').exists()")))
     (tmp_path / "params" / "p.yaml").write_text("run_name: t1\nseed: 7\n")
     templates = tuple(f"specs/default/templates/{t}.txt" for t in ("generator", "judge", "grader", "strongreject"))
-    for named in ("specs/default/spec.md", "specs/default/examples.yaml", "prompts/default.csv", *templates):  # the default
+    for named in ("specs/default/spec.md", "specs/default/examples.yaml", "prompts/default.csv",
+                  "prompts/default_test.csv", *templates):  # the default
         (tmp_path / named).parent.mkdir(parents=True, exist_ok=True)  # recipe's files, checked before a run
         (tmp_path / named).write_text("")
     monkeypatch.setenv("DELIB_ROOT", str(tmp_path))

@@ -267,7 +267,7 @@ def test_each_training_stage_has_its_own_copy_of_the_files_both_write(tmp_path):
 def test_a_few_held_out_prompts_one_per_expected_action():
     from delib.training.published import held_out_prompts, section_of
 
-    prompts = pd.DataFrame({"id": list("abcdef"), "split": ["train", "eval", "eval", "eval", "eval", "train"],
+    prompts = pd.DataFrame({"id": list("abcdef"), "split": ["train", "dev", "dev", "dev", "dev", "train"],
                             "expected_action": ["refuse", "comply", "comply", "refuse", "safe_complete", "comply"]})
     assert list(held_out_prompts(prompts)["id"]) == ["b", "d"]
     assert list(held_out_prompts(prompts, 5)["id"]) == ["b", "d", "e"]

@@ -138,7 +138,7 @@ def evaluation_info(selected: pd.DataFrame, variants: Sequence[Variant], params:
                     benchmarks: Optional[dict] = None) -> dict:
     """What stage 06 measured on, for the report and metrics.json."""
     ev = params.evaluate
-    return {"prompts": int(len(selected)),
+    return {"prompts": int(len(selected)), "split": ev.split,
             "prompts_by_action": {a: int(n) for a, n in selected["expected_action"].value_counts().sort_index().items()},
             "prompt_ids": [str(i) for i in selected["id"]],
             # where each held-out prompt's labels came from (policy.prompts: file, level, model, seeded)

@@ -46,7 +46,7 @@ def load_strongreject(path: str | Path, max_prompts: Optional[int] = None) -> pd
         "prompt": raw["jailbroken_prompt"].where(raw["jailbroken_prompt"] != "", raw["forbidden_prompt"])
         if "jailbroken_prompt" in raw else raw["forbidden_prompt"],
         "sr_category": raw["category"] if "category" in raw else "",
-        "expected_action": "refuse", "category": None, "split": "eval"})
+        "expected_action": "refuse", "category": None, "split": "dev"})
     df["id"] = df["forbidden_id"] + "-" + df["technique"].str.replace(r"\W+", "_", regex=True)
     if max_prompts is not None:
         keep = select_by_type(df.drop_duplicates("forbidden_id"), "sr_category", max_prompts)["forbidden_id"]

@@ -28,7 +28,12 @@ def findings(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame,
     n = info.get("prompts")
     confidence = info.get("confidence", 0.95)
     if n:
-        out.append(f"Each variant answered {n} held-out prompts (" + ", ".join(f"{v} {k}" for k, v in counts.items())
+        split = info.get("split", "dev")
+        where = ("of the locked test split" if split == "test" else
+                 f"of the {split} split (tuned on: a development figure; the locked test split is for the run you "
+                 "publish, evaluate.split: test)")
+        out.append(f"Each variant answered {n} held-out prompts {where} ("
+                   + ", ".join(f"{v} {k}" for k, v in counts.items())
                    + f"). Intervals are {percent(confidence)} percentile bootstrap intervals over prompts "
                    f"({info.get('resamples')} "
                    "resamples); with this few prompts an interval is typically several tenths wide, so only large "
@@ -36,7 +41,9 @@ def findings(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame,
                    "answer agreed, not that the value is certain: read it with its n. A difference is called "
                    "significant only when its paired interval excludes 0 and the exact sign test over the prompts "
                    "where the two variants differ, adjusted for the run's many comparisons (Holm over the primary "
-                   f"metrics, Benjamini-Hochberg over the rest), gives p < {1 - confidence:.2g}.")
+                   f"metrics, Benjamini-Hochberg over the rest), gives p < {1 - confidence:.2g}. These intervals cover "
+                   "the sampling of prompts only, not the run's seed (another seed draws other samples and trains "
+                   "another model): `delib sweep` over seeds pools the seeds.")
     for line in not_available(variants):
         out.append(f"Not evaluated: {line}. No number is reported for it.")
     out += verdict(metrics, diffs, variants, info.get("baseline", "base"))

@@ -35,11 +35,11 @@ TRAINED_STAGE = {"sft": stages.SFT, "sft_rl": stages.RL}
 
 
 
-def select_eval_prompts(prompts: pd.DataFrame, max_prompts: Optional[int]) -> pd.DataFrame:
-    """Held-out (eval split) prompts, capped at `max_prompts` by taking categories in turn; each category gives
-    the action it has given least so far, ties going to the action least represented overall, so that a small
-    evaluation still has prompts to comply with, to refuse and to safe-complete."""
-    rows = prompts[prompts["split"] == "eval"]
+def select_eval_prompts(prompts: pd.DataFrame, max_prompts: Optional[int], split: str = "dev") -> pd.DataFrame:
+    """Held-out prompts of `split` (dev, or the locked test), capped at `max_prompts` by taking categories in turn;
+    each category gives the action it has given least so far, ties going to the action least represented overall,
+    so that a small evaluation still has prompts to comply with, to refuse and to safe-complete."""
+    rows = prompts[prompts["split"] == split]
     if max_prompts is None or max_prompts >= len(rows):
         return rows.sort_values(["category", "id"]).reset_index(drop=True)
     queues = {c: {a: list(g.sort_values("id").index) for a, g in group.groupby("expected_action")}

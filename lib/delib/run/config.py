@@ -125,14 +125,14 @@ class PromptSetParams(_Strict):
 
     path: str
     columns: dict[str, str] = {}  # e.g. {prompt: question, category: topic}
-    split: Optional[Literal["train", "eval"]] = None  # force every row into one split
+    split: Optional[Literal["train", "dev", "test"]] = None  # force every row into one split
 
 
 class PromptsParams(_Strict):
-    sets: list[PromptSetParams] = [PromptSetParams(path="prompts/default.csv")]
+    sets: list[PromptSetParams] = [PromptSetParams(path=f"prompts/{name}.csv") for name in ("default", "default_test")]
     xstest_path: Optional[str] = None  # XSTest prompts CSV, for the evaluation stage
     strongreject_path: Optional[str] = None  # StrongREJECT-style CSV (forbidden_prompt, ...), for the evaluation stage
-    eval_share: float = Field(0.5, ge=0, le=1)  # rows without a split: the share a seeded split sends to eval
+    dev_share: float = Field(0.5, ge=0, le=1)  # rows without a split: the share a seeded split sends to dev
     label_missing: bool = True  # rows without a category, or an action and a level: models.judge labels them
 
 
@@ -302,10 +302,10 @@ class EvaluateParams(CallingStageParams):
     """Stage 06: which variants answer the held-out prompts, how, and how the metrics are bootstrapped."""
 
     max_prompts: Optional[int] = Field(28, ge=1)  # held-out prompts, categories in turn; null: all
+    split: Literal["dev", "test"] = "dev"  # dev: tuned on; test: locked, for the run whose figures are published
     variants: list[VariantName] = list(VARIANTS)
-    # spec_prompt's system prompt: the prompt's category's view of the spec (what the generator is shown; ~1,800
-    # tokens for the default spec) or the whole spec (~6,200: the model is not told the category, and on the
-    # embedded model every answer token then attends over it: ~4x the time per answer)
+    # spec_prompt's system prompt: the category's view of the spec (what the generator is shown, ~1,800 tokens) or the
+    # whole spec (~6,200: the model is not told the category; on the embedded model ~4x the time per answer)
     spec_prompt: Literal["category", "whole"] = "category"
     extra_models: dict[str, ModelRole] = {}  # more variants by name, e.g. an OpenAI model or a vLLM endpoint
     max_tokens: Optional[int] = Field(128, ge=8)  # per answer (CoT included); null: the role's sampling.max_tokens

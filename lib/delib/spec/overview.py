@@ -34,7 +34,7 @@ def load_inputs(params: RunParams) -> tuple[Spec, pd.DataFrame]:
             return label_prompts(df, spec, client)[0]
 
     prompts = load_prompt_sets(params.prompts.sets, spec, resolve, seed=params.seed,
-                               eval_share=params.prompts.eval_share,
+                               dev_share=params.prompts.dev_share,
                                labeller=labeller if params.prompts.label_missing else None)
     return spec, prompts
 
@@ -83,8 +83,8 @@ def prompt_counts(prompts: pd.DataFrame) -> pd.DataFrame:
 
 
 def split_leaks(prompts: pd.DataFrame) -> pd.DataFrame:
-    """Eval prompts that are the same as, or near-copies of, a train prompt."""
-    return near_duplicates(prompts[prompts.split == "train"], prompts[prompts.split == "eval"])
+    """Held-out prompts (dev or test) that are the same as, or near-copies of, a train prompt."""
+    return near_duplicates(prompts[prompts.split == "train"], prompts[prompts.split != "train"])
 
 
 def read_outputs(params: RunParams) -> tuple[Spec, pd.DataFrame, dict[str, dict]]:

@@ -4,8 +4,8 @@ Every prompt carries a category (so the generator can be shown `spec_for_categor
 category that applies (`level`: the level's name or its section id in the spec's mapping), which citation accuracy
 is measured against, stage 03's `applicable_level` gate checks, and `generate.level_hint` tells the generator; the
 expected action (comply, refuse, safe_complete, or the spec's own word for one), which the level's action fills
-when absent; and the split (train, eval), which a seeded split stratified by category
-and action fills when absent (`prompts.eval_share`). Where each came from is kept (`action_source`,
+when absent; and the split (train; dev, held out and tuned on; test, locked), which a seeded split stratified by
+category and action fills with train and dev when absent (`prompts.dev_share`; a file's old "eval" reads as dev). Where each came from is kept (`action_source`,
 `split_source`). Errors name the file and line.
 """
 from __future__ import annotations
@@ -28,7 +28,8 @@ COLUMNS = (*REQUIRED, "category", "expected_action", "split")
 OPTIONAL = ("level",)  # may be absent, or empty on some rows
 SOURCES = ("category_source", "action_source", "split_source")  # "file", or where the value came from ("level",
 # "model", "seeded", "params")
-SPLITS = ("train", "eval", "test")  # test: the locked split (prompts/default_test.csv), which no stage selects yet
+SPLITS = ("train", "dev", "test")  # dev: held out, tuned on freely; test: locked, evaluated once (evaluate.split)
+SPLIT_ALIASES = {"eval": "dev"}  # the held-out split's former name, still read
 XSTEST_URL = "https://raw.githubusercontent.com/paul-rottger/exaggerated-safety/main/xstest_prompts.csv"
 
 
@@ -75,7 +76,7 @@ def load_prompt_set(path: str | Path, columns: Optional[dict[str, str]] = None, 
                 raise PromptSetError(f"{path}:{lineno}: missing value for column {src!r}"
                                      + (f" (our {col!r})" if src != col else ""))
         rec["split_source"] = "params" if split else "file" if rec["split"] else None  # params: prompts.sets[].split
-        rec["split"] = split or rec["split"]
+        rec["split"] = split or SPLIT_ALIASES.get(rec["split"], rec["split"])
         if rec["split"] is not None and rec["split"] not in SPLITS:
             raise PromptSetError(f"{path}:{lineno}: split {rec['split']!r} is not one of {', '.join(SPLITS)}")
         rec["category_source"] = "file" if rec["category"] is not None else None
@@ -136,7 +137,7 @@ def _level_name(path: Path, lineno: int, level: str, rec: dict, spec: Optional[S
 
 
 def load_prompt_sets(sets: Iterable, spec: Optional[Spec] = None, resolve=Path, seed: int = 0,
-                     eval_share: float = 0.5, labeller: Optional[Callable[[pd.DataFrame], pd.DataFrame]] = None
+                     dev_share: float = 0.5, labeller: Optional[Callable[[pd.DataFrame], pd.DataFrame]] = None
                      ) -> pd.DataFrame:
     """Several prompt sets (params `prompts.sets`) into one table; ids must stay unique across them. Rows that
     lack labels go to `labeller` (spec.prompt_labels) when there is one, else are refused with file and line; rows
@@ -160,7 +161,7 @@ def load_prompt_sets(sets: Iterable, spec: Optional[Spec] = None, resolve=Path, 
         raise PromptSetError(f"{row['source']}:{row['line']}: prompt {row['id']!r} has no {what}, and the labeller "
                              f"(models.judge) gave none" + (f" ({error})" if isinstance(error, str) else "")
                              + f"; {int(missing.sum())} prompt(s) lack one: label them in the file")
-    return seeded_split(df, seed, eval_share)
+    return seeded_split(df, seed, dev_share)
 
 
 def needs_labels(prompts: pd.DataFrame) -> pd.Series:
@@ -168,10 +169,10 @@ def needs_labels(prompts: pd.DataFrame) -> pd.Series:
     return prompts["category"].isna() | (prompts["expected_action"].isna() & prompts["level"].isna())
 
 
-def seeded_split(prompts: pd.DataFrame, seed: int, eval_share: float) -> pd.DataFrame:
-    """Rows whose split is None, split into train and eval, stratified by (category, expected action): within
-    each group the rows are ordered by a hash of (seed, id), and eval takes round(eval_share x n) of them (halves
-    up), but never all nor none of a group of two or more while 0 < eval_share < 1, so that both splits see every
+def seeded_split(prompts: pd.DataFrame, seed: int, dev_share: float) -> pd.DataFrame:
+    """Rows whose split is None, split into train and dev, stratified by (category, expected action): within
+    each group the rows are ordered by a hash of (seed, id), and dev takes round(dev_share x n) of them (halves
+    up), but never all nor none of a group of two or more while 0 < dev_share < 1, so that both splits see every
     (category, action) they can. The same seed and ids give the same split on any machine, whatever the file's
     order."""
     todo = prompts["split"].isna()
@@ -180,11 +181,11 @@ def seeded_split(prompts: pd.DataFrame, seed: int, eval_share: float) -> pd.Data
     out = prompts.copy()
     for _, group in out[todo].groupby(["category", "expected_action"], sort=True):
         order = sorted(group.index, key=lambda i: hashlib.sha256(f"{seed}:{out.at[i, 'id']}".encode()).hexdigest())
-        n_eval = math.floor(eval_share * len(order) + 0.5)
-        if len(order) >= 2 and 0 < eval_share < 1:
-            n_eval = min(max(n_eval, 1), len(order) - 1)
+        n_dev = math.floor(dev_share * len(order) + 0.5)
+        if len(order) >= 2 and 0 < dev_share < 1:
+            n_dev = min(max(n_dev, 1), len(order) - 1)
         for k, i in enumerate(order):
-            out.at[i, "split"] = "eval" if k < n_eval else "train"
+            out.at[i, "split"] = "dev" if k < n_dev else "train"
     out.loc[todo, "split_source"] = "seeded"
     return out
 
@@ -213,7 +214,7 @@ def load_xstest(path: Optional[str | Path] = None, cache_dir: Optional[Path] = N
             raise PromptSetError(f"{path}:{lineno}: XSTest row lacks {missing}")
         unsafe = row["type"].startswith("contrast_")
         out.append({"id": f"xstest-{row['id']}", "prompt": row["prompt"].strip(), "category": None,
-                    "expected_action": "refuse" if unsafe else "comply", "split": "eval",
+                    "expected_action": "refuse" if unsafe else "comply", "split": "dev",
                     "source": str(path), "xstest_type": row["type"]})
     return pd.DataFrame(out)
 

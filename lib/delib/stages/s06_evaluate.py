@@ -74,10 +74,17 @@ class Benchmark:
 
 
 def select(params: RunParams) -> Heldout:
-    """The held-out prompts (the eval split), capped by evaluate.max_prompts: the categories in turn and, within
-    each, the action it has given least."""
+    """The held-out prompts of evaluate.split (dev, or the locked test), capped by evaluate.max_prompts: the
+    categories in turn and, within each, the action it has given least."""
     spec, prompts, rendered = read_outputs(params)
-    return Heldout(spec, prompts, rendered, lineup.select_eval_prompts(prompts, params.evaluate.max_prompts))
+    split = params.evaluate.split
+    if not (prompts["split"] == split).any():
+        raise ValueError(f"evaluate.split is {split!r} but no prompt of prompts.sets is in that split "
+                         f"(splits: {', '.join(sorted(prompts['split'].unique()))}): "
+                         + ("add prompts/default_test.csv to prompts.sets, or a set of yours with `split: test`"
+                            if split == "test" else "give prompts a dev split, or rows without one "
+                                                    "(prompts.dev_share of them go to dev)"))
+    return Heldout(spec, prompts, rendered, lineup.select_eval_prompts(prompts, params.evaluate.max_prompts, split))
 
 
 def variants(params: RunParams, held: Heldout) -> Lineup:

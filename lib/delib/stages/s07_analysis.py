@@ -132,7 +132,13 @@ def report(params: RunParams, loaded: Loaded, figs: dict[str, Path], found: list
                                      loaded.training, comparison, answers_html)
     return [pages.write_json(params, doc),
             files.write(params, files.REPORT,
-                        pages.render_html(f"Deliberative alignment: run {params.run_name}", sections))]
+                        pages.render_html(title(params.run_name, ev["info"]), sections))]
+
+
+def title(run_name: str, info: dict) -> str:
+    """The report's title; it names the split when the held-out prompts were the locked test split."""
+    on_test = " (on the locked test split)" if info.get("split") == "test" else ""
+    return f"Deliberative alignment: run {run_name}{on_test}"
 
 
 def run(params: RunParams) -> dict:

@@ -100,8 +100,9 @@ def merged_folder(checkpoint: Path, base_model: str, out: Path) -> Path:
 
 
 def held_out_prompts(prompts: "pd.DataFrame", n: int = 2) -> "pd.DataFrame":
-    """A few held-out prompts (split "eval") for a first look at a trained model: one per expected action, at most `n`."""
-    return prompts[prompts["split"] == "eval"].groupby("expected_action").head(1).head(n)
+    """A few held-out prompts (split "dev", never "test") for a first look at a trained model: one per expected
+    action, at most `n`."""
+    return prompts[prompts["split"] == "dev"].groupby("expected_action").head(1).head(n)
 
 
 def ask(params: RunParams, roles: dict[str, ModelRole], prompts, stage: str, spec_ids=()) -> "pd.DataFrame":
