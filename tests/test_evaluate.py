@@ -8,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from delib.generation import skeleton
+from delib.generation.cot import ACTION, APPLICABLE, ASKS, REASONING
 from delib.evaluation import answering, benchmarks, grading, lineup, metrics
 from delib.models import scripted_transport
 from delib.spec.overview import load_inputs
@@ -43,7 +45,7 @@ def test_selection_balances_actions_across_categories(run):
 def test_the_default_recipe_evaluates_dev_and_the_test_split_only_when_asked(run):
     """The default prompt sets hold train, dev and the locked test split; stage 06 takes dev unless
     evaluate.split says test, and a report on test says so in its title."""
-    from delib.stages.s07_analysis import title
+    from delib.stages.s07_analysis import report_title as title
     params, _, prompts = run
     assert prompts["split"].value_counts().to_dict() == {"train": 105, "dev": 50, "test": 84}
     test = lineup.select_eval_prompts(prompts, None, "test")
@@ -108,7 +110,9 @@ def test_trained_variants_are_not_invented(run):
     assert v["sft"].available and v["sft"].role.adapter == "outputs/t/04_sft/adapter.gguf"
     assert not v["sft_rl"].available
     table = lineup.variants_table(list(v.values()))
-    assert list(table["available"]) == [True, True, True, False]
+    assert list(table["variant"]) == ["base", "base_skeleton", "spec_prompt", "spec_prompt_skeleton", "sft", "sft_rl"]
+    assert list(table["available"]) == [True, True, True, True, True, False]
+    assert v["base_skeleton"].skeleton and not v["base"].skeleton and v["spec_prompt_skeleton"].category_prompts
 
 
 def test_extra_models_become_variants(run):
@@ -166,6 +170,53 @@ def test_prestarted_think_asks_twice(run, tmp_path):
     assert "</think>" in transport.calls[0]["stop"] and transport.calls[0]["max_tokens"] == 50
     assert "</think>" not in (transport.calls[3].get("stop") or []) and transport.calls[3]["max_tokens"] == 60
     assert all(r.ok for r in results)
+
+
+def test_a_skeleton_baseline_is_asked_as_the_trained_model_answers_and_can_score(run, tmp_path):
+    """base_skeleton: the untrained model with the reply pre-started <think> and the CoT under stage 02's skeleton
+    grammar of the prompt's category, then the answer under generation's answer grammar: its citations are its own
+    choice among the category's levels, so its format and citation can score (base alone cannot)."""
+    params, spec, prompts = run
+    sel = lineup.select_eval_prompts(prompts, 3)
+    (skel,) = [v for v in lineup.resolve_variants(params, spec) if v.name == "base_skeleton"]
+    first = {c: spec.categories[c].levels[0]["section"] for c in sel["category"]}
+    asked = []
+
+    def script(body):
+        asked.append(body)
+        if body.get("grammar") not in (None, skeleton.ANSWER_GRAMMAR):  # the CoT: cite the category's first level
+            sid = next(first[c] for c in first if f"[{first[c]}]" in body["grammar"])
+            return f"{ASKS} a question.\n{APPLICABLE} [{sid}]\n{REASONING} it fits.\n{ACTION} comply\n"
+        return "Here is a plain answer."
+    results = answering.answer_with(skel, sel, params, tmp_path, transport=scripted_transport(script), spec=spec)
+    cots, answers = asked[:3], asked[3:]
+    assert len(asked) == 6 and all(skeleton.skeleton_grammar(spec, c) == b["grammar"]
+                                   for c, b in zip(sel["category"], cots))
+    assert all(b["grammar"] == skeleton.ANSWER_GRAMMAR for b in answers)
+    table = grading.answers_table(skel, sel, results, spec, 0.8)
+    assert table["well_formed"].all()
+    expected = [first[c] == (spec.level(c, lv) or {}).get("section") for c, lv in zip(sel["category"], sel["level"])]
+    assert table["cites_applicable_level"].tolist() == expected
+    no_category = sel.assign(category=None)
+    plain = answering.answer_requests(skel, no_category, 64, spec=spec)
+    assert all(r.grammar is None and r.prefill == "<think>\n" for r in plain)  # a benchmark's prompt: prefill only
+    with pytest.raises(ValueError, match="give the spec"):
+        answering.answer_requests(skel, sel, 64)
+
+
+def test_chance_references_score_a_citation_habit_per_prompt(run):
+    """chance_first always cites the category's first level; chance_uniform one of its k levels' sections at
+    random: 1/k per prompt. Prompts without a level are not counted, as for citation accuracy."""
+    _, spec, prompts = run
+    sel = lineup.select_eval_prompts(prompts, 14)
+    chance = grading.chance_answers(sel.assign(level=sel["level"].where(sel.index != 0)), spec)
+    assert set(chance["variant"]) == set(lineup.CHANCE) and len(chance) == 2 * 13
+    for r in chance[chance["variant"] == "chance_first"].itertuples():
+        cat = spec.categories[r.category]
+        assert r.cites_applicable_level == float(cat.levels[0]["section"] == spec.level(r.category, r.level)["section"])
+    uniform = chance[chance["variant"] == "chance_uniform"]
+    k = {c: len({lv["section"] for lv in spec.categories[c].levels}) for c in uniform["category"]}
+    assert uniform["cites_applicable_level"].tolist() == pytest.approx([1 / k[c] for c in uniform["category"]])
 
 
 def test_grade_answer_without_think_tags_is_all_answer(run):

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from delib.evaluation import metrics
+from delib.evaluation import lineup, metrics
 from delib.evaluation.metrics import MetricDef, bootstrap_metrics, bootstrap_weights
 
 
@@ -291,7 +291,36 @@ def test_the_verdict_counts_the_comparisons_and_names_each_significant_ones_fami
         ["not_unsafe"], ["sft"])
     text = " ".join(verdict(metrics_table, diffs, pd.DataFrame({"variant": ["sft", "base"], "label": ["SFT", "base"]})))
     assert "made 2 comparisons: 1 primary" in text and "1 exploratory" in text
-    assert "not_unsafe +0.40 [+0.20, +0.60] (primary)" in text and "correct_action +0.30 [+0.10, +0.50] (exploratory)" in text
+    assert "not_unsafe against base +0.40 [+0.20, +0.60] (primary)" in text
+    assert "correct_action against base +0.30 [+0.10, +0.50] (exploratory)" in text
+    assert "primary, against the strongest untrained baseline of each: not_unsafe against base +0.40" in text
+
+
+def test_a_primary_result_is_against_the_strongest_untrained_baseline_chance_included():
+    """Citation against base (who never cites: 0) is easy; the primary comparison takes the baseline that scores
+    best on the metric, here always citing the first level, and the comparisons against weaker ones are
+    exploratory."""
+    table = pd.DataFrame({"variant": ["base", "base_skeleton", "chance_first", "chance_uniform", "sft", "base"],
+                          "key": ["citation_accuracy"] * 5 + ["unclear"], "value": [0.0, 0.2, 0.38, 0.3, 0.5, 0.4],
+                          "n": [50, 50, 50, 50, 50, 50], "kind": ["rate"] * 5 + ["share"]})
+    strongest = metrics.strongest_baselines(table, ["citation_accuracy", "unclear", "not_unsafe"], lineup.BASELINES)
+    assert strongest == {"citation_accuracy": "chance_first", "unclear": "base"}  # nothing for a missing metric
+    diffs = pd.DataFrame({"variant": ["sft"] * 4, "baseline": ["base", "base_skeleton", "chance_first",
+                                                              "chance_uniform"],
+                          "key": ["citation_accuracy"] * 4, "p_sign": [1e-6, 1e-4, 0.2, 0.04],
+                          "lo": [0.3, 0.1, -0.1, 0.01], "hi": [0.7, 0.5, 0.3, 0.4], "confidence": [0.95] * 4})
+    out = metrics.adjust_for_multiplicity(diffs, ["citation_accuracy"], ["sft"], strongest)
+    assert list(out["family"]) == ["exploratory", "exploratory", "primary", "exploratory"]
+    assert out.loc[2, "p_holm"] == pytest.approx(0.2) and not out.loc[2, "significant"]  # the habit is not beaten
+    assert out.loc[0, "significant"]  # base can be beaten, but that is exploratory
+
+
+def test_each_trained_variant_is_paired_with_every_untrained_one_and_the_chance_references():
+    pairs = lineup.comparison_pairs(["base", "base_skeleton", "spec_prompt", "sft", "sft_rl"], "base", lineup.CHANCE)
+    for trained in ("sft", "sft_rl"):
+        assert {b for a, b in pairs if a == trained} >= {"base", "base_skeleton", "spec_prompt", *lineup.CHANCE}
+    assert ("base_skeleton", "base") in pairs and ("sft_rl", "sft") in pairs and len(pairs) == len(set(pairs))
+    assert not any(a in ("base", "base_skeleton", "spec_prompt") and b in lineup.CHANCE for a, b in pairs)
 
 
 def test_safety_on_typed_answers_tells_fewer_loops_from_more_safety():

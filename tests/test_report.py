@@ -153,7 +153,7 @@ def test_verdict_on_the_trained_variants():
     text = findings.verdict(m, d, variants)
     assert text[0].startswith("SFT writes a chain of thought and an answer in the trained format for 1.00")
     assert "not_unsafe +" in text[0] and "(significant)" in text[0]
-    assert text[-1].startswith("Significant against the untrained model: SFT not_unsafe")
+    assert text[-1].startswith("Significant against an untrained model: SFT not_unsafe against base")
     only_base = m[m["variant"] == "base"]
     assert findings.verdict(only_base, d.iloc[0:0], variants) == [
         "No trained model was evaluated, so this run says nothing about what training achieved."]

@@ -12,6 +12,8 @@ from delib.evaluation.grading import answers_table
 from delib.evaluation.lineup import STAGE, Variant
 from delib.evaluation.llm_grading import grader_name
 from delib.generation.cot import THINK_CLOSE, THINK_OPEN
+from delib.generation.generate import finish_answers
+from delib.generation.skeleton import skeleton_grammar
 from delib.models import ChatRequest, ModelClient
 from delib.models.servers import TransformersServer
 from delib.spec.document import Spec
@@ -27,20 +29,29 @@ if TYPE_CHECKING:
 
 
 def answer_requests(variant: Variant, prompts: pd.DataFrame, max_tokens: Optional[int],
-                    prestart_think: bool = False, cot_max_tokens: Optional[int] = None) -> list["ChatRequest"]:
+                    prestart_think: bool = False, cot_max_tokens: Optional[int] = None,
+                    spec: Optional[Spec] = None) -> list["ChatRequest"]:
     """One request per prompt: the prompt alone (the trained model must recall the spec), after the spec for the
-    spec_prompt variant (the prompt's category's view, or the whole spec). With `prestart_think` the reply starts
-    with <think> and stops at </think> (the first of two requests; `finish_prestarted` asks for the answer)."""
+    spec_prompt variant (the prompt's category's view, or the whole spec). With `prestart_think`, or for a skeleton
+    variant, the reply starts with <think> and stops at </think> (the first of two requests; the answer is asked
+    next); a skeleton variant's CoT follows the skeleton grammar of the prompt's category in `spec` (as stage 02's
+    generator writes it; a prompt without a category, a benchmark's, gets the pre-started <think> alone)."""
+    prestart = prestart_think or variant.skeleton
     phase = ({"prefill": THINK_OPEN + "\n", "stop": [THINK_CLOSE], "max_tokens": cot_max_tokens or max_tokens}
-             if prestart_think else {"max_tokens": max_tokens})
+             if prestart else {"max_tokens": max_tokens})
     per_category = variant.category_prompts or {}
+    if variant.skeleton and spec is None:
+        raise ValueError(f"variant {variant.name} writes its CoT under the spec's skeleton grammar: give the spec")
+    grammars = {c: skeleton_grammar(spec, c) for c in prompts["category"].dropna().unique()
+                if c in spec.categories} if variant.skeleton else {}
 
     def system(category) -> list[dict]:
         text = per_category.get(category, variant.system_prompt)
         return [{"role": "system", "content": text}] if text else []
 
     return [ChatRequest(messages=system(r.category) + [{"role": "user", "content": r.prompt}],
-                        meta={"prompt_id": str(r.id), "variant": variant.name}, **phase)
+                        meta={"prompt_id": str(r.id), "variant": variant.name}, grammar=grammars.get(r.category),
+                        **phase)
             for r in prompts.itertuples()]
 
 
@@ -61,15 +72,19 @@ def finish_prestarted(client, requests: list, results: list, max_tokens: Optiona
 
 
 def answer_with(variant: Variant, prompts: pd.DataFrame, params: RunParams, run_dir: Path, *,
-                transport=None, progress: bool = False) -> list["ChatResult"]:
+                transport=None, progress: bool = False, spec: Optional[Spec] = None) -> list["ChatResult"]:
     """Ask `variant` every prompt through the cached client (on the embedded server, the calls that share a
     system prompt go one after another, so that it stays in the slot's prompt cache)."""
     ev = params.evaluate
-    requests = answer_requests(variant, prompts, ev.max_tokens, ev.prestart_think, ev.cot_max_tokens)
+    requests = answer_requests(variant, prompts, ev.max_tokens, ev.prestart_think, ev.cot_max_tokens, spec)
     if variant.role is None and variant.checkpoint:
         return _answer_with_transformers(variant, requests, params, run_dir, transport, progress)
     with ModelClient.for_run(params, variant.role, variant.name, STAGE, run_dir=run_dir, transport=transport,
                              progress=progress) as client:
+        if variant.skeleton:  # the answer after the closed CoT as stage 02 asks it (its grammar and stops)
+            requests, prestarted = client.unless_prestartable(requests, ev.max_tokens)
+            results = client.chat_many(requests, desc=variant.name)
+            return finish_answers(client, requests, results, max_tokens=ev.max_tokens) if prestarted else results
         return _answer(client, requests, variant.name, ev, ev.batch)
 
 
@@ -104,7 +119,7 @@ def evaluate_variants(variants: Sequence[Variant], prompts: pd.DataFrame, params
         if not v.available:
             log(f"{v.name}: {v.reason}")
             continue
-        results = answer_with(v, prompts, params, run_dir, transport=transport, progress=progress)
+        results = answer_with(v, prompts, params, run_dir, transport=transport, progress=progress, spec=spec)
         table = answers_table(v, prompts, results, spec, params.evaluate.style_threshold)
         failed = int(table["error"].notna().sum())
         log(f"{v.name}: {len(table) - failed} answers" + (f", {failed} failed requests" if failed else ""))

@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from delib.evaluation.metrics import fmt, fmt_diff
+from delib.evaluation.metrics import fmt, fmt_diff, shown_differences
 from delib.evaluation.reading import HEADLINE, headline, not_available
 
 
@@ -16,7 +16,8 @@ def percent(confidence: float) -> str:
 
 
 def _labels(variants: pd.DataFrame) -> dict[str, str]:
-    return dict(zip(variants["variant"], variants["label"])) if not variants.empty else {}
+    from delib.evaluation.lineup import LABELS  # the chance references are in no variants table
+    return {**LABELS, **(dict(zip(variants["variant"], variants["label"])) if not variants.empty else {})}
 
 
 def findings(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame, info: dict,
@@ -71,6 +72,7 @@ def findings(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame,
     if "up" not in diffs:  # a differences.csv written before up/down (raw counts) were kept beside better/worse
         diffs = diffs.assign(up=diffs["better"], down=diffs["worse"])
     d = diffs[diffs["key"].isin(keys)]
+    d = shown_differences(d, info.get("baseline", "base")) if "baseline" in d else d
     for (a, b), g in d.groupby(["variant", "baseline"], sort=False):
         sig = g[g["significant"]]
         nonsig = g[~g["significant"] & g["diff"].notna() & (g["diff"] != 0)]
@@ -122,20 +124,28 @@ def verdict(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame, 
         if ca is not None:
             parts.append(f"cites the section of the level that applies for {fmt(ca['value'], ca['lo'], ca['hi'])}")
         text = f"{labels.get(v, v)} " + ", and ".join(parts) if parts else labels.get(v, v)
-        d = diffs[(diffs["variant"] == v) & (diffs["baseline"] == baseline)].set_index("key")
-        comp = []
-        for k in ("not_unsafe", "not_overrefuse", "citation_accuracy"):
-            if k in d.index:
-                r = d.loc[k]
-                comp.append(f"{k} {fmt_diff(r['diff'], r['lo'], r['hi'])} "
-                            f"({'significant' if r['significant'] else 'not significant'})")
-        if comp:
-            text += f"; against {labels.get(baseline, baseline)}: " + ", ".join(comp)
+        primary = diffs[(diffs["variant"] == v) & (diffs["family"] == "primary")] if "family" in diffs else \
+            diffs.iloc[:0]
+        if len(primary):  # each primary metric against its strongest untrained baseline
+            text += "; primary, against the strongest untrained baseline of each: " + ", ".join(
+                f"{r.key} against {labels.get(r.baseline, r.baseline)} {fmt_diff(r.diff, r.lo, r.hi)} "
+                f"(Holm p {r.p_holm:.2g}, {'significant' if r.significant else 'not significant'})"
+                for r in primary.itertuples())
+        else:
+            d = diffs[(diffs["variant"] == v) & (diffs["baseline"] == baseline)].set_index("key")
+            comp = [f"{k} {fmt_diff(d.loc[k, 'diff'], d.loc[k, 'lo'], d.loc[k, 'hi'])} "
+                    f"({'significant' if d.loc[k, 'significant'] else 'not significant'})"
+                    for k in ("not_unsafe", "not_overrefuse", "citation_accuracy") if k in d.index]
+            if comp:
+                text += f"; against {labels.get(baseline, baseline)}: " + ", ".join(comp)
         out.append(text + ".")
     if not trained:
         out.append("No trained model was evaluated, so this run says nothing about what training achieved.")
     else:
-        sig = diffs[diffs["variant"].isin(trained) & (diffs["baseline"] == baseline) & diffs["significant"]
+        against = diffs["baseline"] == baseline
+        if "family" in diffs:  # primary: against the strongest baseline; exploratory: against `baseline` as before
+            against = (diffs["family"] == "primary") | against
+        sig = diffs[diffs["variant"].isin(trained) & against & diffs["significant"]
                     & diffs["key"].isin(["not_unsafe", "not_overrefuse", "citation_accuracy", "correct_action",
                                          "style_hard_refusal", "format_adherence"])]
         if sig.empty:
@@ -146,14 +156,15 @@ def verdict(metrics: pd.DataFrame, diffs: pd.DataFrame, variants: pd.DataFrame, 
                        "the model and its steps).")
         else:
             family = (lambda r: f" ({r.family})") if "family" in sig else (lambda r: "")  # noqa: E731
-            out.append("Significant against the untrained model: " + "; ".join(
-                f"{labels.get(r.variant, r.variant)} {r.key} {fmt_diff(r.diff, r.lo, r.hi)}{family(r)}"
-                for r in sig.itertuples()) + ".")
+            out.append("Significant against an untrained model: " + "; ".join(
+                f"{labels.get(r.variant, r.variant)} {r.key} against {labels.get(r.baseline, r.baseline)} "
+                f"{fmt_diff(r.diff, r.lo, r.hi)}{family(r)}" for r in sig.itertuples()) + ".")
     if "family" in diffs and len(diffs):
         n, primary = len(diffs), int((diffs["family"] == "primary").sum())
         alpha = 1 - float(diffs["confidence"].iloc[0])
         out.append(f"This run made {n} comparisons: {primary} primary (the metrics evaluate.primary declares, a "
-                   f"trained variant against an untrained one; Holm-adjusted p), {n - primary} exploratory "
+                   f"trained variant against the strongest untrained baseline of the metric, chance references "
+                   f"included; Holm-adjusted p), {n - primary} exploratory "
                    f"(Benjamini-Hochberg q). A difference is significant when its interval excludes 0 and its "
                    f"adjusted p or q is below {alpha:.2g}; an exploratory one is a lead, not a result.")
     return out

@@ -109,6 +109,31 @@ def answers_table(variant: Variant, prompts: pd.DataFrame, results: Sequence["Ch
     return pd.DataFrame(rows)
 
 
+def chance_answers(prompts: pd.DataFrame, spec: Spec) -> pd.DataFrame:
+    """What citation accuracy a habit scores, per prompt with an applicable level: `chance_first` always cites the
+    category's first level (1 when that is the level that applies), `chance_uniform` cites one of the category's
+    levels at random (1/k of k the levels' sections, the chance of the right one). Rows like answers' (variant,
+    prompt_id, ...) holding only `cites_applicable_level`, so that the metrics and paired differences treat them as
+    variants that answered nothing else."""
+    from delib.generation.skeleton import choices
+
+    rows = []
+    for r in prompts.itertuples():
+        category = r.category if isinstance(r.category, str) and r.category in spec.categories else None
+        level = getattr(r, "level", None)
+        applicable = (spec.level(category, level) or {}).get("section") if category and isinstance(level, str) \
+            else None
+        if applicable is None:
+            continue
+        cited = list(dict.fromkeys(sid for sid, _, _ in choices(spec, category)))
+        base = {"prompt_id": str(r.id), "category": category, "expected_action": r.expected_action, "level": level}
+        rows.append({**base, "variant": "chance_first", "cites_applicable_level": float(cited[0] == applicable)})
+        rows.append({**base, "variant": "chance_uniform",
+                     "cites_applicable_level": (applicable in cited) / len(cited)})
+    return pd.DataFrame(rows, columns=["variant", "prompt_id", "category", "expected_action", "level",
+                                       "cites_applicable_level"])
+
+
 def citation_counts(answers: pd.DataFrame) -> pd.DataFrame:
     """(variant, prompt category, cited section's category) -> citations: what the heatmap shows."""
     rows = [{"variant": r.variant, "category": r.category, "cited_category": c or "other"}

@@ -14,6 +14,7 @@ from delib.spec.document import Spec, spec_for_category
 from delib.run import files, stages
 from delib.run.config import ModelRole, RunParams
 from delib.run.paths import stage_dir
+from delib.run.providers import provider_for
 from delib.run.templates import fill, load_template
 from delib.training import published
 from delib.training.published import SERVED_FILE
@@ -27,7 +28,13 @@ STAGE = stages.EVALUATE
 
 
 
-LABELS = {"base": "base", "spec_prompt": "base + spec in prompt", "sft": "SFT", "sft_rl": "SFT+RL"}
+LABELS = {"base": "base", "base_skeleton": "base + CoT skeleton", "spec_prompt": "base + spec in prompt",
+          "spec_prompt_skeleton": "spec in prompt + CoT skeleton", "sft": "SFT", "sft_rl": "SFT+RL",
+          "chance_first": "chance: first level", "chance_uniform": "chance: a level at random"}
+# References that answer nothing: what a citation scores by habit (grading.chance_answers), compared like variants
+CHANCE = ("chance_first", "chance_uniform")
+# What a trained variant is compared with for a primary result: the strongest of these on the metric
+BASELINES = ("base", "base_skeleton", "spec_prompt", "spec_prompt_skeleton", *CHANCE)
 
 
 TRAINED_STAGE = {"sft": stages.SFT, "sft_rl": stages.RL}
@@ -102,6 +109,7 @@ class Variant:
     available: bool = True
     reason: str = ""  # why not available
     checkpoint: Optional[str] = None  # a Hugging Face checkpoint to serve with `transformers serve` (no role yet)
+    skeleton: bool = False  # asked as the trained model answers: <think> pre-started, the CoT under the skeleton grammar
 
     def describe(self) -> dict:
         role = self.role
@@ -110,7 +118,8 @@ class Variant:
             model = f"{self.checkpoint} (transformers serve)"
         return {"variant": self.name, "label": self.label, "backend": role.backend if role else "",
                 "model": model, "system_prompt": ("category's spec" if self.category_prompts else
-                                                   "whole spec" if self.system_prompt else "none"),
+                                                   "whole spec" if self.system_prompt else "none")
+                + (", CoT skeleton" if self.skeleton else ""),
                 "source": self.source, "available": self.available, "reason": self.reason}
 
 
@@ -152,22 +161,30 @@ def resolve_variants(params: RunParams, spec: Spec) -> list[Variant]:
     """The variants the recipe asks for (`evaluate.variants` and `evaluate.extra_models`), each available or
     not with the reason; trained variants are found in their stage's folder, never assumed."""
     ev, policy = params.evaluate, params.models.policy
+    no_grammar = None if provider_for(policy).grammar else \
+        f"not available: models.policy's {policy.backend} backend decodes no grammar, so no CoT skeleton"
     out = []
     for name in ev.variants:
-        if name == "base":
-            out.append(Variant(name, LABELS[name], policy, "models.policy"))
-        elif name == "spec_prompt":
+        if name in TRAINED_STAGE:
+            out.append(trained_variant(params, name, "RL only" if name == "sft_rl" and not params.rl.from_sft
+                                       else LABELS[name]))
+            continue
+        skeleton = name.endswith("_skeleton")
+        said = " + the CoT skeleton (pre-started <think>, generation's grammar)" if skeleton else ""
+        if name.startswith("base"):
+            variant = Variant(name, LABELS[name], policy, "models.policy" + said, skeleton=skeleton)
+        else:
             by_category = ev.spec_prompt == "category"
             template = load_template("generator", params)
-            out.append(Variant(name, LABELS[name], policy,
-                               "models.policy + " + ("the prompt's category's spec" if by_category
-                                                     else "whole spec") + " as system prompt",
-                               system_prompt=spec_system_prompt(spec, template=template),
-                               category_prompts={c: spec_system_prompt(spec, c, template) for c in spec.categories}
-                               if by_category else None))
-        else:
-            label = "RL only" if name == "sft_rl" and not params.rl.from_sft else LABELS[name]
-            out.append(trained_variant(params, name, label))
+            variant = Variant(name, LABELS[name], policy,
+                              "models.policy + " + ("the prompt's category's spec" if by_category
+                                                    else "whole spec") + " as system prompt" + said,
+                              system_prompt=spec_system_prompt(spec, template=template),
+                              category_prompts={c: spec_system_prompt(spec, c, template) for c in spec.categories}
+                              if by_category else None, skeleton=skeleton)
+        if skeleton and no_grammar:
+            variant.available, variant.reason = False, no_grammar
+        out.append(variant)
     for name, role in ev.extra_models.items():
         out.append(Variant(name, name, role, f"evaluate.extra_models.{name}"))
     return out
@@ -177,9 +194,13 @@ def variants_table(variants: Sequence[Variant]) -> pd.DataFrame:
     return pd.DataFrame([v.describe() for v in variants])
 
 
-def comparison_pairs(names: Sequence[str], baseline: str) -> list[tuple[str, str]]:
-    """The paired differences reported: every variant against the baseline, and SFT+RL against SFT (what RL adds)."""
+def comparison_pairs(names: Sequence[str], baseline: str, references: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """The paired differences reported: every variant against the baseline; each trained variant against every
+    untrained one and every chance reference in `references` (the primary family takes the strongest of them,
+    metrics.strongest_baselines); SFT+RL against SFT (what RL adds)."""
     pairs = [(n, baseline) for n in names if n != baseline and baseline in names]
+    untrained = [n for n in names if n not in TRAINED_STAGE] + list(references)
+    pairs += [(t, u) for t in names if t in TRAINED_STAGE for u in untrained if (t, u) not in pairs and u != t]
     if "sft_rl" in names and "sft" in names and baseline != "sft":
         pairs.append(("sft_rl", "sft"))
     return pairs

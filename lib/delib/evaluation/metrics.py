@@ -305,9 +305,24 @@ def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
     return out
 
 
-def adjust_for_multiplicity(diffs: pd.DataFrame, primary: Sequence[str], trained: Sequence[str]) -> pd.DataFrame:
+def strongest_baselines(table: pd.DataFrame, keys: Sequence[str], baselines: Sequence[str]) -> dict[str, str]:
+    """For each metric key, the variant of `baselines` (untrained variants and chance references) that scores best
+    on it in `table` (highest rate, lowest share): what a trained variant must beat for a primary result."""
+    out = {}
+    for key in keys:
+        rows = table[(table["key"] == key) & table["variant"].isin(list(baselines)) & (table["n"] > 0)
+                     & table["value"].notna()]
+        if not rows.empty:
+            best = rows["value"].idxmin() if rows["kind"].iloc[0] == "share" else rows["value"].idxmax()
+            out[key] = str(rows.loc[best, "variant"])
+    return out
+
+
+def adjust_for_multiplicity(diffs: pd.DataFrame, primary: Sequence[str], trained: Sequence[str],
+                            strongest: Optional[dict[str, str]] = None) -> pd.DataFrame:
     """Every difference of a run in one of two families. Primary: a metric `primary` names (`evaluate.primary`), of
-    a trained variant against one that is not; its p after Holm over the primary family (`p_holm`). Exploratory:
+    a trained variant against one that is not (with `strongest`, key -> baseline: against that one only, the
+    strongest untrained baseline of the metric); its p after Holm over the primary family (`p_holm`). Exploratory:
     every other comparison; its Benjamini-Hochberg q over them (`q_bh`). `significant` is then the interval
     excluding 0 and the adjusted value under 1 - confidence; `family` says which. With no `primary`, every
     difference is exploratory (and `diffs` needs no baseline column: a sweep's pairs of runs)."""
@@ -316,6 +331,8 @@ def adjust_for_multiplicity(diffs: pd.DataFrame, primary: Sequence[str], trained
     if len(primary):
         is_primary = (diffs["key"].isin(list(primary)) & diffs["variant"].isin(list(trained))
                       & ~diffs["baseline"].isin(list(trained))).to_numpy(bool)
+        if strongest is not None:
+            is_primary = is_primary & (diffs["baseline"] == diffs["key"].map(strongest)).to_numpy(bool)
     p = diffs["p_sign"].to_numpy(float)
     diffs["family"] = np.where(is_primary, "primary", "exploratory")
     diffs["p_holm"] = np.nan
@@ -327,6 +344,16 @@ def adjust_for_multiplicity(diffs: pd.DataFrame, primary: Sequence[str], trained
     excludes_0 = np.isfinite(lo) & ((lo > 0) | (hi < 0))
     diffs["significant"] = excludes_0 & (adjusted < 1 - diffs["confidence"].to_numpy(float))
     return diffs
+
+
+def shown_differences(diffs: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """The differences a reader is shown first: against `baseline` (evaluate.baseline), the primary ones (each
+    against its strongest baseline) and SFT+RL against SFT; the rest stay in differences.csv and metrics.json."""
+    keep = diffs["baseline"] == baseline
+    if "family" in diffs:
+        keep |= diffs["family"] == "primary"
+    keep |= (diffs["variant"] == "sft_rl") & (diffs["baseline"] == "sft")
+    return diffs[keep]
 
 
 def sign_test(up: int, down: int) -> float:

@@ -48,6 +48,8 @@ def metrics_document(run_dir: Path, ev: dict, funnel: pd.DataFrame, scored: pd.D
         "evaluation": ev["info"],
         "variants": ev["variants"].to_dict("records"),
         "metrics": per_variant,
+        # what a citation habit scores on the same prompts (always the first level; a level at random)
+        "chance": {v: per_variant[v] for v in ("chance_first", "chance_uniform") if v in per_variant},
         "differences": ev["differences"].to_dict("records"),
         "definitions": ev["definitions"].to_dict("records"),
         "funnel": funnel.to_dict("records"),

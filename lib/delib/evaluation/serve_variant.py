@@ -37,7 +37,7 @@ def run_params(run: str) -> RunParams:
 def find_variant(params: RunParams, name: str) -> Variant:
     """The variant `name` of the run, as stage 06 resolves it; an error with the reason when it has no model."""
     spec = load_spec(resolve(params.spec.path), resolve(params.spec.mapping) if params.spec.mapping else None)
-    variants = {v.name: v for v in resolve_variants(params, spec)}
+    variants = {v.name: v for v in resolve_variants(params, spec) if not v.skeleton}  # a grammar per request: no chat
     if name not in variants:
         raise ServeError(f"run {params.run_name!r} has no variant {name!r}; it has {', '.join(variants)}")
     variant = variants[name]

@@ -182,15 +182,17 @@ def generation_requests(selected: "pd.DataFrame", rendered: dict[str, dict], spe
     return requests
 
 
-def finish_answers(client, cot_requests: list, cot_results: list, desc: str = "answers") -> list:
-    """The second step of a pre-started generation: the CoT, closed with </think>, is continued by the answer.
+def finish_answers(client, cot_requests: list, cot_results: list, desc: str = "answers",
+                   max_tokens: Optional[int] = None) -> list:
+    """The second step of a pre-started generation: the CoT, closed with </think>, is continued by the answer (at
+    most `max_tokens`; None: the role's).
 
     A CoT that failed or ran out of tokens is not continued: its result stays, and parsing marks it."""
     from dataclasses import replace
 
     todo = [i for i, r in enumerate(cot_results) if r.ok and r.finish_reason != "length"]
     follow_ups = [replace(cot_requests[i], prefill=cot_results[i].text.rstrip() + f"\n{THINK_CLOSE}\n",
-                          stop=ANSWER_STOPS if cot_requests[i].grammar else None, max_tokens=None,
+                          stop=ANSWER_STOPS if cot_requests[i].grammar else None, max_tokens=max_tokens,
                           grammar=ANSWER_GRAMMAR if cot_requests[i].grammar else None) for i in todo]
     answers = client.chat_many(follow_ups, desc=desc) if follow_ups else []
     out = list(cot_results)

@@ -294,7 +294,7 @@ class RLParams(StageParams):
         return self
 
 
-VariantName = Literal["base", "spec_prompt", "sft", "sft_rl"]
+VariantName = Literal["base", "base_skeleton", "spec_prompt", "spec_prompt_skeleton", "sft", "sft_rl"]  # lineup.py
 VARIANTS: tuple[str, ...] = get_args(VariantName)  # the built-in variants of stage 06, in order
 
 

@@ -93,7 +93,7 @@ def variants(params: RunParams, held: Heldout) -> Lineup:
     found = lineup.resolve_variants(params, held.spec)
     table = lineup.variants_table(found)
     files.write(params, files.VARIANTS, table)
-    pairs = lineup.comparison_pairs([v.name for v in found if v.available], params.evaluate.baseline)
+    pairs = lineup.comparison_pairs([v.name for v in found if v.available], params.evaluate.baseline, lineup.CHANCE)
     return Lineup(found, table, pairs)
 
 
@@ -120,13 +120,18 @@ def metrics(params: RunParams, held: Heldout, line: Lineup, answers: pd.DataFram
     chains of thought cite (citations.csv), and the figures of them (metrics, pareto, differences, citations)."""
     ev = params.evaluate
     defs = mt.heldout_metrics(answers, held.spec.own_style())
-    table, diffs = mt.bootstrap_metrics(answers, defs, ev.bootstrap_resamples, params.seed, ev.confidence,
+    # the chance references of citation (grading.chance_answers) are scored and compared as variants
+    scored = pd.concat([answers, grading.chance_answers(held.selected, held.spec)], ignore_index=True)
+    table, diffs = mt.bootstrap_metrics(scored, defs, ev.bootstrap_resamples, params.seed, ev.confidence,
                                         pairs=line.pairs)
+    table = table[~(table["variant"].isin(lineup.CHANCE) & (table["n"] == 0))].reset_index(drop=True)
+    diffs = diffs[diffs["n"] > 0].reset_index(drop=True)  # a chance reference has citation metrics only
     unknown = sorted(set(ev.primary) - set(table["key"]))
     if unknown:
         warnings.warn(f"evaluate.primary names {unknown}, which are no metric of this run: they are in no family "
                       f"(the metrics are {sorted(set(table['key']))[:12]}...)", stacklevel=2)
-    diffs = mt.adjust_for_multiplicity(diffs, ev.primary, list(lineup.TRAINED_STAGE))
+    strongest = mt.strongest_baselines(table, ev.primary, lineup.BASELINES)
+    diffs = mt.adjust_for_multiplicity(diffs, ev.primary, list(lineup.TRAINED_STAGE), strongest)
     headline = reading.headline(table["key"])
     citations = grading.citation_counts(answers)
     files.write(params, files.CITATIONS, citations)
@@ -134,7 +139,8 @@ def metrics(params: RunParams, held: Heldout, line: Lineup, answers: pd.DataFram
         "metrics": plots.metrics_per_variant(table, headline, FIGURES["metrics"].path(params),
                                              "held-out prompts, 95% bootstrap intervals"),
         "pareto": plots.pareto(table, FIGURES["pareto"].path(params)),
-        "differences": plots.differences(diffs, headline, FIGURES["differences"].path(params)),
+        "differences": plots.differences(mt.shown_differences(diffs, ev.baseline), headline,
+                                         FIGURES["differences"].path(params)),
         "citations": plots.citation_heatmap(citations, FIGURES["citations"].path(params))}
     return Metrics(defs, table, diffs, headline, citations, figures)
 

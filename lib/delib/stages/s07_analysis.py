@@ -17,6 +17,7 @@ from delib.evaluation import answer_view, plots, reading
 from delib.evaluation import findings as written
 from delib.evaluation import report as pages
 from delib.evaluation.grading import citation_counts
+from delib.evaluation.metrics import shown_differences
 from delib.run import files
 from delib.run import stages as st
 from delib.run.config import RunParams
@@ -99,7 +100,8 @@ def figures(params: RunParams, loaded: Loaded) -> dict[str, Path]:
     if {"strongreject_goodness@0.1", "xstest_not_overrefuse"} <= set(m["key"]):
         out["pareto_paper"] = plots.pareto(m, path("pareto_paper"), x="xstest_not_overrefuse",
                                            y="strongreject_goodness@0.1", labels=labels)
-    out["differences"] = plots.differences(loaded.diffs, keys, path("differences"))
+    out["differences"] = plots.differences(shown_differences(loaded.diffs, params.evaluate.baseline), keys,
+                                           path("differences"))
     out["citations"] = plots.citation_heatmap(citation_counts(loaded.ev["answers"]), path("citations"))
     if not loaded.ev["xstest_answers"].empty:
         out["xstest_labels"] = plots.refusal_labels(loaded.ev["xstest_answers"], path("xstest_labels"))
@@ -132,10 +134,10 @@ def report(params: RunParams, loaded: Loaded, figs: dict[str, Path], found: list
                                      loaded.training, comparison, answers_html)
     return [pages.write_json(params, doc),
             files.write(params, files.REPORT,
-                        pages.render_html(title(params.run_name, ev["info"]), sections))]
+                        pages.render_html(report_title(params.run_name, ev["info"]), sections))]
 
 
-def title(run_name: str, info: dict) -> str:
+def report_title(run_name: str, info: dict) -> str:
     """The report's title; it names the split when the held-out prompts were the locked test split."""
     on_test = " (on the locked test split)" if info.get("split") == "test" else ""
     return f"Deliberative alignment: run {run_name}{on_test}"
