@@ -33,7 +33,10 @@ def test_evaluate_and_report_with_an_extra_model(tmp_path, root, monkeypatch):
         rdir = run(params_file, stages="01,06-07", log=lambda s: None, engine="python")
 
     doc = json.loads((rdir / "metrics.json").read_text())
-    assert set(doc["metrics"]) == {"base", "echo"}  # the two served variants, nothing for the untrained ones
+    # the two served variants and the chance references of citation; nothing for the untrained ones
+    assert set(doc["metrics"]) == {"base", "echo", "chance_first", "chance_uniform"}
+    assert set(doc["chance"]) == {"chance_first", "chance_uniform"}
+    assert {k.split("[")[0] for k in doc["chance"]["chance_first"]} == {"citation_accuracy"}
     assert doc["evaluation"]["variants_not_available"] == {"sft": "not available: stage 04 has not run",
                                                            "sft_rl": "not available: stage 05 has not run"}
     m = doc["metrics"]["echo"]
