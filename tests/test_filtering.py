@@ -69,3 +69,28 @@ def test_import_external_deliberative_data(tmp_path):
     f.write_text("{broken")
     with pytest.raises(ValueError, match="ext.json:1: not valid JSON"):
         import_deliberative(f, set())
+
+
+def test_selection_that_shares_the_evaluations_graders_is_disclosed_and_can_be_turned_off():
+    """By default stage 03 selects with gates and score parts that stage 06 also grades with (citation checks, the
+    response-type rules, the style score): the report lists them. independent_selection drops those gates and zeroes
+    those weights, and then nothing is listed."""
+    from delib.evaluation.findings import caveats
+    from delib.judging.filtering import SHARED_GATES, selection, shared_with_evaluation
+    from delib.run.config import validate_params
+
+    shared = validate_params({"run_name": "x"}).judge
+    said = shared_with_evaluation(shared)
+    assert [g.split(" ")[0] for g in said["gates"]] == [g for g in shared.gates if g in SHARED_GATES]
+    assert [w.split(" ")[0] for w in said["score_weights"]] == ["action", "citation", "style"]
+    text = " ".join(caveats({"graders": {"sft_selection_shares_evaluation_graders": said}}))
+    assert "gates cites_level (category_citation), applicable_level (citation_accuracy)" in text
+    assert "judge.independent_selection: true" in text
+
+    independent = validate_params({"run_name": "x", "judge": {"independent_selection": True}}).judge
+    gates, weights = selection(independent)
+    assert gates == ["action_of_level", "style_of_action", "expected_action"]
+    assert weights == {"judge": 0.5, "action": 0.0, "citation": 0.0, "style": 0.0}
+    assert shared_with_evaluation(independent) == {"gates": [], "score_weights": []}
+    none = " ".join(caveats({"graders": {"sft_selection_shares_evaluation_graders": shared_with_evaluation(independent)}}))
+    assert "Stage 03 selected" not in none

@@ -14,6 +14,7 @@ from delib.evaluation.llm_grading import grader_name
 from delib.generation.cot import THINK_CLOSE, THINK_OPEN
 from delib.generation.generate import finish_answers
 from delib.generation.skeleton import skeleton_grammar
+from delib.judging.filtering import shared_with_evaluation
 from delib.models import ChatRequest, ModelClient
 from delib.models.servers import TransformersServer
 from delib.spec.document import Spec
@@ -172,6 +173,6 @@ def evaluation_info(selected: pd.DataFrame, variants: Sequence[Variant], params:
                         "rl_reward": "the judge (models.judge), answer only",
                         "rl_reward_shares_evaluation_graders":
                             shared_graders(params.rl.reward_weights) if params.rl.backend == "trl" else [],
-                        "sft_filter_shares_evaluation_graders":
-                            [k for k in ("action", "style") if params.judge.score_weights.get(k, 0) > 0]},
+                        # what of stage 03's selection (gates, score weights) stage 06 also grades with
+                        "sft_selection_shares_evaluation_graders": shared_with_evaluation(params.judge)},
             **(benchmarks or {})}

@@ -201,7 +201,15 @@ def caveats(info: dict) -> list[str]:
         extra.append(f"Of the held-out prompts' labels, {what} were given by the labeller model at stage 01 (its "
                      "agreement with the prompt set's own labels is in stage 01's notebook), not by the prompt set: "
                      "every metric that reads a category or an expected action counts them as given.")
-    if graders.get("sft_filter_shares_evaluation_graders"):
+    selection = graders.get("sft_selection_shares_evaluation_graders") or {}
+    said = [f"gates {', '.join(selection['gates'])}" if selection.get("gates") else "",
+            f"score weights {', '.join(selection['score_weights'])}" if selection.get("score_weights") else ""]
+    if any(said):
+        extra.append("Stage 03 selected the SFT data partly with what stage 06 grades with ("
+                     + "; ".join(s for s in said if s) + "): the data was selected to pass those checks, so the "
+                     "trained variants' gains on the metrics they decide may be overstated. "
+                     "judge.independent_selection: true selects without them.")
+    elif graders.get("sft_filter_shares_evaluation_graders"):  # a run of before the gates were disclosed
         extra.append("Stage 03 kept SFT samples partly by the rules stage 06 grades with (judge.score_weights: "
                      f"{', '.join(graders['sft_filter_shares_evaluation_graders'])}): the SFT data was selected to "
                      "pass them, so SFT's gains on action and style may be overstated.")

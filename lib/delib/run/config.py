@@ -49,9 +49,8 @@ class ModelRole(_Strict):
     base_url: Optional[str] = None  # openai_compatible only, e.g. http://localhost:8000/v1
     api_key_env: Optional[str] = None  # name of the environment variable holding the key (never the key)
     adapter: Optional[str] = None  # LoRA adapter (GGUF) to load into the embedded server
-    # What a served model's name stands for (a commit, a checkpoint's hash), so that the model-call cache never
-    # answers a retrained model with the replies of the one served under the same name before. A model that is a
-    # local file or folder is known by the hash of its contents anyway.
+    # What a served model's name stands for (a commit, a checkpoint's hash): the cache never answers a retrained model
+    # with the replies of the one served under the same name before (a local file or folder is hashed anyway).
     revision: Optional[str] = None
     max_concurrency: int = Field(4, ge=1)
     timeout_s: float = Field(120.0, gt=0)
@@ -213,6 +212,7 @@ class JudgeParams(CallingStageParams):
     score_weights: dict[str, float] = dict(SCORE_WEIGHTS)  # judge and rule checks in the final score
     best_of_n: bool = True  # keep only the best sample of each prompt
     max_per_category: Optional[int] = Field(None, ge=1)  # cap per category, to balance the SFT set
+    independent_selection: bool = False  # select without what stage 06 grades with (filtering.SHARED_GATES, ..)
 
     @field_validator("score_weights")
     @classmethod

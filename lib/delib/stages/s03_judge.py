@@ -48,14 +48,14 @@ class TrainingSets:
 
 
 def gate(params: RunParams) -> Gated:
-    """The well-formed samples of the first judge.max_prompts prompts, through the spec's gates (judge.gates) in
-    order, each gate a step of the funnel."""
+    """The well-formed samples of the first judge.max_prompts prompts, through the spec's gates (judge.gates, less
+    those stage 06 grades with under judge.independent_selection) in order, each gate a step of the funnel."""
     spec, prompts, rendered = read_outputs(params)
     samples = files.read(params, files.SAMPLES)
     usable = samples[samples["malformed"].isna()]
     if params.judge.max_prompts:
         usable = usable[usable["prompt_id"].isin(usable["prompt_id"].drop_duplicates()[: params.judge.max_prompts])]
-    gated, steps = filtering.apply_gates(usable, spec, params.judge.gates)
+    gated, steps = filtering.apply_gates(usable, spec, filtering.selection(params.judge)[0])
     return Gated(spec, prompts, rendered, samples, gated, steps)
 
 
@@ -76,7 +76,7 @@ def score(params: RunParams, gated: Gated, judgements: pd.DataFrame) -> pd.DataF
     """Each gated sample with the judge's aggregate of its k judgements, the rule checks and the final score
     (scored.jsonl), and the score distributions with the threshold (scores.png)."""
     j = params.judge
-    scored = judging.score_samples(gated.gated, judgements, j.aggregate, j.score_weights,
+    scored = judging.score_samples(gated.gated, judgements, j.aggregate, filtering.selection(j)[1],
                                    gated.spec.section_category(), gated.spec.checks_by_category())
     files.write(params, files.SCORED, scored)
     plots.score_distributions(scored, j.threshold, files.SCORES_FIGURE.path(params))
