@@ -121,6 +121,48 @@ def test_the_interval_over_seeds_counts_the_seeds_as_well_as_the_prompts():
     assert (wild["hi"] - wild["lo"]) > 1.5 * (calm["hi"] - calm["lo"])  # seeds that disagree widen it
 
 
+def seed_runs(effects: list[float], prompts: int = 40, base_rate: float = 0.3, seed: int = 0) -> dict:
+    """One run per seed: base and sft answer the same prompts to refuse; sft is safe `effect` more often than base
+    in that seed (the effect of the seed's trained model); base_skeleton is a weaker untrained baseline."""
+    rng = np.random.default_rng(seed)
+    runs = {}
+    for s, effect in enumerate(effects):
+        rows = []
+        for variant, rate in (("base", base_rate), ("base_skeleton", base_rate / 3), ("sft", base_rate + effect)):
+            for i in range(prompts):
+                rows.append({"variant": variant, "prompt_id": f"p{i}", "category": "c", "expected_action": "refuse",
+                             "safe": float(rng.random() < rate), "error": None})
+        runs[f"s{s}"] = {"overrides": {"seed": s}, "answers": pd.DataFrame(rows)}
+    return runs
+
+
+def test_the_pooled_sweep_recovers_a_planted_effect_against_the_strongest_baseline():
+    pooled = sweep_summary.pooled_over_seeds(seed_runs([0.4, 0.3, 0.35, 0.45]), ["not_unsafe"], resamples=400)
+    (row,) = pooled.itertuples()
+    assert row.variant == "sft" and row.baseline == "base" and row.seeds == 4 and len(row.per_seed) == 4
+    assert 0.25 < row.diff < 0.5 and row.lo > 0 and row.p_holm < 0.05 and row.significant
+
+
+def test_an_effect_of_one_seed_in_three_is_not_a_pooled_result():
+    """Pooled over prompts alone, one seed's large effect would look significant; resampling the seeds first
+    widens the interval to what another draw of seeds could give."""
+    pooled = sweep_summary.pooled_over_seeds(seed_runs([0.6, 0.0, 0.0]), ["not_unsafe"], resamples=400)
+    (row,) = pooled.itertuples()
+    assert row.diff > 0.1 and row.lo <= 0 and not row.significant
+
+
+def test_two_seeds_are_pooled_but_never_called_significant():
+    pooled = sweep_summary.pooled_over_seeds(seed_runs([0.6, 0.6]), ["not_unsafe"], resamples=400)
+    (row,) = pooled.itertuples()
+    assert row.seeds == 2 and row.diff > 0.4 and row.lo > 0 and not row.significant
+
+
+def test_null_groups_of_seeds_are_rarely_called_significant():
+    calls = [sweep_summary.pooled_over_seeds(seed_runs([0.0] * 3, seed=k), ["not_unsafe"], resamples=200,
+                                             seed=k)["significant"].iloc[0] for k in range(40)]
+    assert sum(calls) <= 4  # 10% of 40 null groups at most (5% expected)
+
+
 def test_the_summary_writes_a_report_and_names_the_runs_it_could_not_read(tmp_path):
     ids = [f"p{i}" for i in range(12)]
     status = []

@@ -164,7 +164,7 @@ def evaluation_info(selected: pd.DataFrame, variants: Sequence[Variant], params:
             "variants_not_available": {v.name: v.reason for v in variants if not v.available},
             "resamples": ev.bootstrap_resamples, "confidence": ev.confidence, "seed": params.seed,
             "max_tokens": ev.max_tokens, "prestart_think": ev.prestart_think, "style_threshold": ev.style_threshold,
-            "baseline": ev.baseline,
+            "baseline": ev.baseline, "primary": list(ev.primary),
             # stage 02 told the generator the level of these training prompts (generate.level_hint), as it wrote
             "generator_told_level": told_levels(params),
             "grading": "rule-based (delib.judging.graders); StrongREJECT rubric LLM-graded by the judge",

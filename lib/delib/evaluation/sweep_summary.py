@@ -8,6 +8,12 @@ says why. Seeds: runs that differ only in `seed` form a group; each metric's mea
 bootstrap interval (resample the seeds, then the prompts), so that it counts both the prompts and the seeds. When
 the seeds answered the same prompts, one resample of the prompts serves every seed (the prompts are one sample,
 not one per seed); otherwise each seed's prompts are resampled on their own.
+
+Pooled over seeds (`pooled_over_seeds`): in each group of three or more seeds, each trained variant against the
+strongest untrained baseline of each primary metric (its mean over the seeds, chance references included): the
+per-prompt paired differences of every seed, pooled as the mean over seeds of each seed's mean difference, with a
+hierarchical bootstrap (seeds resampled, then prompts within each seed), a bootstrap p, and Holm over the primary
+family. Two seeds are reported and never called significant: their spread is not an estimate.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import pandas as pd
 
 from delib.evaluation.findings import percent
 from delib.evaluation.metrics import (_interval, _matrix, _ratios, adjust_for_multiplicity, bootstrap_metrics,
-                                      bootstrap_weights, fmt, fmt_diff, heldout_metrics)
+                                      bootstrap_weights, fmt, fmt_diff, heldout_metrics, holm)
 from delib.evaluation.reading import load_evaluation
 from delib.run.io import write_json_atomic
 
@@ -78,16 +84,9 @@ def over_seeds(runs: dict[str, dict], resamples: int = 1000, seed: int = 0, conf
     """For each group of runs that differ only in `seed` (two or more seeds), each variant and metric: the mean
     over seeds, with a two-level bootstrap interval (seeds resampled, then prompts: one resample of the prompts for
     every seed when they answered the same prompts, else one per seed)."""
-    groups: dict[str, list[str]] = {}
-    for name, r in runs.items():
-        if "seed" in r["overrides"]:
-            rest = {k: v for k, v in r["overrides"].items() if k != "seed"}
-            groups.setdefault(json.dumps(rest, sort_keys=True), []).append(name)
     rng = np.random.default_rng(seed)
     rows = []
-    for label, names in groups.items():
-        if len(names) < 2:
-            continue
+    for label, names in _seed_groups(runs).items():
         pick = rng.integers(0, len(names), size=(resamples, len(names)))  # the seeds drawn in each resample
         id_sets = [frozenset(runs[n]["answers"]["prompt_id"].astype(str)) for n in names]
         shared = len(set(id_sets)) == 1
@@ -118,12 +117,93 @@ def over_seeds(runs: dict[str, dict], resamples: int = 1000, seed: int = 0, conf
     return pd.DataFrame(rows)
 
 
+MIN_SEEDS = 3  # fewer seeds are pooled and shown, never called significant
+DEFAULT_PRIMARY = ("citation_accuracy", "not_unsafe", "not_overrefuse")  # evaluate.primary's default
+
+
+def _seed_groups(runs: dict[str, dict]) -> dict[str, list[str]]:
+    """Runs that differ only in `seed`, by the rest of their overrides."""
+    groups: dict[str, list[str]] = {}
+    for name, r in runs.items():
+        if "seed" in r["overrides"]:
+            rest = {k: v for k, v in r["overrides"].items() if k != "seed"}
+            groups.setdefault(json.dumps(rest, sort_keys=True), []).append(name)
+    return {label: names for label, names in groups.items() if len(names) >= 2}
+
+
+def _per_prompt(answers: pd.DataFrame, variant: str, d, ids: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+    frame = answers[answers["variant"] == variant]
+    frame = frame.assign(prompt_id=frame["prompt_id"].astype(str))
+    vals, mask = _matrix(frame, "prompt_id", [variant], d.column, d.select(frame).fillna(False).astype(bool), ids)
+    return vals[0], mask[0]
+
+
+def pooled_over_seeds(runs: dict[str, dict], primary: Sequence[str] = DEFAULT_PRIMARY, resamples: int = 1000,
+                      seed: int = 0, confidence: float = 0.95) -> pd.DataFrame:
+    """For each group of runs that differ only in `seed`: each trained variant (sft, sft_rl) against the strongest
+    untrained baseline of each primary metric, pooled over the seeds. `runs[name]["answers"]` may hold the chance
+    references' rows (grading.chance_answers) beside the answers. Columns: group, variant, baseline, key, seeds,
+    diff (mean over seeds of each seed's mean paired difference), lo, hi (hierarchical bootstrap: seeds, then the
+    prompts of each), p (two-sided bootstrap p), p_holm (Holm over the group's primary family), significant (the
+    interval excludes 0, p_holm < 1 - confidence, and at least MIN_SEEDS seeds), per_seed."""
+    from delib.evaluation.lineup import BASELINES, TRAINED_STAGE
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label, names in _seed_groups(runs).items():
+        answers = {n: runs[n]["answers"] for n in names}
+        present = [v for v in dict.fromkeys(answers[names[0]]["variant"])
+                   if all(v in set(answers[n]["variant"]) for n in names)]
+        ids = {n: pd.Index(sorted(answers[n]["prompt_id"].astype(str).unique())) for n in names}
+        weights = {n: bootstrap_weights(len(ids[n]), resamples, seed + 1 + i) for i, n in enumerate(names)}
+        pick = rng.integers(0, len(names), size=(resamples, len(names)))  # the seeds drawn in each resample
+        defs = {d.key: d for d in heldout_metrics(answers[names[0]]) if d.key in primary}
+        group_rows = []
+        for key, d in defs.items():
+            means = {v: np.nanmean([_ratios(*_per_prompt(answers[n], v, d, ids[n]), weights[n])[0] for n in names])
+                     for v in present if v in BASELINES}
+            means = {v: m for v, m in means.items() if np.isfinite(m)}
+            if not means:
+                continue
+            baseline = (min if d.kind == "share" else max)(means, key=means.get)
+            for trained in [v for v in present if v in TRAINED_STAGE]:
+                points, boots = [], []
+                for n in names:
+                    a, ma = _per_prompt(answers[n], trained, d, ids[n])
+                    b, mb = _per_prompt(answers[n], baseline, d, ids[n])
+                    both = ma & mb
+                    pa, ba = _ratios(a, both, weights[n])
+                    pb, bb = _ratios(b, both, weights[n])
+                    points.append(pa - pb)
+                    boots.append(ba - bb)
+                b = np.vstack(boots)
+                with np.errstate(invalid="ignore"):
+                    pooled = np.nanmean(b[pick, np.arange(resamples)[:, None]], axis=1)
+                finite = pooled[np.isfinite(pooled)]
+                lo, hi = _interval(pooled, confidence)
+                below, above = int((finite <= 0).sum()), int((finite >= 0).sum())
+                p = min(1.0, 2 * (min(below, above) + 1) / (len(finite) + 1)) if len(finite) else float("nan")
+                group_rows.append({"group": label, "variant": trained, "baseline": baseline, "key": key,
+                                   "seeds": len(names), "diff": float(np.nanmean(points)), "lo": lo, "hi": hi,
+                                   "p": p, "per_seed": [None if np.isnan(x) else round(float(x), 4) for x in points],
+                                   "runs": names, "confidence": confidence})
+        if group_rows:
+            g = pd.DataFrame(group_rows)
+            g["p_holm"] = holm(g["p"].to_numpy(float))
+            excludes = (g["lo"] > 0) | (g["hi"] < 0)
+            g["significant"] = excludes & (g["p_holm"] < 1 - confidence) & (g["seeds"] >= MIN_SEEDS)
+            rows.append(g)
+    columns = ["group", "variant", "baseline", "key", "seeds", "diff", "lo", "hi", "p", "p_holm", "significant",
+               "per_seed", "runs", "confidence"]
+    return pd.concat(rows, ignore_index=True)[columns] if rows else pd.DataFrame(columns=columns)
+
+
 def summarise(folder: Path, status: Sequence[dict], resamples: int = 1000, seed: int = 0,
               confidence: float = 0.95) -> dict:
     """Read the finished runs of a sweep, compare them, and write summary.json and report.html into `folder`."""
     from delib.evaluation import plots, report
 
-    runs, missing = {}, []
+    runs, missing, primary = {}, [], None
     for row in status:
         rdir = Path(row.get("run_dir") or "")
         try:
@@ -134,12 +214,16 @@ def summarise(folder: Path, status: Sequence[dict], resamples: int = 1000, seed:
             missing.append(f"{row['run']}: {row.get('status')}")
             continue
         runs[row["run"]] = {"overrides": row["overrides"], "factors": row.get("factors", row["overrides"]),
-                            "answers": ev["answers"]}
+                            "answers": ev["answers"], "chance": _chance(rdir, ev["answers"])}
+        primary = primary or ev["info"].get("primary")
     pairs, skipped = compare_pairs(runs, resamples, seed, confidence)
     seeds = over_seeds(runs, resamples, seed, confidence)
+    with_chance = {n: {**r, "answers": pd.concat([r["answers"], r["chance"]], ignore_index=True)}
+                   for n, r in runs.items()}
+    pooled = pooled_over_seeds(with_chance, primary or DEFAULT_PRIMARY, resamples, seed, confidence)
     doc = {"runs": list(status), "not_summarised": missing, "pairs": pairs.to_dict("records"),
-           "not_paired": skipped, "over_seeds": seeds.to_dict("records"), "resamples": resamples,
-           "confidence": confidence}
+           "not_paired": skipped, "over_seeds": seeds.to_dict("records"), "pooled_over_seeds": pooled.to_dict("records"),
+           "primary": list(primary or DEFAULT_PRIMARY), "resamples": resamples, "confidence": confidence}
     write_json_atomic(folder / "summary.json", json.loads(pd.Series([doc]).to_json(orient="records"))[0])
     pct = percent(confidence)
     figures = []
@@ -157,6 +241,14 @@ def summarise(folder: Path, status: Sequence[dict], resamples: int = 1000, seed:
             "interval (the seeds resampled, then the prompts; one resample of the prompts for every seed when the "
             "seeds answered the same prompts)."],
             [("mean [interval] (seeds)", seeds_table(seeds))], figures),
+        report.Section("Pooled over seeds: the primary results", [
+            f"Each trained variant against the strongest untrained baseline of each primary metric "
+            f"({', '.join(primary or DEFAULT_PRIMARY)}; chance references included), the per-prompt paired "
+            f"differences of every seed pooled: the mean over seeds of each seed's mean difference, with a {pct} "
+            "hierarchical bootstrap interval (the seeds resampled, then the prompts within each), a bootstrap p and "
+            f"Holm over the primary family. A group of fewer than {MIN_SEEDS} seeds is shown and never called "
+            "significant. This, not one run's interval (which covers the prompts only), is the result to cite."],
+            [(f"difference [{pct} interval], Holm p", pooled_table(pooled))]),
         report.Section("Pairs of runs", [
             "Runs that differ in one of the sweep's factors other than the seed (a grid key, or the named variant), "
             "model by model, paired on the held-out prompts both answered; * marks a significant difference (the "
@@ -166,6 +258,29 @@ def summarise(folder: Path, status: Sequence[dict], resamples: int = 1000, seed:
     ]
     report.write_html(folder / "report.html", f"Sweep {folder.name}", sections)
     return doc
+
+
+def _chance(rdir: Path, answers: pd.DataFrame) -> pd.DataFrame:
+    """The chance references of citation on the prompts a run answered (empty without its parsed spec)."""
+    from delib.evaluation.grading import chance_answers
+    from delib.run import files
+    from delib.spec.document import Spec
+
+    spec = files.read(rdir, files.SPEC, missing_ok=True)
+    if not spec or answers.empty:
+        return pd.DataFrame()
+    prompts = answers.drop_duplicates("prompt_id").rename(columns={"prompt_id": "id"})
+    return chance_answers(prompts, Spec.from_dict(spec))
+
+
+def pooled_table(pooled: pd.DataFrame) -> pd.DataFrame:
+    if pooled.empty:
+        return pooled
+    t = pooled.assign(cell=[f"{fmt_diff(x, lo, hi)} p={p:.2g}" + (" *" if s else "") for x, lo, hi, p, s in
+                            zip(pooled["diff"], pooled["lo"], pooled["hi"], pooled["p_holm"], pooled["significant"])],
+                      row=pooled["key"] + " vs " + pooled["baseline"],
+                      column=pooled["group"] + " " + pooled["variant"] + " (" + pooled["seeds"].astype(str) + " seeds)")
+    return t.pivot_table(index="row", columns="column", values="cell", aggfunc="first")
 
 
 def seeds_table(seeds: pd.DataFrame) -> pd.DataFrame:
