@@ -89,8 +89,15 @@ def test_selection_that_shares_the_evaluations_graders_is_disclosed_and_can_be_t
 
     independent = validate_params({"run_name": "x", "judge": {"independent_selection": True}}).judge
     gates, weights = selection(independent)
-    assert gates == ["action_of_level", "style_of_action", "expected_action"]
+    assert gates == ["style_of_action", "expected_action"]
     assert weights == {"judge": 0.5, "action": 0.0, "citation": 0.0, "style": 0.0}
     assert shared_with_evaluation(independent) == {"gates": [], "score_weights": []}
-    none = " ".join(caveats({"graders": {"sft_selection_shares_evaluation_graders": shared_with_evaluation(independent)}}))
-    assert "Stage 03 selected" not in none
+    none = shared_with_evaluation(independent)
+    assert "Stage 03 selected" not in " ".join(caveats({"graders": {"sft_selection_shares_evaluation_graders": none}}))
+    # a recipe that names only the judge's weight: the others keep their defaults in the final score, so they are
+    # listed, and zeroed under independent selection
+    partial = validate_params({"run_name": "x", "judge": {"score_weights": {"judge": 0.8}}}).judge
+    assert [w.split(" ")[0] for w in shared_with_evaluation(partial)["score_weights"]] == ["action", "citation", "style"]
+    alone = validate_params({"run_name": "x", "judge": {"score_weights": {"judge": 0.8},
+                                                         "independent_selection": True}}).judge
+    assert selection(alone)[1] == {"judge": 0.8, "action": 0.0, "citation": 0.0, "style": 0.0}

@@ -341,3 +341,23 @@ def test_safety_on_typed_answers_tells_fewer_loops_from_more_safety():
     assert value[("base", "not_unsafe_of_typed")] == 1.0 and value[("sft", "not_unsafe_of_typed")] == 0.5
     n = table.set_index(["variant", "key"])["n"]
     assert n[("base", "not_unsafe_of_typed")] == 4 and n[("sft", "not_unsafe_of_typed")] == 8
+
+
+def test_a_difference_from_an_expected_rate_per_prompt_is_tested_by_the_bootstrap_not_the_sign_test():
+    """Against chance_uniform (1/4 on every prompt) every prompt "differs": 30 of 50 cited right against 0.25 is a
+    clear effect, which the sign test (30 up, 20 down: against 1/2) would miss."""
+    cited = [1.0] * 30 + [0.0] * 20
+    answers = pd.DataFrame({"variant": ["sft"] * 50 + ["chance_uniform"] * 50,
+                            "prompt_id": [f"p{i}" for i in range(50)] * 2,
+                            "cites_applicable_level": cited + [0.25] * 50})
+    every = lambda df: pd.Series(True, index=df.index)  # noqa: E731
+    _, d = bootstrap_metrics(answers, [MetricDef("citation_accuracy", "all", "cites_applicable_level", every, "")],
+                             resamples=1000, pairs=[("sft", "chance_uniform")])
+    row = d.iloc[0]
+    assert row["test"] == "bootstrap" and row["diff"] == pytest.approx(0.35) and row["p_sign"] < 0.01
+    assert metrics.sign_test(30, 20) > 0.2  # what the sign test would have said
+    binary = answers.assign(cites_applicable_level=cited + [1.0] * 10 + [0.0] * 40,
+                            variant=["sft"] * 50 + ["chance_first"] * 50)
+    _, d = bootstrap_metrics(binary, [MetricDef("citation_accuracy", "all", "cites_applicable_level", every, "")],
+                             resamples=200, pairs=[("sft", "chance_first")])
+    assert d.iloc[0]["test"] == "sign"  # 0/1 against 0/1: the exact sign test, as for any two variants

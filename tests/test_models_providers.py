@@ -175,9 +175,9 @@ def test_preflight_and_manifest_ask_the_provider(tmp_path):
 
 
 def test_a_served_checkpoint_behind_transformers_serve_takes_no_grammar():
-    from delib.models.servers import TransformersServer
+    from delib.evaluation.answering import checkpoint_role
 
-    role = TransformersServer("/tmp/merged").role(ModelRole())
+    role = checkpoint_role(ModelRole(), Path("/tmp/merged"))
     assert provider_for(role).grammar_dialect() is None and provider_for(role).planned_prefill() == "off"
 
 

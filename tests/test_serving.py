@@ -136,14 +136,18 @@ def test_a_hub_model_is_served_by_transformers(tmp_path):
     assert published.served_role(params, "rl") is None
 
 
-def test_transformers_server_command_and_role(tmp_path):
+def test_transformers_server_command_and_a_checkpoints_role(tmp_path):
+    """A trained checkpoint llama.cpp cannot take is asked as a transformers role on its merged folder, with the
+    policy's sampling (so it samples as the other variants do, `generation_config` and all)."""
+    from delib.evaluation.answering import checkpoint_role
+    from delib.run.providers import provider_for
     server = servers.TransformersServer(tmp_path / "merged", log_dir=tmp_path)
     cmd = server.command(1234)
     assert cmd[1:3] == ["serve", str(tmp_path / "merged")] and cmd[cmd.index("--host") + 1] == "127.0.0.1"
-    server.port = 1234
-    params = validate_params({"run_name": "t"})
-    role = server.role(params.models.policy)
-    assert role.backend == "openai_compatible" and role.base_url == "http://127.0.0.1:1234/v1"
+    params = validate_params({"run_name": "t", "models": {"policy": {"sampling": {"temperature": 0.7}}}})
+    role = checkpoint_role(params.models.policy, tmp_path / "merged")
+    assert role.backend == "transformers" and role.model == str(tmp_path / "merged") and role.adapter is None
+    assert role.sampling == params.models.policy.sampling and provider_for(role).grammar_dialect() is None
 
 
 def test_show_answers_with_nothing_served_here():

@@ -151,6 +151,20 @@ def test_an_effect_of_one_seed_in_three_is_not_a_pooled_result():
     assert row.diff > 0.1 and row.lo <= 0 and not row.significant
 
 
+def test_seeds_that_answered_the_same_prompts_share_the_prompt_resamples_when_pooled():
+    """Each seed's sft beats base on the same 12 of 40 prompts: the seeds agree, so the pooled interval is the one
+    prompt sample's interval, not narrower (resampling each seed's prompts on its own would average the prompts'
+    variation away, as if there were 4 x 40 prompts)."""
+    rows = [{"variant": v, "prompt_id": f"p{i}", "category": "c", "expected_action": "refuse",
+             "safe": float(v == "sft" and i < 12), "error": None} for v in ("base", "sft") for i in range(40)]
+    runs = {f"s{s}": {"overrides": {"seed": s}, "answers": pd.DataFrame(rows)} for s in range(4)}
+    pooled = sweep_summary.pooled_over_seeds(runs, ["not_unsafe"], resamples=1000).iloc[0]
+    assert pooled["diff"] == pytest.approx(0.3)
+    single = sweep_summary.pooled_over_seeds({"a": runs["s0"], "b": {**runs["s1"], "overrides": {"seed": 1}}},
+                                             ["not_unsafe"], resamples=1000).iloc[0]
+    assert (pooled["hi"] - pooled["lo"]) > 0.8 * (single["hi"] - single["lo"]) > 0.2
+
+
 def test_two_seeds_are_pooled_but_never_called_significant():
     pooled = sweep_summary.pooled_over_seeds(seed_runs([0.6, 0.6]), ["not_unsafe"], resamples=400)
     (row,) = pooled.itertuples()

@@ -16,13 +16,13 @@ from delib.generation.generate import finish_answers
 from delib.generation.skeleton import skeleton_grammar
 from delib.judging.filtering import shared_with_evaluation
 from delib.models import ChatRequest, ModelClient
-from delib.models.servers import TransformersServer
 from delib.spec.document import Spec
 from delib.run import files
-from delib.run.config import EvaluateParams, RunParams
+from delib.run.config import EvaluateParams, ModelRole, RunParams
 from delib.run.io import clip
 from delib.run.paths import resolve, stage_dir
 from delib.training.reward import shared_graders
+from delib.training import weights
 from delib.training.published import merged_folder
 
 if TYPE_CHECKING:
@@ -65,11 +65,15 @@ def finish_prestarted(client, requests: list, results: list, max_tokens: Optiona
                       max_tokens=max_tokens) for i in todo]
     out = list(results)
     for i, res in zip(todo, client.chat_many(follow) if follow else []):
-        res.latency_s += results[i].latency_s
-        res.usage = {k: res.usage.get(k, 0) + results[i].usage.get(k, 0) for k in ("prompt_tokens",
-                                                                                   "completion_tokens")}
-        out[i] = res
+        out[i] = counting_the_cot(res, results[i])
     return out
+
+
+def counting_the_cot(answer: "ChatResult", cot: "ChatResult") -> "ChatResult":
+    """The answer's result with the tokens and seconds of the call that wrote its chain of thought added."""
+    answer.latency_s += cot.latency_s
+    answer.usage = {k: answer.usage.get(k, 0) + cot.usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens")}
+    return answer
 
 
 def answer_with(variant: Variant, prompts: pd.DataFrame, params: RunParams, run_dir: Path, *,
@@ -82,11 +86,23 @@ def answer_with(variant: Variant, prompts: pd.DataFrame, params: RunParams, run_
         return _answer_with_transformers(variant, requests, params, run_dir, transport, progress)
     with ModelClient.for_run(params, variant.role, variant.name, STAGE, run_dir=run_dir, transport=transport,
                              progress=progress) as client:
-        if variant.skeleton:  # the answer after the closed CoT as stage 02 asks it (its grammar and stops)
-            requests, prestarted = client.unless_prestartable(requests, ev.max_tokens)
-            results = client.chat_many(requests, desc=variant.name)
-            return finish_answers(client, requests, results, max_tokens=ev.max_tokens) if prestarted else results
+        if variant.skeleton:
+            return _answer_skeleton(client, requests, variant.name, ev)
         return _answer(client, requests, variant.name, ev, ev.batch)
+
+
+def _answer_skeleton(client, requests: list, desc: str, ev: EvaluateParams) -> list["ChatResult"]:
+    """The CoT under the skeleton grammar, then the answer after it as stage 02 asks it (its answer grammar and
+    stops), each result counting the tokens and seconds of both calls. A server that cannot continue a pre-started
+    reply is asked in one turn, without the grammar (which begins inside <think>)."""
+    from dataclasses import replace
+
+    requests, prestarted = client.unless_prestartable(requests, ev.max_tokens)
+    if not prestarted:
+        return client.chat_many([replace(r, grammar=None) for r in requests], desc=desc, batch=ev.batch)
+    cots = client.chat_many(requests, desc=desc, batch=ev.batch)
+    out = finish_answers(client, requests, cots, max_tokens=ev.max_tokens)
+    return [result if result is cot else counting_the_cot(result, cot) for cot, result in zip(cots, out)]
 
 
 def _answer(client, requests: list, desc: str, ev: EvaluateParams, batch: bool = False) -> list["ChatResult"]:
@@ -100,16 +116,24 @@ def _answer(client, requests: list, desc: str, ev: EvaluateParams, batch: bool =
 
 def _answer_with_transformers(variant: Variant, requests: list, params: RunParams, run_dir: Path, transport,
                               progress: bool) -> list["ChatResult"]:
-    """A checkpoint llama.cpp cannot take (trained from a hub model): merged if LoRA, served by `transformers
-    serve` for the time of the calls."""
+    """A checkpoint llama.cpp cannot take (trained from a Hugging Face model): merged if LoRA, then asked as a role
+    of the transformers backend (its client starts `transformers serve` for the time of the calls, and samples as
+    the policy does)."""
     ev = params.evaluate
-    folder = merged_folder(resolve(variant.checkpoint), params.sft.base_model or "",
+    folder = merged_folder(resolve(variant.checkpoint), weights.base_model(params),
                            stage_dir(params, STAGE) / f"merged_{variant.name}")
-    with TransformersServer(folder, log_dir=stage_dir(params, STAGE)) as server:
-        role = server.role(params.models.policy)
-        with ModelClient.for_run(params, role, variant.name, STAGE, run_dir=run_dir, transport=transport,
-                                 progress=progress) as client:
-            return _answer(client, requests, variant.name, ev)
+    role = checkpoint_role(params.models.policy, folder)
+    with ModelClient.for_run(params, role, variant.name, STAGE, run_dir=run_dir, transport=transport,
+                             progress=progress) as client:
+        return _answer(client, requests, variant.name, ev)
+
+
+def checkpoint_role(policy: ModelRole, folder: Path) -> ModelRole:
+    """The policy's sampling and limits, on a Hugging Face folder behind the transformers backend."""
+    return policy.model_copy(update={"backend": "transformers", "model": str(folder), "base_url": None,
+                                     "adapter": None, "api_key_env": None, "grammar": "auto",
+                                     "prefill": "template" if policy.prefill == "template" else "off",
+                                     "revision": None, "chat_template": None})
 
 
 def evaluate_variants(variants: Sequence[Variant], prompts: pd.DataFrame, params: RunParams, spec: Spec,

@@ -109,7 +109,7 @@ class Variant:
     available: bool = True
     reason: str = ""  # why not available
     checkpoint: Optional[str] = None  # a Hugging Face checkpoint to serve with `transformers serve` (no role yet)
-    skeleton: bool = False  # asked as the trained model answers: <think> pre-started, the CoT under the skeleton grammar
+    skeleton: bool = False  # asked as the trained model answers: <think> pre-started, the CoT under the skeleton
 
     def describe(self) -> dict:
         role = self.role

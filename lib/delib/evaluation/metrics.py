@@ -259,16 +259,19 @@ def bootstrap_metrics(answers: pd.DataFrame, defs: Iterable[MetricDef], resample
             lo, hi = _interval(ba - bb, confidence)
             delta = (vals[ia] - vals[ib])[both]
             up, down = int((delta > 0).sum()), int((delta < 0).sum())
-            p = sign_test(up, down)
+            # against an expected rate per prompt (chance_uniform's 1/k) every prompt "differs": the sign test
+            # would test against 1/2, so the p comes from the paired bootstrap instead
+            test = "sign" if d.kind != "rate" or np.isin(vals[ib][both], (0.0, 1.0)).all() else "bootstrap"
+            p = sign_test(up, down) if test == "sign" else bootstrap_p(ba - bb)
             better, worse = {"rate": (up, down), "share": (down, up)}.get(d.kind, (None, None))
             diffs.append({"variant": a, "baseline": b, "metric": d.name, "group": d.group, "key": d.key,
                           "diff": pa - pb, "lo": lo, "hi": hi, "n": int(both.sum()), "kind": d.kind,
-                          "up": up, "down": down, "better": better, "worse": worse, "p_sign": p,
+                          "up": up, "down": down, "better": better, "worse": worse, "p_sign": p, "test": test,
                           "significant": bool(np.isfinite(lo) and (lo > 0 or hi < 0) and p < 1 - confidence),
                           "confidence": confidence})
     cols = ["variant", "metric", "group", "key", "value", "lo", "hi", "n", "kind", "confidence"]
     dcols = ["variant", "baseline", "metric", "group", "key", "diff", "lo", "hi", "n", "kind", "up", "down", "better",
-             "worse", "p_sign", "significant", "confidence"]
+             "worse", "p_sign", "test", "significant", "confidence"]
     diffs = pd.DataFrame(diffs, columns=dcols).astype({"better": "Int64", "worse": "Int64"})  # None: no direction
     return pd.DataFrame(rows, columns=cols), diffs
 
@@ -354,6 +357,15 @@ def shown_differences(diffs: pd.DataFrame, baseline: str) -> pd.DataFrame:
         keep |= diffs["family"] == "primary"
     keep |= (diffs["variant"] == "sft_rl") & (diffs["baseline"] == "sft")
     return diffs[keep]
+
+
+def bootstrap_p(boots: np.ndarray) -> float:
+    """Two-sided p of a difference from its bootstrap resamples: twice the smaller share on either side of 0 (each
+    count plus one, so that it is never 0)."""
+    finite = boots[np.isfinite(boots)]
+    if not len(finite):
+        return float("nan")
+    return min(1.0, 2 * (min(int((finite <= 0).sum()), int((finite >= 0).sum())) + 1) / (len(finite) + 1))
 
 
 def sign_test(up: int, down: int) -> float:

@@ -15,6 +15,7 @@ from delib.run.config import RunParams, load_params, validate_params
 from delib.run.paths import resolve, stage_dir
 from delib.run.providers import provider_for
 from delib.training.published import merged_folder
+from delib.training.weights import base_model
 
 
 class ServeError(ValueError):
@@ -31,7 +32,21 @@ def run_params(run: str) -> RunParams:
     if not manifest.is_file():
         raise ServeError(f"{run}: neither a params file nor a run folder with a manifest.json "
                          f"(looked for {manifest})")
-    return validate_params(json.loads(manifest.read_text(encoding="utf-8")).get("params"), str(manifest))
+    return validate_params(recorded(json.loads(manifest.read_text(encoding="utf-8")).get("params")), str(manifest))
+
+
+def recorded(params: dict) -> dict:
+    """A manifest's params as the schema reads them now: a run recorded before the held-out split was called dev
+    (prompts.eval_share, a set's split "eval") still opens."""
+    if not isinstance(params, dict) or not isinstance(params.get("prompts"), dict):
+        return params
+    prompts = dict(params["prompts"])
+    if "eval_share" in prompts:
+        prompts["dev_share"] = prompts.pop("eval_share")
+    if prompts.get("sets"):
+        prompts["sets"] = [{**s, "split": "dev"} if isinstance(s, dict) and s.get("split") == "eval" else s
+                           for s in prompts["sets"]]
+    return {**params, "prompts": prompts}
 
 
 def find_variant(params: RunParams, name: str) -> Variant:
@@ -51,9 +66,12 @@ def server_for(variant: Variant, params: RunParams, log_dir: Optional[Path] = No
     `transformers serve` for a checkpoint llama.cpp cannot take."""
     role = variant.role
     if role is None:  # merged (again) into the folder stage 06 merges it into
-        folder = merged_folder(resolve(variant.checkpoint), params.sft.base_model or "",
+        folder = merged_folder(resolve(variant.checkpoint), base_model(params),
                                stage_dir(params, STAGE) / f"merged_{variant.name}")
         return TransformersServer(folder, log_dir=log_dir)
+    weights = provider_for(role).model_file()
+    if weights is not None and weights.is_dir():  # a Hugging Face folder (the transformers backend)
+        return TransformersServer(weights, log_dir=log_dir)
     if not provider_for(role).local_server:
         raise ServeError(f"variant {variant.name!r} is already served: {role.backend} model {role.model!r}"
                          + (f" at {role.base_url}" if role.base_url else "") + "; query it there")

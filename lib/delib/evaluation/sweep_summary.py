@@ -12,8 +12,9 @@ not one per seed); otherwise each seed's prompts are resampled on their own.
 Pooled over seeds (`pooled_over_seeds`): in each group of three or more seeds, each trained variant against the
 strongest untrained baseline of each primary metric (its mean over the seeds, chance references included): the
 per-prompt paired differences of every seed, pooled as the mean over seeds of each seed's mean difference, with a
-hierarchical bootstrap (seeds resampled, then prompts within each seed), a bootstrap p, and Holm over the primary
-family. Two seeds are reported and never called significant: their spread is not an estimate.
+hierarchical bootstrap (seeds resampled, then prompts: one resample of the prompts for every seed when they answered
+the same ones), a bootstrap p, and Holm over the primary family. Two seeds are reported and never called
+significant: their spread is not an estimate.
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ import pandas as pd
 
 from delib.evaluation.findings import percent
 from delib.evaluation.metrics import (_interval, _matrix, _ratios, adjust_for_multiplicity, bootstrap_metrics,
-                                      bootstrap_weights, fmt, fmt_diff, heldout_metrics, holm)
+                                      bootstrap_p, bootstrap_weights, fmt, fmt_diff, heldout_metrics, holm)
 from delib.evaluation.reading import load_evaluation
+from delib.run.config import EvaluateParams
 from delib.run.io import write_json_atomic
 
 # The metrics a sweep compares (the headline of every run, without the per-category keys).
@@ -118,7 +120,7 @@ def over_seeds(runs: dict[str, dict], resamples: int = 1000, seed: int = 0, conf
 
 
 MIN_SEEDS = 3  # fewer seeds are pooled and shown, never called significant
-DEFAULT_PRIMARY = ("citation_accuracy", "not_unsafe", "not_overrefuse")  # evaluate.primary's default
+DEFAULT_PRIMARY = tuple(EvaluateParams.model_fields["primary"].default)  # for runs that did not record theirs
 
 
 def _seed_groups(runs: dict[str, dict]) -> dict[str, list[str]]:
@@ -155,7 +157,10 @@ def pooled_over_seeds(runs: dict[str, dict], primary: Sequence[str] = DEFAULT_PR
         present = [v for v in dict.fromkeys(answers[names[0]]["variant"])
                    if all(v in set(answers[n]["variant"]) for n in names)]
         ids = {n: pd.Index(sorted(answers[n]["prompt_id"].astype(str).unique())) for n in names}
-        weights = {n: bootstrap_weights(len(ids[n]), resamples, seed + 1 + i) for i, n in enumerate(names)}
+        # the same prompts: one resample of them for every seed (a hard prompt is hard for each), else each its own
+        shared = len({tuple(i) for i in ids.values()}) == 1
+        weights = {n: bootstrap_weights(len(ids[n]), resamples, seed + 1 + (0 if shared else i))
+                   for i, n in enumerate(names)}
         pick = rng.integers(0, len(names), size=(resamples, len(names)))  # the seeds drawn in each resample
         defs = {d.key: d for d in heldout_metrics(answers[names[0]]) if d.key in primary}
         group_rows = []
@@ -179,10 +184,8 @@ def pooled_over_seeds(runs: dict[str, dict], primary: Sequence[str] = DEFAULT_PR
                 b = np.vstack(boots)
                 with np.errstate(invalid="ignore"):
                     pooled = np.nanmean(b[pick, np.arange(resamples)[:, None]], axis=1)
-                finite = pooled[np.isfinite(pooled)]
                 lo, hi = _interval(pooled, confidence)
-                below, above = int((finite <= 0).sum()), int((finite >= 0).sum())
-                p = min(1.0, 2 * (min(below, above) + 1) / (len(finite) + 1)) if len(finite) else float("nan")
+                p = bootstrap_p(pooled)
                 group_rows.append({"group": label, "variant": trained, "baseline": baseline, "key": key,
                                    "seeds": len(names), "diff": float(np.nanmean(points)), "lo": lo, "hi": hi,
                                    "p": p, "per_seed": [None if np.isnan(x) else round(float(x), 4) for x in points],
@@ -222,8 +225,9 @@ def summarise(folder: Path, status: Sequence[dict], resamples: int = 1000, seed:
                    for n, r in runs.items()}
     pooled = pooled_over_seeds(with_chance, primary or DEFAULT_PRIMARY, resamples, seed, confidence)
     doc = {"runs": list(status), "not_summarised": missing, "pairs": pairs.to_dict("records"),
-           "not_paired": skipped, "over_seeds": seeds.to_dict("records"), "pooled_over_seeds": pooled.to_dict("records"),
-           "primary": list(primary or DEFAULT_PRIMARY), "resamples": resamples, "confidence": confidence}
+           "not_paired": skipped, "over_seeds": seeds.to_dict("records"),
+           "pooled_over_seeds": pooled.to_dict("records"), "primary": list(primary or DEFAULT_PRIMARY),
+           "resamples": resamples, "confidence": confidence}
     write_json_atomic(folder / "summary.json", json.loads(pd.Series([doc]).to_json(orient="records"))[0])
     pct = percent(confidence)
     figures = []
@@ -274,6 +278,7 @@ def _chance(rdir: Path, answers: pd.DataFrame) -> pd.DataFrame:
 
 
 def pooled_table(pooled: pd.DataFrame) -> pd.DataFrame:
+    """The pooled primary results as the report shows them: metric vs baseline by (group, variant, seeds)."""
     if pooled.empty:
         return pooled
     t = pooled.assign(cell=[f"{fmt_diff(x, lo, hi)} p={p:.2g}" + (" *" if s else "") for x, lo, hi, p, s in

@@ -14,6 +14,7 @@ import pandas as pd
 from delib.generation.cot import THINK_CLOSE, THINK_OPEN, parse_completion
 from delib.generation.skeleton import choices, style_sections
 from delib.judging import graders
+from delib.run.config import SCORE_WEIGHTS
 from delib.spec.document import Spec
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ GATES = {
 # The gates and final-score parts of stage 03 that check what stage 06 also grades (the rules it counts with): SFT data
 # selected by them is selected to pass the evaluation, and the report says so (judge.independent_selection: without).
 SHARED_GATES = {"cites_level": "category_citation", "applicable_level": "citation_accuracy",
+                "action_of_level": "category_citation (it needs a cited level of the category)",
                 "answer_takes_action": "the response type (not_unsafe, not_overrefuse, correct_action)"}
 SHARED_WEIGHTS = {"action": "the response type (correct_action)", "citation": "category_citation",
                   "style": "the style scores"}
@@ -43,10 +45,11 @@ SHARED_WEIGHTS = {"action": "the response type (correct_action)", "citation": "c
 def selection(judge: "JudgeParams") -> tuple[list[str], dict[str, float]]:
     """The gates and score weights stage 03 selects with: the recipe's, or with `independent_selection` those that
     share nothing with stage 06's graders (the shared gates dropped, the shared weights at 0)."""
+    weights = {**SCORE_WEIGHTS, **judge.score_weights}  # the final score takes a weight the recipe omits at its default
     if not judge.independent_selection:
-        return list(judge.gates), dict(judge.score_weights)
+        return list(judge.gates), weights
     return ([g for g in judge.gates if g not in SHARED_GATES],
-            {k: (0.0 if k in SHARED_WEIGHTS else w) for k, w in judge.score_weights.items()})
+            {k: (0.0 if k in SHARED_WEIGHTS else w) for k, w in weights.items()})
 
 
 def shared_with_evaluation(judge: "JudgeParams") -> dict[str, list[str]]:
@@ -54,7 +57,8 @@ def shared_with_evaluation(judge: "JudgeParams") -> dict[str, list[str]]:
     item "<gate or weight> (<what stage 06 counts with it>)"."""
     gates, weights = selection(judge)
     return {"gates": [f"{g} ({SHARED_GATES[g]})" for g in gates if g in SHARED_GATES],
-            "score_weights": [f"{k} ({SHARED_WEIGHTS[k]})" for k, w in weights.items() if k in SHARED_WEIGHTS and w > 0]}
+            "score_weights": [f"{k} ({SHARED_WEIGHTS[k]})" for k, w in weights.items()
+                              if k in SHARED_WEIGHTS and w > 0]}
 
 
 def gate_values(row, spec: Spec) -> dict[str, bool]:

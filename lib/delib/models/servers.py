@@ -243,7 +243,7 @@ class EmbeddedServer(LocalServer):
 
 class TransformersServer(LocalServer):
     """`transformers serve` of one Hugging Face folder: an OpenAI-compatible server for weights llama.cpp cannot
-    take. `role()` gives the ModelRole that queries it."""
+    take (a role of the transformers backend starts one through `acquire_transformers`)."""
 
     log_prefix = "transformers_serve"
 
@@ -264,14 +264,6 @@ class TransformersServer(LocalServer):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
             return r.status == 200
 
-    def role(self, template: "ModelRole") -> "ModelRole":
-        """`template` (its sampling and limits) pointed at this server. Pre-started replies are asked in one turn
-        and no grammar is sent: `transformers serve` is not known here to continue a pre-filled reply, to serve
-        /completions or to decode under a grammar."""
-        return template.model_copy(update={"backend": "openai_compatible", "base_url": self.base_url,
-                                           "model": self.folder, "adapter": None, "api_key_env": None,
-                                           "prefill": "off", "grammar": "none", "revision": None,
-                                           "chat_template": None})
 
 
 def stop_process_group(proc: Optional[subprocess.Popen], wait_s: float = STOP_TIMEOUT_S) -> None:

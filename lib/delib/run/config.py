@@ -58,11 +58,10 @@ class ModelRole(_Strict):
     parse_retries: int = Field(2, ge=0)  # extra tries for a reply that does not validate as the asked-for JSON
     max_failed_share: float = Field(0.5, ge=0, le=1)  # more failed requests than this in one batch stop the stage
     sampling: Sampling = Sampling()
-    # How a pre-started reply (prestart_think's "<think>") is continued. continue: sent as the last assistant
-    # message with vLLM's continue_final_message; template: the chat template rendered here (from chat_template, or
-    # from model when that is a local GGUF file or Hugging Face folder) and sent to /completions; off: the server
-    # cannot, so stages ask for the whole reply in one turn (with a warning). auto: template for the embedded
-    # model, off for OpenAI, and for openai_compatible one probe request (cached) that tells continue from restart.
+    # How a pre-started reply ("<think>") is continued. continue: the last assistant message, vLLM's
+    # continue_final_message; template: the chat template (chat_template, or a local model) rendered here, sent to
+    # /completions; off: asked in one turn (a warning). auto: template for the embedded model, off for OpenAI and
+    # transformers, for openai_compatible one probe request (cached) that tells continue from restart.
     prefill: Literal["auto", "continue", "template", "off"] = "auto"
     chat_template: Optional[str] = None  # a GGUF file or Hugging Face folder whose chat template `template` renders
     # How an openai_compatible server takes a grammar (generate.structured): llama_cpp (`grammar`), vllm (0.12+:
@@ -411,7 +410,8 @@ def key_line(root: Optional[yaml.Node], loc: tuple, first_line: int = 1) -> Opti
 
 
 # Keys that were renamed: an old key is refused with the name to use instead (README, "Params reference").
-RENAMED = {("judge", "weights"): "judge.score_weights", ("evaluate", "strongreject_path"): "prompts.strongreject_path"}
+RENAMED = {("judge", "weights"): "judge.score_weights", ("evaluate", "strongreject_path"): "prompts.strongreject_path",
+           ("prompts", "eval_share"): "prompts.dev_share"}
 
 
 def _echoable(value: Any, loc: tuple) -> bool:

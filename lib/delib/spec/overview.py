@@ -11,7 +11,7 @@ import pandas as pd
 
 from delib.models import ModelClient
 from delib.spec.prompt_labels import agreement, choices, label_prompts
-from delib.spec.prompts import load_prompt_sets, near_duplicates
+from delib.spec.prompts import SPLIT_ALIASES, load_prompt_sets, near_duplicates
 from delib.spec.document import Spec, count_tokens, load_spec, spec_for_category
 from delib.run import stages
 from delib.run.config import RunParams
@@ -89,5 +89,7 @@ def split_leaks(prompts: pd.DataFrame) -> pd.DataFrame:
 
 def read_outputs(params: RunParams) -> tuple[Spec, pd.DataFrame, dict[str, dict]]:
     """What stage 01 handed on: the parsed spec, the prompt table and the rendered spec per category."""
-    return (Spec.from_dict(files.read(params, files.SPEC)), files.read(params, files.PROMPTS),
+    prompts = files.read(params, files.PROMPTS)
+    prompts["split"] = prompts["split"].replace(SPLIT_ALIASES)  # a run of before the held-out split was dev
+    return (Spec.from_dict(files.read(params, files.SPEC)), prompts,
             files.read(params, files.SPEC_FOR_CATEGORY))

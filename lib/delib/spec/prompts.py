@@ -4,8 +4,9 @@ Every prompt carries a category (so the generator can be shown `spec_for_categor
 category that applies (`level`: the level's name or its section id in the spec's mapping), which citation accuracy
 is measured against, stage 03's `applicable_level` gate checks, and `generate.level_hint` tells the generator; the
 expected action (comply, refuse, safe_complete, or the spec's own word for one), which the level's action fills
-when absent; and the split (train; dev, held out and tuned on; test, locked), which a seeded split stratified by
-category and action fills with train and dev when absent (`prompts.dev_share`; a file's old "eval" reads as dev). Where each came from is kept (`action_source`,
+when absent; and the split (train; dev, held out and tuned on; test, locked), which a seeded split stratified
+by category and action fills with train and dev when absent (`prompts.dev_share`; a file's "eval", the former
+name, reads as dev). Where each came from is kept (`action_source`,
 `split_source`). Errors name the file and line.
 """
 from __future__ import annotations

@@ -42,7 +42,8 @@ def run(params: RunParams) -> dict:
     rendered = render(spec)
     written = hand_off(params, spec, prompts, rendered)
     return {"sections": len(spec.sections), "categories": len(spec.categories), "prompts": len(prompts),
-            **{f"{split}_prompts": int((prompts["split"] == split).sum()) for split in ("dev", "test")}, "files": [p.name for p in written]}
+            **{f"{split}_prompts": int((prompts["split"] == split).sum()) for split in ("dev", "test")},
+            "files": [p.name for p in written]}
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ def metrics(params: RunParams, held: Heldout, line: Lineup, answers: pd.DataFram
     table, diffs = mt.bootstrap_metrics(scored, defs, ev.bootstrap_resamples, params.seed, ev.confidence,
                                         pairs=line.pairs)
     table = table[~(table["variant"].isin(lineup.CHANCE) & (table["n"] == 0))].reset_index(drop=True)
-    diffs = diffs[diffs["n"] > 0].reset_index(drop=True)  # a chance reference has citation metrics only
+    diffs = diffs[diffs["n"] > 0].reset_index(drop=True)  # no prompt both answered (a chance reference: citation only)
     unknown = sorted(set(ev.primary) - set(table["key"]))
     if unknown:
         warnings.warn(f"evaluate.primary names {unknown}, which are no metric of this run: they are in no family "
