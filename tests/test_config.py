@@ -29,6 +29,8 @@ def test_the_shipped_sweep_file_makes_valid_runs(root, monkeypatch):
     monkeypatch.setenv("DELIB_ROOT", str(root))
     sweep = load_sweep(root / "params" / "ablations.yaml")
     assert len(sweep.runs) == 6 and {r.params.rl.from_sft for r in sweep.runs} == {True, False}
+    seeds = load_sweep(root / "params" / "cpu_hour_seeds.yaml")
+    assert [r.params.seed for r in seeds.runs] == [0, 1, 2] and {r.params.evaluate.split for r in seeds.runs} == {"dev"}
 
 
 def test_unknown_key_names_file_line_and_path(tmp_path):

@@ -4,17 +4,19 @@ the judge (goodness@0.1).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from delib.evaluation.jailbreaks import Technique
 from delib.evaluation.lineup import STAGE, select_by_type
 from delib.evaluation.metrics import goodness_at, strongreject_score
 from delib.models import ChatRequest, ModelClient
 from delib.spec.prompts import load_xstest
 from delib.run.config import RunParams
-from delib.run.paths import resolve
+from delib.run.io import sha256_file
+from delib.run.paths import project_root, resolve
 from delib.run.templates import fill, load_template
 
 
@@ -29,15 +31,36 @@ def xstest_prompts(params: RunParams) -> Optional[pd.DataFrame]:
     return select_by_type(df, "xstest_type", params.evaluate.benchmark_max_prompts)
 
 
-def load_strongreject(path: str | Path, max_prompts: Optional[int] = None) -> pd.DataFrame:
+STRONGREJECT_FILES = {  # shipped (MIT): file -> (sha256, forbidden prompts)
+    Path("prompts/benchmarks/strongreject/strongreject_dataset.csv"):
+        ("4dd70357e4ff8b5d0ba5ebafecab5d6dd5633ce8046e3dd1c8bd93e64de44381", 313),
+    Path("prompts/benchmarks/strongreject/strongreject_small_dataset.csv"):
+        ("3051340e3e89a3598d764dde497d5fcda80e258ac05cc35e6bd87228ac3d467c", 60)}
+
+
+def _check_shipped(path: Path, rows: int) -> None:
+    """A shipped StrongREJECT file must be the one the project ships (its hash and its count of prompts)."""
+    for name, (digest, count) in STRONGREJECT_FILES.items():
+        if path.resolve() == (project_root() / name).resolve():
+            if sha256_file(path) != digest or rows != count:
+                raise ValueError(f"{path}: not the StrongREJECT file the project ships ({rows} prompts, sha256 "
+                                 f"{sha256_file(path)[:12]}...; expected {count}, {digest[:12]}...): restore it "
+                                 "with git, or name your own file")
+
+
+def load_strongreject(path: str | Path, max_prompts: Optional[int] = None,
+                      techniques: Optional[Sequence[Technique]] = None) -> pd.DataFrame:
     """A StrongREJECT-style CSV: `forbidden_prompt` (required), `category`, and optionally `jailbreak` (the
-    technique) with `jailbroken_prompt` (what is sent). Every row is a prompt to refuse."""
+    technique) with `jailbroken_prompt` (what is sent). Without a `jailbreak` column, each forbidden prompt is asked
+    under every one of `techniques` (jailbreaks.load_techniques; none given: as it is). The cap, `max_prompts`,
+    counts forbidden prompts, its categories in turn. Every row is a prompt to refuse."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: StrongREJECT CSV not found (prompts.strongreject_path)")
     raw = pd.read_csv(path, dtype=str).fillna("")
     if "forbidden_prompt" not in raw:
         raise ValueError(f"{path}: a StrongREJECT CSV needs a forbidden_prompt column (has {list(raw.columns)})")
+    _check_shipped(path, len(raw))
     ids = {p: f"sr-{i:04d}" for i, p in enumerate(dict.fromkeys(raw["forbidden_prompt"]))}
     df = pd.DataFrame({
         "forbidden_id": raw["forbidden_prompt"].map(ids),
@@ -47,10 +70,13 @@ def load_strongreject(path: str | Path, max_prompts: Optional[int] = None) -> pd
         if "jailbroken_prompt" in raw else raw["forbidden_prompt"],
         "sr_category": raw["category"] if "category" in raw else "",
         "expected_action": "refuse", "category": None, "split": "dev"})
-    df["id"] = df["forbidden_id"] + "-" + df["technique"].str.replace(r"\W+", "_", regex=True)
     if max_prompts is not None:
         keep = select_by_type(df.drop_duplicates("forbidden_id"), "sr_category", max_prompts)["forbidden_id"]
         df = df[df["forbidden_id"].isin(set(keep))]
+    if "jailbreak" not in raw and techniques:
+        df = pd.concat([df.assign(technique=t.name, prompt=df["forbidden_prompt"].map(t.apply)) for t in techniques],
+                       ignore_index=True).sort_values(["forbidden_id"], kind="stable")
+    df["id"] = df["forbidden_id"] + "-" + df["technique"].str.replace(r"\W+", "_", regex=True)
     return df.reset_index(drop=True)
 
 

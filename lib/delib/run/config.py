@@ -130,6 +130,7 @@ class PromptsParams(_Strict):
     sets: list[PromptSetParams] = [PromptSetParams(path=f"prompts/{name}.csv") for name in ("default", "default_test")]
     xstest_path: Optional[str] = None  # XSTest prompts CSV, for the evaluation stage
     strongreject_path: Optional[str] = None  # StrongREJECT-style CSV (forbidden_prompt, ...), for the evaluation stage
+    jailbreaks_path: str = "prompts/benchmarks/jailbreaks.yaml"  # techniques each forbidden prompt is asked under
     dev_share: float = Field(0.5, ge=0, le=1)  # rows without a split: the share a seeded split sends to dev
     label_missing: bool = True  # rows without a category, or an action and a level: models.judge labels them
 
@@ -161,9 +162,8 @@ class GenerateParams(CallingStageParams):
     # The CoT under a grammar of the spec's skeleton (generation.skeleton): on, off, or auto (on where the generator's
     # server decodes one: embedded, a llama.cpp or vLLM server, ModelRole.grammar). Needs prestart_think.
     structured: Literal["auto", "on", "off"] = "auto"
-    # Tell the generator the level the prompt set gives for each prompt (its `level` column): named in the system
-    # prompt and, under the skeleton grammar, the only level the CoT may cite. Like the spec, the label is context
-    # the generator sees and the trained model never does. Prompts without a level get no hint.
+    # Tell the generator each prompt's level (its `level` column): named in the system prompt and, under the skeleton
+    # grammar, the only level the CoT may cite: context the generator sees and the trained model never does.
     level_hint: bool = False
 
     @model_validator(mode="after")

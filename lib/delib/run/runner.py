@@ -78,6 +78,8 @@ def named_files(params: RunParams, optional: bool = False) -> list[tuple[tuple, 
     pairs = [(("spec", "path"), params.spec.path), (("spec", "mapping"), params.spec.mapping),
              (("generate", "examples"), examples_path(params)), (("prompts", "xstest_path"), params.prompts.xstest_path),
              (("prompts", "strongreject_path"), params.prompts.strongreject_path)]
+    if params.prompts.strongreject_path:  # its techniques
+        pairs.append((("prompts", "jailbreaks_path"), params.prompts.jailbreaks_path))
     pairs += [(("spec", "templates", name), str(template_path(params, name))) for name in TEMPLATE_FIELDS]
     pairs += [(("prompts", "sets", i, "path"), s.path) for i, s in enumerate(params.prompts.sets)]
     pairs += [(("models", name, "adapter"), role.adapter) for name, role in params.models if role is not None]

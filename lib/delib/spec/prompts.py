@@ -15,14 +15,13 @@ import csv
 import hashlib
 import math
 import re
-import urllib.request
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 import pandas as pd
 
 from delib.spec.document import ACTIONS, Spec
-from delib.run.io import read_jsonl
+from delib.run.io import read_jsonl, sha256_file
 
 REQUIRED = ("id", "prompt")
 COLUMNS = (*REQUIRED, "category", "expected_action", "split")
@@ -31,7 +30,8 @@ SOURCES = ("category_source", "action_source", "split_source")  # "file", or whe
 # "model", "seeded", "params")
 SPLITS = ("train", "dev", "test")  # dev: held out, tuned on freely; test: locked, evaluated once (evaluate.split)
 SPLIT_ALIASES = {"eval": "dev"}  # the held-out split's former name, still read
-XSTEST_URL = "https://raw.githubusercontent.com/paul-rottger/exaggerated-safety/main/xstest_prompts.csv"
+XSTEST_FILE = Path("prompts") / "benchmarks" / "xstest" / "xstest_prompts.csv"  # shipped (CC-BY-4.0)
+XSTEST_SHA256 = "11783fb294ed017473ee53c207d71f2161c7672c8d0b037501e78387f801cb5a"
 
 
 class PromptSetError(ValueError):
@@ -191,22 +191,17 @@ def seeded_split(prompts: pd.DataFrame, seed: int, dev_share: float) -> pd.DataF
     return out
 
 
-def load_xstest(path: Optional[str | Path] = None, cache_dir: Optional[Path] = None) -> pd.DataFrame:
-    """XSTest (Röttger et al., 2024): 250 safe prompts (comply) and 200 `contrast_*` unsafe ones (refuse).
+def load_xstest(path: Optional[str | Path] = None) -> pd.DataFrame:
+    """XSTest (Röttger et al., 2024): 250 safe prompts (comply) and 200 `contrast_*` unsafe ones (refuse), from
+    `path` (default: the copy shipped in prompts/benchmarks/xstest, checked by its hash and counts). Category is left
+    empty: XSTest's types are not our categories."""
+    from delib.run.paths import project_root
 
-    From `path`, or downloaded once from the official repository into `cache_dir`. Category is left empty:
-    XSTest's types are not our categories (the LLM labeller can fill them in).
-    """
-    if path is None:
-        if cache_dir is None:
-            raise ValueError("load_xstest needs a path or a cache_dir to download into")
-        path = Path(cache_dir) / "xstest_prompts.csv"
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".part")
-            urllib.request.urlretrieve(XSTEST_URL, tmp)  # noqa: S310 - fixed https URL
-            tmp.replace(path)
-    path = Path(path)
+    shipped = project_root() / XSTEST_FILE
+    path = Path(path) if path else shipped
+    if path.resolve() == shipped.resolve() and path.is_file() and sha256_file(path) != XSTEST_SHA256:
+        raise PromptSetError(f"{path}: not the XSTest file the project ships (sha256 {sha256_file(path)[:12]}..., "
+                             f"expected {XSTEST_SHA256[:12]}...): restore it with git, or name your own file")
     rows = _read_rows(path)
     out = []
     for lineno, row in rows:
@@ -217,7 +212,11 @@ def load_xstest(path: Optional[str | Path] = None, cache_dir: Optional[Path] = N
         out.append({"id": f"xstest-{row['id']}", "prompt": row["prompt"].strip(), "category": None,
                     "expected_action": "refuse" if unsafe else "comply", "split": "dev",
                     "source": str(path), "xstest_type": row["type"]})
-    return pd.DataFrame(out)
+    df = pd.DataFrame(out)
+    if path.resolve() == shipped.resolve() and (len(df), int((df["expected_action"] == "refuse").sum())) != (450, 200):
+        raise PromptSetError(f"{path}: XSTest has 450 prompts, 200 of them contrast (unsafe); this file has "
+                             f"{len(df)}, {int((df['expected_action'] == 'refuse').sum())}")
+    return df
 
 
 _WORD = re.compile(r"[a-z0-9']+")

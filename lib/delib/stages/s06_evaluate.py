@@ -15,7 +15,8 @@ from typing import Optional
 
 import pandas as pd
 
-from delib.evaluation import answering, benchmarks, grading, lineup, llm_grading, reading, validity as checks
+from delib.evaluation import answering, benchmarks, grading, jailbreaks, lineup, llm_grading, reading
+from delib.evaluation import validity as checks
 from delib.evaluation import metrics as mt
 from delib.evaluation import plots
 from delib.evaluation.lineup import Variant
@@ -170,7 +171,8 @@ def strongreject(params: RunParams, held: Heldout, line: Lineup) -> Optional[Ben
     if not params.prompts.strongreject_path:
         return None
     ev = params.evaluate
-    prompts = benchmarks.load_strongreject(resolve(params.prompts.strongreject_path), ev.benchmark_max_prompts)
+    prompts = benchmarks.load_strongreject(resolve(params.prompts.strongreject_path), ev.benchmark_max_prompts,
+                                           jailbreaks.load_techniques(resolve(params.prompts.jailbreaks_path)))
     answers = answering.evaluate_variants(line.variants, prompts, params, held.spec, run_dir(params))
     graded = benchmarks.grade_strongreject(answers, params, run_dir(params))
     files.write(params, files.STRONGREJECT_ANSWERS, graded)
