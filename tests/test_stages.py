@@ -42,17 +42,19 @@ def test_the_preflight_of_stage_01_checks_the_judge_exactly_when_it_may_label_pr
     assert [p.split(":")[0] for p in problems] == (["models.judge"] if label_missing else [])
 
 
-def test_the_preflight_of_stage_06_checks_the_judge_only_when_strongreject_is_graded(tmp_path, root):
+def test_the_preflight_of_stage_06_checks_the_grader_never_the_reward_judge(tmp_path, root):
+    """StrongREJECT's rubric is graded by models.grader (or by the rules without one), never by the judge that
+    gives the RL reward: stage 06's preflight asks for the grader, and not for the judge."""
     from delib.models.servers import free_port
 
     closed = f"http://127.0.0.1:{free_port()}/v1"
-    base = {"run_name": "x", "models": {"judge": _role_at(closed)}}
-    assert preflight(validate_params(base), ["06_evaluate"], env_file=tmp_path / ".env") == []
     sr = tmp_path / "sr.csv"
     sr.write_text("forbidden_prompt\nx\n")
-    with_sr = validate_params({**base, "prompts": {"strongreject_path": str(sr)}})
-    assert [p.split(":")[0] for p in preflight(with_sr, ["06_evaluate"], env_file=tmp_path / ".env")] == \
-        ["models.judge"]
+    base = {"run_name": "x", "models": {"judge": _role_at(closed)}, "prompts": {"strongreject_path": str(sr)}}
+    assert preflight(validate_params(base), ["06_evaluate"], env_file=tmp_path / ".env") == []
+    graded = validate_params({**base, "models": {"judge": _role_at(closed), "grader": _role_at(closed)}})
+    assert [p.split(":")[0] for p in preflight(graded, ["06_evaluate"], env_file=tmp_path / ".env")] == \
+        ["models.grader"]
 
 
 def test_a_run_file_keeps_ids_and_level_names_as_text_and_is_written_whole(tmp_path):

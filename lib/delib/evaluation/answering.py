@@ -174,6 +174,12 @@ def told_levels(params: RunParams) -> dict:
     return {"told": int(samples.loc[told, "prompt_id"].nunique()), "prompts": int(samples["prompt_id"].nunique())}
 
 
+def same_model(a: Optional[ModelRole], b: Optional[ModelRole]) -> bool:
+    """Whether two roles ask the same model (backend, model, server, adapter), whatever their sampling."""
+    key = lambda r: (r.backend, r.model, r.base_url, r.adapter)  # noqa: E731
+    return a is not None and b is not None and key(a) == key(b)
+
+
 def evaluation_info(selected: pd.DataFrame, variants: Sequence[Variant], params: RunParams,
                     benchmarks: Optional[dict] = None) -> dict:
     """What stage 06 measured on, for the report and metrics.json."""
@@ -193,7 +199,11 @@ def evaluation_info(selected: pd.DataFrame, variants: Sequence[Variant], params:
             "generator_told_level": told_levels(params),
             "grading": "rule-based (delib.judging.graders); StrongREJECT rubric LLM-graded by the judge",
             "graders": {"not_unsafe, not_overrefuse, correct_action, unclear, style": grader_name(params),
-                        "xstest": "rules (refusal classifier)", "strongreject": "the judge (LLM rubric)",
+                        "xstest": "rules (refusal classifier)",
+                        "strongreject": ("the grader (LLM rubric)" if params.models.grader is not None else
+                                         "rules (refusal only: strongreject_refusal, not goodness)"),
+                        "strongreject_grader_is_the_reward_judge": same_model(params.models.grader,
+                                                                              params.models.judge),
                         "rl_reward": "the judge (models.judge), answer only",
                         "rl_reward_shares_evaluation_graders":
                             shared_graders(params.rl.reward_weights) if params.rl.backend == "trl" else [],

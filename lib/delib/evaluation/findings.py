@@ -180,8 +180,9 @@ CAVEATS = [
     "An answer the rules cannot type (empty, a loop, no content) is 'unclear', and a reply cut off inside its chain of "
     "thought is 'truncated': neither counts as safe, nor not over-refused, nor correct, and their shares are reported "
     "per variant.",
-    "StrongREJECT's convincing and specific scores, when present, are graded by the judge model (an LLM); with the "
-    "default recipe's small embedded judge, read them as a pipeline check, not a measurement of harm.",
+    "StrongREJECT's convincing and specific scores, when present, are graded by models.grader (an LLM); with the "
+    "small embedded model as grader, read them as a pipeline check, not a measurement of harm. Without a grader "
+    "the report gives strongreject_refusal@0.1 (the rules' refusal decision only), never goodness.",
     "Latency is wall time per answer on the machine that ran the evaluation: noisy, and not comparable across "
     "machines.",
 ]
@@ -194,6 +195,9 @@ def caveats(info: dict) -> list[str]:
     extra = [f"The RL reward of this run uses {', '.join(shared)}, which stage 06 also grades with: RL was trained "
              "on functions it is then scored by, so its gains on the metrics they decide may be overstated."
              ] if shared else []
+    if graders.get("strongreject_grader_is_the_reward_judge"):
+        extra.append("StrongREJECT's rubric was graded by the same model as the RL reward (models.grader is "
+                     "models.judge): RL was trained to please the grader of this benchmark; set another grader.")
     by_model = {col: n for col, counts in info.get("label_sources", {}).items() if (n := counts.get("model", 0))}
     if by_model:
         what = " and ".join(f"{n} {'categories' if col == 'category_source' else 'expected actions'}"

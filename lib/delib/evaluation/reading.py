@@ -18,7 +18,7 @@ EVAL = stages.EVALUATE
 # A key ending in [*] stands for its per-category keys (one per category of the run's spec): `headline`.
 HEADLINE = ("not_unsafe", "not_overrefuse", "correct_action", "unclear", "truncated", "style_hard_refusal",
             "style_hard_refusal[*]", "style_safe_completion[*]", "citation_accuracy", "format_adherence", "answered",
-            "xstest_not_overrefuse", "xstest_not_unsafe", "strongreject_goodness@0.1")
+            "xstest_not_overrefuse", "xstest_not_unsafe", "strongreject_goodness@0.1", "strongreject_refusal@0.1")
 
 
 def headline(present: Iterable[str], keys: Sequence[str] = HEADLINE) -> list[str]:

@@ -43,8 +43,7 @@ def _labeller(p: "RunParams") -> tuple[str, ...]:
 
 
 def _evaluators(p: "RunParams") -> tuple[str, ...]:
-    strongreject = ("judge",) if p.prompts.strongreject_path else ()  # grades StrongREJECT's rubric
-    return ("policy", "grader", *strongreject)
+    return ("policy", "grader")  # the grader also grades StrongREJECT's rubric, when there is one
 
 
 def _trained(which: str) -> tuple[f.RunFile, ...]:

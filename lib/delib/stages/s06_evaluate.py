@@ -165,8 +165,9 @@ def xstest(params: RunParams, held: Heldout, line: Lineup) -> Optional[Benchmark
 
 
 def strongreject(params: RunParams, held: Heldout, line: Lineup) -> Optional[Benchmark]:
-    """When prompts.strongreject_path is set: every variant answers its forbidden prompts (each jailbreak technique
-    in the file), the judge grades each answer with the rubric; goodness and goodness@0.1 per forbidden prompt;
+    """When prompts.strongreject_path is set: every variant answers its forbidden prompts under every jailbreak
+    technique (prompts.jailbreaks_path), models.grader grades each answer with the rubric (goodness and goodness@0.1
+    per forbidden prompt), or without a grader the rules' refusal decision (refusal and refusal@0.1);
     strongreject_answers.jsonl. None when it is not set."""
     if not params.prompts.strongreject_path:
         return None
@@ -176,7 +177,7 @@ def strongreject(params: RunParams, held: Heldout, line: Lineup) -> Optional[Ben
     answers = answering.evaluate_variants(line.variants, prompts, params, held.spec, run_dir(params))
     graded = benchmarks.grade_strongreject(answers, params, run_dir(params))
     files.write(params, files.STRONGREJECT_ANSWERS, graded)
-    defs = mt.strongreject_metrics()
+    defs = mt.strongreject_metrics(rubric=params.models.grader is not None)
     table, diffs = mt.bootstrap_metrics(benchmarks.strongreject_per_prompt(graded), defs, ev.bootstrap_resamples,
                                         params.seed, ev.confidence, pairs=line.pairs)
     diffs = mt.adjust_for_multiplicity(diffs, (), list(lineup.TRAINED_STAGE))  # exploratory: its own BH family

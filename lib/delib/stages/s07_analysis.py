@@ -97,9 +97,10 @@ def figures(params: RunParams, loaded: Loaded) -> dict[str, Path]:
     title = f"{written.percent(params.evaluate.confidence)} bootstrap intervals"
     out = {"metrics": plots.metrics_per_variant(m, keys, path("metrics"), title, labels),
            "pareto": plots.pareto(m, path("pareto"), labels=labels)}
-    if {"strongreject_goodness@0.1", "xstest_not_overrefuse"} <= set(m["key"]):
-        out["pareto_paper"] = plots.pareto(m, path("pareto_paper"), x="xstest_not_overrefuse",
-                                           y="strongreject_goodness@0.1", labels=labels)
+    robust = next((k for k in ("strongreject_goodness@0.1", "strongreject_refusal@0.1") if k in set(m["key"])), None)
+    if robust and "xstest_not_overrefuse" in set(m["key"]):
+        out["pareto_paper"] = plots.pareto(m, path("pareto_paper"), x="xstest_not_overrefuse", y=robust,
+                                           labels=labels)
     out["differences"] = plots.differences(shown_differences(loaded.diffs, params.evaluate.baseline), keys,
                                            path("differences"))
     out["citations"] = plots.citation_heatmap(citation_counts(loaded.ev["answers"]), path("citations"))
