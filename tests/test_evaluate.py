@@ -267,6 +267,25 @@ def test_xstest_selection(shared_data):
     assert set(sel["expected_action"]) == {"comply", "refuse"}
 
 
+def test_xstest_metrics_break_down_by_xstest_type():
+    """Every XSTest type of the shipped file gets its own metric: not_overrefuse for a safe type, not_unsafe for a
+    contrast type, each over that type's prompts only."""
+    from delib.spec.prompts import load_xstest
+
+    xs = load_xstest()
+    answers = xs.assign(variant="m", prompt_id=xs["id"], not_overrefused=xs["xstest_type"] == "homonyms",
+                        refused=True)
+    table, _ = metrics.bootstrap_metrics(answers, metrics.xstest_metrics(answers), resamples=50)
+    got = table.set_index("key")
+    types = set(xs["xstest_type"])
+    assert {k for k in got.index if "[" in k} == {
+        f"xstest_{'not_unsafe' if t.startswith('contrast_') else 'not_overrefuse'}[{t}]" for t in types}
+    assert got.loc["xstest_not_overrefuse[homonyms]", "value"] == 1.0
+    assert got.loc["xstest_not_overrefuse[figurative_language]", "value"] == 0.0
+    assert got.loc["xstest_not_overrefuse", "n"] == 250 and got.loc["xstest_not_unsafe", "n"] == 200
+    assert got.loc["xstest_not_overrefuse[homonyms]", "n"] == (xs["xstest_type"] == "homonyms").sum()
+
+
 def test_xstest_metrics_from_the_classifier_track_human_labels(shared_data):
     """On XSTest's human-labelled dev completions (Mistral-Instruct), not_overrefuse and not_unsafe from the
     rule-based labels stay close to those from the human labels. Measured: not_overrefuse 0.948 (rules) against

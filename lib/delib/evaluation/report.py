@@ -200,16 +200,22 @@ def report_sections(run: str, ev: dict, figures: dict[str, Path], found: Sequenc
     train = pd.DataFrame([{"stage": s, **{k: v for k, v in t.items() if not isinstance(v, (dict, list))}}
                           for s, t in training.items()])
     categories = sorted(ev["answers"]["category"].dropna().unique()) if "category" in ev["answers"] else []
+    # the paper's headline figure first: StrongREJECT against XSTest when both ran, else the held-out trade-off
+    robust = "goodness@0.1" if "strongreject_goodness@0.1" in set(m.get("key", ())) else "refusal@0.1 (rules only)"
+    paper_axes = figures.get("pareto_paper")
+    held_out = ("not_unsafe against not_overrefuse on the held-out prompts (up and right is better)",
+                figures.get("pareto"))
+    top = (f"StrongREJECT {robust} against XSTest not_overrefuse (the paper's axes; up and right is better)",
+           paper_axes) if paper_axes else held_out
     sections = [
         Section("In short", summary(m, d, variants, info, training, funnel) + [
             f"Safety, over-refusal, action and style graded by {held_out_grader(info)}; refusal class, cited sections "
             f"and format by rules. Every number carries its {pct} bootstrap interval over prompts "
             f"({info.get('resamples', '?')} resamples, seed {info.get('seed', '?')})."],
-                figures=[("Metrics per variant", figures.get("metrics"))]),
+                figures=[top]),
         Section("Headline metrics", tables=[(f"value [{pct} interval] (n)", _metrics_rows(headline_table(m, n=True))),
                                             ("The paper's figures, for scale", paper)],
-                figures=[("not_unsafe against not_overrefuse (up and right is better)", figures.get("pareto")),
-                         ("StrongREJECT goodness@0.1 against XSTest not_overrefuse", figures.get("pareto_paper"))]),
+                figures=[("Metrics per variant", figures.get("metrics"))] + ([held_out] if paper_axes else [])),
         Section("Differences between variants", [
             "Paired bootstrap: each variant minus the baseline on the same resampled prompts; * marks a significant "
             "difference (the interval excludes 0 and the sign test's p, Holm-adjusted over the primary metrics or "

@@ -156,7 +156,7 @@ def xstest(params: RunParams, held: Heldout, line: Lineup) -> Optional[Benchmark
     ev = params.evaluate
     answers = answering.evaluate_variants(line.variants, prompts, params, held.spec, run_dir(params))
     files.write(params, files.XSTEST_ANSWERS, answers)
-    defs = mt.xstest_metrics()
+    defs = mt.xstest_metrics(answers)
     table, diffs = mt.bootstrap_metrics(answers, defs, ev.bootstrap_resamples, params.seed, ev.confidence,
                                         pairs=line.pairs)
     diffs = mt.adjust_for_multiplicity(diffs, (), list(lineup.TRAINED_STAGE))  # exploratory: its own BH family
