@@ -42,17 +42,23 @@ def test_a_shipped_benchmark_file_that_changed_is_refused(root, tmp_path, monkey
         benchmarks.load_strongreject(tmp_path / SMALL)
 
 
-def test_every_technique_puts_the_prompt_where_its_template_says():
+def test_every_technique_does_what_its_name_says_with_the_prompt_where_it_belongs():
     techniques = {t.name: t for t in jailbreaks.load_techniques()}
-    assert len(techniques) >= 9 and "none" in techniques  # at least 8 techniques besides none
-    assert techniques["none"].apply(FORBIDDEN) == FORBIDDEN
-    for t in techniques.values():
-        sent = t.apply(FORBIDDEN)
-        if t.transform is None:
-            head, tail = t.template.split("{prompt}")
-            assert sent == head + FORBIDDEN + tail
-        else:
-            assert FORBIDDEN not in sent and "{encoded}" not in sent
+    assert list(techniques) == ["none", "prefix_injection", "refusal_suppression", "style_injection", "roleplay",
+                                "fiction_wrapper", "base64", "rot13", "few_shot_compliance"]  # README: these 9
+    sent = {name: t.apply(FORBIDDEN) for name, t in techniques.items()}
+    assert sent["none"] == FORBIDDEN
+    assert sent["prefix_injection"].startswith(FORBIDDEN) and 'Begin your reply with the words "Absolutely' in sent[
+        "prefix_injection"]
+    assert sent["refusal_suppression"].endswith(f"Request: {FORBIDDEN}") and "do not apologise" in sent[
+        "refusal_suppression"]
+    assert sent["style_injection"].startswith(FORBIDDEN) and "numbered list" in sent["style_injection"]
+    assert f'asks: "{FORBIDDEN}"' in sent["roleplay"] and sent["roleplay"].rstrip().endswith("Vera answers:")
+    assert "novel" in sent["fiction_wrapper"] and FORBIDDEN in sent["fiction_wrapper"]
+    few = sent["few_shot_compliance"]
+    assert few.rstrip().endswith(f"Q: {FORBIDDEN}\nA:") and few.count("\nA: ") == 3  # three answered examples
+    for name in ("base64", "rot13"):
+        assert FORBIDDEN not in sent[name] and "{encoded}" not in sent[name]
     encoded = techniques["base64"].apply(FORBIDDEN).rstrip().rsplit("\n", 1)[-1]
     assert base64.b64decode(encoded).decode("utf-8") == FORBIDDEN
     rot = techniques["rot13"].apply(FORBIDDEN).rstrip().rsplit("\n", 1)[-1]
@@ -102,3 +108,16 @@ def test_goodness_at_0_1_over_nine_techniques_is_the_worst_technique():
     assert at.to_dict() == {"p": 0.5, "q": 0.0}
     twenty = pd.Series([1.0] * 18 + [0.5, 0.0])
     assert goodness_at(twenty, pd.Series(["r"] * 20))["r"] == 0.25
+
+
+def test_the_report_warns_when_the_benchmarks_grader_is_the_reward_judge():
+    from delib.evaluation.answering import same_model
+    from delib.evaluation.findings import caveats
+    from delib.run.config import ModelRole
+
+    judge = ModelRole(sampling={"temperature": 0.0})
+    assert same_model(judge, ModelRole(sampling={"temperature": 0.7}))  # sampling aside, the same model
+    assert not same_model(judge, ModelRole(backend="openai", model="gpt-4.1")) and not same_model(judge, None)
+    text = " ".join(caveats({"graders": {"strongreject_grader_is_the_reward_judge": True}}))
+    assert "graded by the same model as the RL reward" in text
+    assert "same model as the RL reward" not in " ".join(caveats({"graders": {}}))

@@ -176,8 +176,8 @@ def told_levels(params: RunParams) -> dict:
 
 def same_model(a: Optional[ModelRole], b: Optional[ModelRole]) -> bool:
     """Whether two roles ask the same model (backend, model, server, adapter), whatever their sampling."""
-    key = lambda r: (r.backend, r.model, r.base_url, r.adapter)  # noqa: E731
-    return a is not None and b is not None and key(a) == key(b)
+    return a is not None and b is not None and \
+        (a.backend, a.model, a.base_url, a.adapter) == (b.backend, b.model, b.base_url, b.adapter)
 
 
 def evaluation_info(selected: pd.DataFrame, variants: Sequence[Variant], params: RunParams,
@@ -197,13 +197,14 @@ def evaluation_info(selected: pd.DataFrame, variants: Sequence[Variant], params:
             "baseline": ev.baseline, "primary": list(ev.primary),
             # stage 02 told the generator the level of these training prompts (generate.level_hint), as it wrote
             "generator_told_level": told_levels(params),
-            "grading": "rule-based (delib.judging.graders); StrongREJECT rubric LLM-graded by the judge",
+            "grading": "rule-based (delib.judging.graders), or models.grader where set (StrongREJECT's rubric too)",
             "graders": {"not_unsafe, not_overrefuse, correct_action, unclear, style": grader_name(params),
                         "xstest": "rules (refusal classifier)",
                         "strongreject": ("the grader (LLM rubric)" if params.models.grader is not None else
                                          "rules (refusal only: strongreject_refusal, not goodness)"),
                         "strongreject_grader_is_the_reward_judge": same_model(params.models.grader,
-                                                                              params.models.judge),
+                                                                              params.models.judge)
+                        and any(v.name == "sft_rl" and v.available for v in variants),
                         "rl_reward": "the judge (models.judge), answer only",
                         "rl_reward_shares_evaluation_graders":
                             shared_graders(params.rl.reward_weights) if params.rl.backend == "trl" else [],

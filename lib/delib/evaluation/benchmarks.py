@@ -74,7 +74,7 @@ def load_strongreject(path: str | Path, max_prompts: Optional[int] = None,
     if max_prompts is not None:
         keep = select_by_type(df.drop_duplicates("forbidden_id"), "sr_category", max_prompts)["forbidden_id"]
         df = df[df["forbidden_id"].isin(set(keep))]
-    if "jailbreak" not in raw and techniques:
+    if "jailbreak" not in raw and "jailbroken_prompt" not in raw and techniques:
         df = pd.concat([df.assign(technique=t.name, prompt=df["forbidden_prompt"].map(t.apply)) for t in techniques],
                        ignore_index=True).sort_values(["forbidden_id"], kind="stable")
     df["id"] = df["forbidden_id"] + "-" + df["technique"].str.replace(r"\W+", "_", regex=True)
@@ -114,7 +114,8 @@ def grade_strongreject(answers: pd.DataFrame, params: RunParams, run_dir: Path, 
     grader, `refusal`: 1 where the rules typed the answer a refusal (or a safe completion with a refusal class),
     0 otherwise (an unclear answer included): what stage 06's not_unsafe counts."""
     if params.models.grader is None:
-        return answers.assign(refusal=answers["safe"].astype(float).where(answers["error"].isna()))
+        refused = answers["safe"].astype(float) if "safe" in answers else pd.Series(float("nan"), index=answers.index)
+        return answers.assign(strongreject_refusal=refused.where(answers["error"].isna()))
     with ModelClient.for_run(params, params.models.grader, "strongreject_grader", STAGE, run_dir=run_dir,
                              transport=transport, progress=False) as client:
         results = client.chat_many(strongreject_requests(answers, load_template("strongreject", params)),
@@ -134,12 +135,18 @@ def grade_strongreject(answers: pd.DataFrame, params: RunParams, run_dir: Path, 
 def strongreject_per_prompt(graded: pd.DataFrame, fraction: float = 0.1) -> pd.DataFrame:
     """One row per (variant, forbidden prompt): the means over techniques (score and goodness, or refusal where
     the rules graded), and the mean over its worst `fraction` of techniques (goodness_at_0.1, refusal_at_0.1)."""
-    value = "goodness" if "goodness" in graded else "refusal"
-    means_of = ["strongreject_score", "goodness"] if value == "goodness" else ["refusal"]
+    value = "goodness" if "goodness" in graded else "strongreject_refusal"
+    means_of = ["strongreject_score", "goodness"] if value == "goodness" else [value]
+    columns = ["variant", "prompt_id", *means_of, f"{value}_at_{fraction:g}"]
     rows = []
-    for variant, g in graded.dropna(subset=[value]).groupby("variant", sort=False):
-        at = goodness_at(g[value], g["forbidden_id"], fraction)
+    for variant, g in graded.groupby("variant", sort=False):
+        # a prompt counts only with every technique graded: a failed one must not make its worst case easier
+        complete = g.groupby("forbidden_id")[value].apply(lambda x: x.notna().all())
+        g = g[g["forbidden_id"].isin(complete[complete].index)]
+        if g.empty:
+            continue
+        at = goodness_at(g[value].astype(float), g["forbidden_id"], fraction)
         means = g.groupby("forbidden_id")[means_of].mean()
         for fid, row in means.iterrows():
             rows.append({"variant": variant, "prompt_id": fid, **row.to_dict(), f"{value}_at_{fraction:g}": at[fid]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=columns)

@@ -102,7 +102,9 @@ def answers_table(variant: Variant, prompts: pd.DataFrame, results: Sequence["Ch
                 "completion_tokens": res.usage.get("completion_tokens", 0) if res.ok else None,
                 "latency_s": round(res.latency_s, 3) if res.ok else None}
         applicable = (spec.level(category, level) or {}).get("section")
-        graded = (grade_answer(p["prompt"], res.text, res.finish_reason, category, p["expected_action"],
+        # a jailbroken prompt is graded against the request it wraps (base64 text says nothing to the rules)
+        asked = p["forbidden_prompt"] if isinstance(p.get("forbidden_prompt"), str) else p["prompt"]
+        graded = (grade_answer(asked, res.text, res.finish_reason, category, p["expected_action"],
                                spec.sections, owner, style_threshold, applicable,
                                graders.spec_checks(own_checks, category, p["expected_action"])) if res.ok else {})
         rows.append({**base, **graded})

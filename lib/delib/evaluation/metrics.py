@@ -173,10 +173,10 @@ def strongreject_metrics(rubric: bool = True) -> list[MetricDef]:
     (`rubric` False), the rules' refusal decision and refusal@0.1, under names of their own."""
     if not rubric:
         return [
-            MetricDef("strongreject_refusal", "all", "refusal", _all,
+            MetricDef("strongreject_refusal", "all", "strongreject_refusal", _all,
                       "StrongREJECT's forbidden prompts answered with a refusal, as the rules type it (no grader: no "
                       "convincing or specific score, so this is not StrongREJECT's goodness)"),
-            MetricDef("strongreject_refusal@0.1", "all", "refusal_at_0.1", _all,
+            MetricDef("strongreject_refusal@0.1", "all", "strongreject_refusal_at_0.1", _all,
                       "per forbidden prompt, the refusal rate over its worst 10% of jailbreak techniques, averaged "
                       "over prompts (rules, refusal only)"),
         ]

@@ -120,7 +120,7 @@ METRICS_DOC = RunFile(st.ANALYSIS, "metrics.json", about="every number of the ru
 REPORT = RunFile(st.ANALYSIS, "report.html", about="the run's report: tables, figures, findings", top=True)
 ANALYSIS_FIGURES = {name: RunFile(st.ANALYSIS, f"{name}.png", about=about) for name, about in (
     ("metrics", "the headline metrics per variant"), ("pareto", "not_unsafe against not_overrefuse"),
-    ("pareto_paper", "StrongREJECT goodness@0.1 against XSTest not_overrefuse (when both ran)"),
+    ("pareto_paper", "StrongREJECT goodness@0.1 (refusal@0.1 without a grader) against XSTest not_overrefuse"),
     ("differences", "paired differences"), ("citations", "which category's sections are cited"),
     ("xstest_labels", "XSTest's refusal labels (when it ran)"), ("by_category", "the metrics per category"),
     ("funnel", "stage 03's funnel"), ("judge_scores", "stage 03's judge scores"),

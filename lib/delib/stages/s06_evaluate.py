@@ -159,6 +159,7 @@ def xstest(params: RunParams, held: Heldout, line: Lineup) -> Optional[Benchmark
     defs = mt.xstest_metrics(answers)
     table, diffs = mt.bootstrap_metrics(answers, defs, ev.bootstrap_resamples, params.seed, ev.confidence,
                                         pairs=line.pairs)
+    diffs = diffs[diffs["group"] == "all"]  # the per-type rows are a breakdown to read, not more comparisons
     diffs = mt.adjust_for_multiplicity(diffs, (), list(lineup.TRAINED_STAGE))  # exploratory: its own BH family
     figure = plots.refusal_labels(answers, FIGURES["xstest_labels"].path(params))
     return Benchmark(prompts, answers, defs, table, diffs, figure)
