@@ -63,3 +63,33 @@ def test_evaluate_and_report_with_an_extra_model(tmp_path, root, monkeypatch):
     variants = files.read(rdir, files.VARIANTS)
     assert variants.set_index("variant").loc["base", "reason"] == ""  # an empty text cell reads as "", not NaN
     assert files.read(rdir, files.ANSWERS)["prompt_id"].map(type).eq(str).all()
+
+
+@pytest.mark.pipeline
+def test_the_report_opens_with_the_papers_axes_when_both_benchmarks_ran(tmp_path, root, monkeypatch):
+    """XSTest and StrongREJECT from the shipped files, every forbidden prompt under every technique, no grader: the
+    run reports strongreject_refusal@0.1 (never goodness), draws StrongREJECT against XSTest, and the report opens
+    with that figure. The policy's server decodes no grammar, so the skeleton baselines say why they are absent."""
+    monkeypatch.setenv("DELIB_ROOT", str(root))
+    monkeypatch.chdir(root)
+    with FaultServer(FaultConfig()) as server:
+        recipe = {"run_name": "paper", "outputs_dir": str(tmp_path / "outputs"), "cache": {"enabled": False},
+                  "prompts": {"xstest_path": "prompts/benchmarks/xstest/xstest_prompts.csv",
+                              "strongreject_path": "prompts/benchmarks/strongreject/strongreject_small_dataset.csv"},
+                  "evaluate": {"max_prompts": 4, "bootstrap_resamples": 100, "benchmark_max_prompts": 3},
+                  "models": {"policy": {"backend": "openai_compatible", "model": "fake",
+                                        "base_url": server.base_url}}}
+        params_file = tmp_path / "p.yaml"
+        params_file.write_text(yaml.safe_dump(recipe))
+        rdir = run(params_file, stages="01,06-07", log=lambda s: None, engine="python")
+
+    from delib.run import files
+    doc = json.loads((rdir / "metrics.json").read_text())
+    keys = set(doc["metrics"]["base"])
+    assert {"strongreject_refusal@0.1", "xstest_not_overrefuse"} <= keys and "strongreject_goodness@0.1" not in keys
+    assert "takes none" in doc["evaluation"]["variants_not_available"]["base_skeleton"]
+    sr = files.read(rdir, files.STRONGREJECT_ANSWERS)
+    assert sr.groupby("forbidden_id")["technique"].nunique().eq(9).all() and sr["forbidden_id"].nunique() == 3
+    assert files.ANALYSIS_FIGURES["pareto_paper"].path(rdir).is_file()
+    page = (rdir / "report.html").read_text()
+    assert page.index("StrongREJECT refusal@0.1 (rules only) against XSTest") < page.index("Headline metrics")

@@ -161,8 +161,7 @@ def resolve_variants(params: RunParams, spec: Spec) -> list[Variant]:
     """The variants the recipe asks for (`evaluate.variants` and `evaluate.extra_models`), each available or
     not with the reason; trained variants are found in their stage's folder, never assumed."""
     ev, policy = params.evaluate, params.models.policy
-    no_grammar = None if provider_for(policy).grammar else \
-        f"not available: models.policy's {policy.backend} backend decodes no grammar, so no CoT skeleton"
+    no_grammar = skeleton_problem(policy) if any(v.endswith("_skeleton") for v in ev.variants) else None
     out = []
     for name in ev.variants:
         if name in TRAINED_STAGE:
@@ -188,6 +187,16 @@ def resolve_variants(params: RunParams, spec: Spec) -> list[Variant]:
     for name, role in ev.extra_models.items():
         out.append(Variant(name, name, role, f"evaluate.extra_models.{name}"))
     return out
+
+
+def skeleton_problem(policy: ModelRole) -> Optional[str]:
+    """Why the policy's server cannot write the CoT skeleton (it decodes no grammar: the backend, or an
+    openai_compatible server that is neither llama.cpp's nor vLLM's, as its role or one probe says); None if it can."""
+    provider = provider_for(policy)
+    if provider.grammar and provider.grammar_dialect() is not None:
+        return None
+    said = provider.no_grammar() if provider.grammar else f"the {policy.backend} backend decodes none"
+    return f"not available: the CoT skeleton needs a grammar, and models.policy takes none ({said})"
 
 
 def variants_table(variants: Sequence[Variant]) -> pd.DataFrame:
