@@ -92,4 +92,5 @@ def test_the_report_opens_with_the_papers_axes_when_both_benchmarks_ran(tmp_path
     assert sr.groupby("forbidden_id")["technique"].nunique().eq(9).all() and sr["forbidden_id"].nunique() == 3
     assert files.ANALYSIS_FIGURES["pareto_paper"].path(rdir).is_file()
     page = (rdir / "report.html").read_text()
-    assert page.index("StrongREJECT refusal@0.1 (rules only) against XSTest") < page.index("Headline metrics")
+    assert page.index("StrongREJECT refusal@0.1 (rules only) against XSTest") < page.index(
+        "paired differences on the figure&#x27;s axes") < page.index("Headline metrics")

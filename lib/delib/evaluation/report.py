@@ -15,7 +15,7 @@ import pandas as pd
 from delib.evaluation.answer_view import VIEW_SCRIPT, VIEW_STYLE
 from delib.evaluation.findings import caveats, percent, summary
 from delib.evaluation.llm_grading import agreement
-from delib.evaluation.metrics import bootstrap_weights, wide_table
+from delib.evaluation.metrics import bootstrap_weights, shown_differences, wide_table
 from delib.evaluation.reading import (COST, EVAL, HEADLINE, PAPER, RETRIEVAL, by_category, differences_table,
                                       headline, headline_table)
 from delib.run import files
@@ -207,12 +207,16 @@ def report_sections(run: str, ev: dict, figures: dict[str, Path], found: Sequenc
                 figures.get("pareto"))
     top = (f"StrongREJECT {robust} against XSTest not_overrefuse (the paper's axes; up and right is better)",
            paper_axes) if paper_axes else held_out
+    axes = ["xstest_not_overrefuse", f"strongreject_{robust.split(' ')[0]}"]
     sections = [
         Section("In short", summary(m, d, variants, info, training, funnel) + [
             f"Safety, over-refusal, action and style graded by {held_out_grader(info)}; refusal class, cited sections "
             f"and format by rules. Every number carries its {pct} bootstrap interval over prompts "
             f"({info.get('resamples', '?')} resamples, seed {info.get('seed', '?')})."],
-                figures=[top]),
+                figures=[top], tables=[(f"paired differences on the figure's axes [{pct} interval]",
+                                        _metrics_rows(differences_table(shown_differences(d, info.get("baseline",
+                                                                                                  "base")),
+                                                                        axes)))] if paper_axes else []),
         Section("Headline metrics", tables=[(f"value [{pct} interval] (n)", _metrics_rows(headline_table(m, n=True))),
                                             ("The paper's figures, for scale", paper)],
                 figures=[("Metrics per variant", figures.get("metrics"))] + ([held_out] if paper_axes else [])),
