@@ -36,7 +36,7 @@ GATES = {
 # The gates and final-score parts of stage 03 that check what stage 06 also grades (the rules it counts with): SFT data
 # selected by them is selected to pass the evaluation, and the report says so (judge.independent_selection: without).
 SHARED_GATES = {"cites_level": "category_citation", "applicable_level": "citation_accuracy",
-                "action_of_level": "category_citation (it needs a cited level of the category)",
+                "action_of_level": "category_citation: it needs a cited level of the category",
                 "answer_takes_action": "the response type (not_unsafe, not_overrefuse, correct_action)"}
 SHARED_WEIGHTS = {"action": "the response type (correct_action)", "citation": "category_citation",
                   "style": "the style scores"}
