@@ -16,21 +16,30 @@ from fault_server import FaultConfig, FaultServer  # noqa: E402
 from delib.run.runner import run  # noqa: E402
 
 
-@pytest.mark.pipeline
-def test_evaluate_and_report_with_an_extra_model(tmp_path, root, monkeypatch):
+def run_on_a_fake_server(tmp_path: Path, recipe: dict) -> Path:
+    """Stages 01 and 06-07 of `recipe` with the policy (and any role naming "SERVER") on a fake loopback server."""
+    with FaultServer(FaultConfig()) as server:
+        policy = {"backend": "openai_compatible", "model": "fake", "base_url": server.base_url}
+        text = yaml.safe_dump({"outputs_dir": str(tmp_path / "outputs"), "cache": {"enabled": False},
+                               "models": {"policy": policy}, **recipe}).replace("SERVER", server.base_url)
+        params_file = tmp_path / "p.yaml"
+        params_file.write_text(text)
+        return run(params_file, stages="01,06-07", log=lambda s: None, engine="python")
+
+
+@pytest.fixture
+def at_the_root(root, monkeypatch):
     monkeypatch.setenv("DELIB_ROOT", str(root))
     monkeypatch.chdir(root)
-    with FaultServer(FaultConfig()) as server:
-        recipe = {"run_name": "pipe", "outputs_dir": str(tmp_path / "outputs"),
-                  "cache": {"enabled": False},
-                  "evaluate": {"max_prompts": 7, "bootstrap_resamples": 200, "variants": ["base", "sft", "sft_rl"],
-                               "extra_models": {"echo": {"backend": "openai_compatible", "model": "fake",
-                                                         "base_url": server.base_url}}},
-                  "models": {"policy": {"backend": "openai_compatible", "model": "fake",
-                                        "base_url": server.base_url}}}
-        params_file = tmp_path / "p.yaml"
-        params_file.write_text(yaml.safe_dump(recipe))
-        rdir = run(params_file, stages="01,06-07", log=lambda s: None, engine="python")
+
+
+@pytest.mark.pipeline
+def test_evaluate_and_report_with_an_extra_model(tmp_path, at_the_root):
+    rdir = run_on_a_fake_server(tmp_path, {
+        "run_name": "pipe",
+        "evaluate": {"max_prompts": 7, "bootstrap_resamples": 200, "variants": ["base", "sft", "sft_rl"],
+                     "extra_models": {"echo": {"backend": "openai_compatible", "model": "fake",
+                                               "base_url": "SERVER"}}}})
 
     doc = json.loads((rdir / "metrics.json").read_text())
     # the two served variants and the chance references of citation; nothing for the untrained ones
@@ -66,22 +75,15 @@ def test_evaluate_and_report_with_an_extra_model(tmp_path, root, monkeypatch):
 
 
 @pytest.mark.pipeline
-def test_the_report_opens_with_the_papers_axes_when_both_benchmarks_ran(tmp_path, root, monkeypatch):
+def test_the_report_opens_with_the_papers_axes_when_both_benchmarks_ran(tmp_path, at_the_root):
     """XSTest and StrongREJECT from the shipped files, every forbidden prompt under every technique, no grader: the
     run reports strongreject_refusal@0.1 (never goodness), draws StrongREJECT against XSTest, and the report opens
     with that figure. The policy's server decodes no grammar, so the skeleton baselines say why they are absent."""
-    monkeypatch.setenv("DELIB_ROOT", str(root))
-    monkeypatch.chdir(root)
-    with FaultServer(FaultConfig()) as server:
-        recipe = {"run_name": "paper", "outputs_dir": str(tmp_path / "outputs"), "cache": {"enabled": False},
-                  "prompts": {"xstest_path": "prompts/benchmarks/xstest/xstest_prompts.csv",
-                              "strongreject_path": "prompts/benchmarks/strongreject/strongreject_small_dataset.csv"},
-                  "evaluate": {"max_prompts": 4, "bootstrap_resamples": 100, "benchmark_max_prompts": 3},
-                  "models": {"policy": {"backend": "openai_compatible", "model": "fake",
-                                        "base_url": server.base_url}}}
-        params_file = tmp_path / "p.yaml"
-        params_file.write_text(yaml.safe_dump(recipe))
-        rdir = run(params_file, stages="01,06-07", log=lambda s: None, engine="python")
+    rdir = run_on_a_fake_server(tmp_path, {
+        "run_name": "paper",
+        "prompts": {"xstest_path": "prompts/benchmarks/xstest/xstest_prompts.csv",
+                    "strongreject_path": "prompts/benchmarks/strongreject/strongreject_small_dataset.csv"},
+        "evaluate": {"max_prompts": 4, "bootstrap_resamples": 100, "benchmark_max_prompts": 3}})
 
     from delib.run import files
     doc = json.loads((rdir / "metrics.json").read_text())
