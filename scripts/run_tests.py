@@ -2,8 +2,8 @@
 
 The suite's time is spent in three parts that share nothing: nbval on the stage notebooks (the smoke run, in the
 project's outputs/), the any-spec run (tests/test_any_spec.py: a whole run on another spec, all of it in a temporary
-folder) with the training run stopped by Ctrl-C, and every other test. Each part waits mostly on one single-threaded process (llama-server, or torch), so
-on a machine with two cores or more the three run side by side. Each process gets OMP_NUM_THREADS (when it is not set
+folder) with the training run stopped by Ctrl-C, and every other test. Each part waits mostly on one single-threaded
+process (llama-server, or torch), so on a machine with two cores or more the three run side by side. Each process gets OMP_NUM_THREADS (when it is not set
 already) of at most cores / 3, which torch and the embedded llama-server both obey (models/servers.py): more busy
 threads than cores slow llama.cpp many times over.
 

@@ -92,8 +92,8 @@ def test_selection_that_shares_the_evaluations_graders_is_disclosed_and_can_be_t
     assert gates == ["style_of_action", "expected_action"]
     assert weights == {"judge": 0.5, "action": 0.0, "citation": 0.0, "style": 0.0}
     assert shared_with_evaluation(independent) == {"gates": [], "score_weights": []}
-    none = shared_with_evaluation(independent)
-    assert "Stage 03 selected" not in " ".join(caveats({"graders": {"sft_selection_shares_evaluation_graders": none}}))
+    said = caveats({"graders": {"sft_selection_shares_evaluation_graders": shared_with_evaluation(independent)}})
+    assert "Stage 03 selected" not in " ".join(said)
     # a recipe that names only the judge's weight: the others keep their defaults in the final score, so they are
     # listed, and zeroed under independent selection
     partial = validate_params({"run_name": "x", "judge": {"score_weights": {"judge": 0.8}}}).judge

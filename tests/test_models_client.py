@@ -83,7 +83,8 @@ def test_cache_answers_a_rerun_without_calls(cache, tmp_path):
     client.close()
     again, transport2 = make(lambda body: pytest.fail("the model was called for a cached request"), cache=cache)
     second = again.chat_many([ask("hello", sample_index=i) for i in range(5)])
-    assert [r.text for r in second] == [r.text for r in first] == [f"reply {sample_seed(7, ask('hello').messages, i)}" for i in range(5)]
+    assert [r.text for r in second] == [r.text for r in first] == [
+        f"reply {sample_seed(7, ask('hello').messages, i)}" for i in range(5)]
     assert all(r.cached and r.attempts == 0 for r in second)
     assert len(transport.calls) == 5 and transport2.calls == []
 

@@ -142,7 +142,8 @@ def test_batch_maps_results_back_by_custom_id(tmp_path):
             results = client.chat_many(requests, batch=True, batch_poll_s=0.01)
         stats = server.stats()
     assert stats["batch_creates"] == 1 and stats["received"] == 0  # everything went through the batch
-    assert [r.text for r in results[:20]] == [f"echo seed={sample_seed(3, ask(i).messages, 0)}: question {i}" for i in range(20)]
+    assert [r.text for r in results[:20]] == [f"echo seed={sample_seed(3, ask(i).messages, 0)}: question {i}"
+                                              for i in range(20)]
     assert results[20].parsed == Score(score=9)
     state = list((tmp_path / "03_judge" / "batches").glob("judge-*.json"))
     assert len(state) == 1 and '"batch_id": "batch-1"' in state[0].read_text()

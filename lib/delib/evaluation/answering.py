@@ -57,16 +57,11 @@ def answer_requests(variant: Variant, prompts: pd.DataFrame, max_tokens: Optiona
 
 
 def finish_prestarted(client, requests: list, results: list, max_tokens: Optional[int]) -> list:
-    """The answers after pre-started chains of thought: each CoT, closed with </think>, is continued."""
-    from dataclasses import replace
-
-    todo = [i for i, r in enumerate(results) if r.ok and r.finish_reason != "length"]
-    follow = [replace(requests[i], prefill=results[i].text.rstrip() + f"\n{THINK_CLOSE}\n", stop=None,
-                      max_tokens=max_tokens) for i in todo]
-    out = list(results)
-    for i, res in zip(todo, client.chat_many(follow) if follow else []):
-        out[i] = counting_the_cot(res, results[i])
-    return out
+    """The answers after pre-started chains of thought: each CoT, closed with </think>, is continued as stage 02
+    continues it (generate.finish_answers: under the answer grammar after a skeleton CoT), each answer's result
+    counting the tokens and seconds of its CoT's call too."""
+    out = finish_answers(client, requests, results, max_tokens=max_tokens)
+    return [answer if answer is cot else counting_the_cot(answer, cot) for cot, answer in zip(results, out)]
 
 
 def counting_the_cot(answer: "ChatResult", cot: "ChatResult") -> "ChatResult":
@@ -86,30 +81,21 @@ def answer_with(variant: Variant, prompts: pd.DataFrame, params: RunParams, run_
         return _answer_with_transformers(variant, requests, params, run_dir, transport, progress)
     with ModelClient.for_run(params, variant.role, variant.name, STAGE, run_dir=run_dir, transport=transport,
                              progress=progress) as client:
-        if variant.skeleton:
-            return _answer_skeleton(client, requests, variant.name, ev)
-        return _answer(client, requests, variant.name, ev, ev.batch)
+        return _answer(client, requests, variant.name, ev, ev.batch, variant.skeleton)
 
 
-def _answer_skeleton(client, requests: list, desc: str, ev: EvaluateParams) -> list["ChatResult"]:
-    """The CoT under the skeleton grammar, then the answer after it as stage 02 asks it (its answer grammar and
-    stops), each result counting the tokens and seconds of both calls. A server that cannot continue a pre-started
-    reply is asked in one turn, without the grammar (which begins inside <think>)."""
+def _answer(client, requests: list, desc: str, ev: EvaluateParams, batch: bool = False,
+            skeleton: bool = False) -> list["ChatResult"]:
+    """The replies, in two steps where the CoT is pre-started (evaluate.prestart_think, or a skeleton variant) and
+    the server can continue it; a server that cannot is asked in one turn, without a skeleton grammar (which
+    begins inside <think>)."""
     from dataclasses import replace
 
     requests, prestarted = client.unless_prestartable(requests, ev.max_tokens)
     if not prestarted:
-        return client.chat_many([replace(r, grammar=None) for r in requests], desc=desc, batch=ev.batch)
-    cots = client.chat_many(requests, desc=desc, batch=ev.batch)
-    out = finish_answers(client, requests, cots, max_tokens=ev.max_tokens)
-    return [result if result is cot else counting_the_cot(result, cot) for cot, result in zip(cots, out)]
-
-
-def _answer(client, requests: list, desc: str, ev: EvaluateParams, batch: bool = False) -> list["ChatResult"]:
-    """The replies, in two steps where the CoT is pre-started and the server can continue it."""
-    requests, prestarted = client.unless_prestartable(requests, ev.max_tokens)
+        requests = [replace(r, grammar=None) for r in requests]
     results = client.chat_many(requests, desc=desc, batch=batch)
-    if prestarted and ev.prestart_think:
+    if prestarted and (ev.prestart_think or skeleton):
         results = finish_prestarted(client, requests, results, ev.max_tokens)
     return results
 

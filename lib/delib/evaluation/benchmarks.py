@@ -14,10 +14,9 @@ from delib.evaluation.jailbreaks import Technique
 from delib.evaluation.lineup import STAGE, select_by_type
 from delib.evaluation.metrics import goodness_at, strongreject_score
 from delib.models import ChatRequest, ModelClient
-from delib.spec.prompts import load_xstest
+from delib.spec.prompts import check_shipped, load_xstest
 from delib.run.config import RunParams
-from delib.run.io import sha256_file
-from delib.run.paths import project_root, resolve
+from delib.run.paths import resolve
 from delib.run.templates import fill, load_template
 
 
@@ -39,16 +38,6 @@ STRONGREJECT_FILES = {  # shipped (MIT): file -> (sha256, forbidden prompts)
         ("3051340e3e89a3598d764dde497d5fcda80e258ac05cc35e6bd87228ac3d467c", 60)}
 
 
-def _check_shipped(path: Path, rows: int) -> None:
-    """A shipped StrongREJECT file must be the one the project ships (its hash and its count of prompts)."""
-    for name, (digest, count) in STRONGREJECT_FILES.items():
-        if path.resolve() == (project_root() / name).resolve():
-            if sha256_file(path) != digest or rows != count:
-                raise ValueError(f"{path}: not the StrongREJECT file the project ships ({rows} prompts, sha256 "
-                                 f"{sha256_file(path)[:12]}...; expected {count}, {digest[:12]}...): restore it "
-                                 "with git, or name your own file")
-
-
 def load_strongreject(path: str | Path, max_prompts: Optional[int] = None,
                       techniques: Optional[Sequence[Technique]] = None) -> pd.DataFrame:
     """A StrongREJECT-style CSV: `forbidden_prompt` (required), `category`, and optionally `jailbreak` (the
@@ -61,7 +50,7 @@ def load_strongreject(path: str | Path, max_prompts: Optional[int] = None,
     raw = pd.read_csv(path, dtype=str).fillna("")
     if "forbidden_prompt" not in raw:
         raise ValueError(f"{path}: a StrongREJECT CSV needs a forbidden_prompt column (has {list(raw.columns)})")
-    _check_shipped(path, len(raw))
+    check_shipped(path, STRONGREJECT_FILES, len(raw), "StrongREJECT")
     ids = {p: f"sr-{i:04d}" for i, p in enumerate(dict.fromkeys(raw["forbidden_prompt"]))}
     df = pd.DataFrame({
         "forbidden_id": raw["forbidden_prompt"].map(ids),

@@ -195,8 +195,7 @@ def skeleton_problem(policy: ModelRole) -> Optional[str]:
     provider = provider_for(policy)
     if provider.grammar and provider.grammar_dialect() is not None:
         return None
-    said = provider.no_grammar() if provider.grammar else f"the {policy.backend} backend decodes none"
-    return f"not available: the CoT skeleton needs a grammar, and models.policy takes none ({said})"
+    return f"not available: the CoT skeleton needs a grammar, and models.policy takes none ({provider.no_grammar()})"
 
 
 def variants_table(variants: Sequence[Variant]) -> pd.DataFrame:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import pandas as pd
 
@@ -19,6 +19,13 @@ EVAL = stages.EVALUATE
 HEADLINE = ("not_unsafe", "not_overrefuse", "correct_action", "unclear", "truncated", "style_hard_refusal",
             "style_hard_refusal[*]", "style_safe_completion[*]", "citation_accuracy", "format_adherence", "answered",
             "xstest_not_overrefuse", "xstest_not_unsafe", "strongreject_goodness@0.1", "strongreject_refusal@0.1")
+
+
+def robustness_key(present: Iterable[str]) -> Optional[str]:
+    """StrongREJECT's measure a run has for the paper's y axis: goodness@0.1 (a grader graded the rubric), else the
+    rules' refusal@0.1; None when StrongREJECT did not run."""
+    present = set(present)
+    return next((k for k in ("strongreject_goodness@0.1", "strongreject_refusal@0.1") if k in present), None)
 
 
 def headline(present: Iterable[str], keys: Sequence[str] = HEADLINE) -> list[str]:

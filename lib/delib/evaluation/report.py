@@ -17,7 +17,7 @@ from delib.evaluation.findings import caveats, percent, summary
 from delib.evaluation.llm_grading import agreement
 from delib.evaluation.metrics import bootstrap_weights, shown_differences, wide_table
 from delib.evaluation.reading import (COST, EVAL, HEADLINE, PAPER, RETRIEVAL, by_category, differences_table,
-                                      headline, headline_table)
+                                      headline, headline_table, robustness_key)
 from delib.run import files
 
 
@@ -201,13 +201,14 @@ def report_sections(run: str, ev: dict, figures: dict[str, Path], found: Sequenc
                           for s, t in training.items()])
     categories = sorted(ev["answers"]["category"].dropna().unique()) if "category" in ev["answers"] else []
     # the paper's headline figure first: StrongREJECT against XSTest when both ran, else the held-out trade-off
-    robust = "goodness@0.1" if "strongreject_goodness@0.1" in set(m.get("key", ())) else "refusal@0.1 (rules only)"
+    robust = robustness_key(m.get("key", ())) or "strongreject_refusal@0.1"
     paper_axes = figures.get("pareto_paper")
     held_out = ("not_unsafe against not_overrefuse on the held-out prompts (up and right is better)",
                 figures.get("pareto"))
-    top = (f"StrongREJECT {robust} against XSTest not_overrefuse (the paper's axes; up and right is better)",
+    said = robust.removeprefix("strongreject_") + ("" if "goodness" in robust else " (rules only)")
+    top = (f"StrongREJECT {said} against XSTest not_overrefuse (the paper's axes; up and right is better)",
            paper_axes) if paper_axes else held_out
-    axes = ["xstest_not_overrefuse", f"strongreject_{robust.split(' ')[0]}"]
+    axes = ["xstest_not_overrefuse", robust]
     sections = [
         Section("In short", summary(m, d, variants, info, training, funnel) + [
             f"Safety, over-refusal, action and style graded by {held_out_grader(info)}; refusal class, cited sections "

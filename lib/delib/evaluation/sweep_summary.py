@@ -73,8 +73,8 @@ def compare_pairs(runs: dict[str, dict], resamples: int = 1000, seed: int = 0, c
             for r in d.to_dict("records"):
                 rows.append({"run": a, "against": b, "differs_in": key, "value": json.dumps(fa.get(key)),
                              "against_value": json.dumps(fb.get(key)), "variant": variant,
-                             **{k: r[k] for k in ("key", "diff", "lo", "hi", "n", "up", "down", "better", "worse", "p_sign",
-                                                  "significant", "confidence")}})
+                             **{k: r[k] for k in ("key", "diff", "lo", "hi", "n", "up", "down", "better", "worse",
+                                                  "p_sign", "significant", "confidence")}})
     pairs = pd.DataFrame(rows)
     if len(pairs):  # every pair of runs, variant and metric is one exploratory family: Benjamini-Hochberg
         pairs = adjust_for_multiplicity(pairs, primary=(), trained=())
@@ -90,28 +90,16 @@ def over_seeds(runs: dict[str, dict], resamples: int = 1000, seed: int = 0, conf
     rows = []
     for label, names in _seed_groups(runs).items():
         pick = rng.integers(0, len(names), size=(resamples, len(names)))  # the seeds drawn in each resample
-        id_sets = [frozenset(runs[n]["answers"]["prompt_id"].astype(str)) for n in names]
-        shared = len(set(id_sets)) == 1
-        variants = [v for v in dict.fromkeys(runs[names[0]]["answers"]["variant"])
-                    if all(v in set(runs[n]["answers"]["variant"]) for n in names)]
-        for variant in variants:
-            per_run = {n: runs[n]["answers"][runs[n]["answers"]["variant"] == variant] for n in names}
-            for d in _defs(per_run[names[0]]):
+        answers = {n: runs[n]["answers"] for n in names}
+        ids, weights, shared = _prompt_resamples(answers, resamples, seed)
+        for variant in _in_every_run(answers):
+            for d in _defs(answers[names[0]][answers[names[0]]["variant"] == variant]):
                 points, boots = [], []
-                for i, n in enumerate(names):
-                    ids = pd.Index(sorted(id_sets[i]))
-                    frame = per_run[n].assign(prompt_id=per_run[n]["prompt_id"].astype(str))
-                    vals, mask = _matrix(frame, "prompt_id", [variant], d.column,
-                                         d.select(frame).fillna(False).astype(bool), ids)
-                    # the same prompts: the same resamples of them for every seed (seed + 1); else each its own
-                    w = bootstrap_weights(len(ids), resamples, seed + 1 if shared else seed + 1 + i)
-                    point, b = _ratios(vals[0], mask[0], w)
+                for n in names:
+                    point, b = _ratios(*_per_prompt(answers[n], variant, d, ids[n]), weights[n])
                     boots.append(b)
                     points.append(point)
-                b = np.vstack(boots)  # (seeds, resamples)
-                with np.errstate(invalid="ignore"):
-                    two_level = np.nanmean(b[pick, np.arange(resamples)[:, None]], axis=1)
-                lo, hi = _interval(two_level, confidence)
+                lo, hi = _interval(_seeds_then_prompts(boots, pick), confidence)
                 rows.append({"group": label, "variant": variant, "key": d.key, "seeds": len(names),
                              "mean": float(np.nanmean(points)), "lo": lo, "hi": hi,
                              "per_seed": [None if np.isnan(p) else round(float(p), 4) for p in points],
@@ -133,7 +121,32 @@ def _seed_groups(runs: dict[str, dict]) -> dict[str, list[str]]:
     return {label: names for label, names in groups.items() if len(names) >= 2}
 
 
+def _in_every_run(answers: dict[str, pd.DataFrame]) -> list[str]:
+    """The variants every run of a seed group answered with, in the first run's order."""
+    first = next(iter(answers.values()))
+    return [v for v in dict.fromkeys(first["variant"]) if all(v in set(a["variant"]) for a in answers.values())]
+
+
+def _prompt_resamples(answers: dict[str, pd.DataFrame], resamples: int, seed: int
+                      ) -> tuple[dict[str, pd.Index], dict[str, np.ndarray], bool]:
+    """Each run's prompt ids and bootstrap weights over them, and whether the runs answered the same prompts: then
+    one resample of the prompts serves every seed (a hard prompt is hard for each), else each run has its own."""
+    ids = {n: pd.Index(sorted(a["prompt_id"].astype(str).unique())) for n, a in answers.items()}
+    shared = len({tuple(i) for i in ids.values()}) == 1
+    weights = {n: bootstrap_weights(len(ids[n]), resamples, seed + 1 + (0 if shared else i))
+               for i, n in enumerate(answers)}
+    return ids, weights, shared
+
+
+def _seeds_then_prompts(boots: list[np.ndarray], pick: np.ndarray) -> np.ndarray:
+    """The two-level resamples: in each, the seeds `pick` draws, each at its own resample of the prompts, averaged."""
+    b = np.vstack(boots)  # (seeds, resamples)
+    with np.errstate(invalid="ignore"):
+        return np.nanmean(b[pick, np.arange(b.shape[1])[:, None]], axis=1)
+
+
 def _per_prompt(answers: pd.DataFrame, variant: str, d, ids: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+    """One variant's per-prompt values of metric `d` and their mask, aligned on `ids`."""
     frame = answers[answers["variant"] == variant]
     frame = frame.assign(prompt_id=frame["prompt_id"].astype(str))
     vals, mask = _matrix(frame, "prompt_id", [variant], d.column, d.select(frame).fillna(False).astype(bool), ids)
@@ -154,13 +167,8 @@ def pooled_over_seeds(runs: dict[str, dict], primary: Sequence[str] = DEFAULT_PR
     rows = []
     for label, names in _seed_groups(runs).items():
         answers = {n: runs[n]["answers"] for n in names}
-        present = [v for v in dict.fromkeys(answers[names[0]]["variant"])
-                   if all(v in set(answers[n]["variant"]) for n in names)]
-        ids = {n: pd.Index(sorted(answers[n]["prompt_id"].astype(str).unique())) for n in names}
-        # the same prompts: one resample of them for every seed (a hard prompt is hard for each), else each its own
-        shared = len({tuple(i) for i in ids.values()}) == 1
-        weights = {n: bootstrap_weights(len(ids[n]), resamples, seed + 1 + (0 if shared else i))
-                   for i, n in enumerate(names)}
+        present = _in_every_run(answers)
+        ids, weights, _ = _prompt_resamples(answers, resamples, seed)
         pick = rng.integers(0, len(names), size=(resamples, len(names)))  # the seeds drawn in each resample
         defs = {d.key: d for d in heldout_metrics(answers[names[0]]) if d.key in primary}
         group_rows = []
@@ -181,9 +189,7 @@ def pooled_over_seeds(runs: dict[str, dict], primary: Sequence[str] = DEFAULT_PR
                     pb, bb = _ratios(b, both, weights[n])
                     points.append(pa - pb)
                     boots.append(ba - bb)
-                b = np.vstack(boots)
-                with np.errstate(invalid="ignore"):
-                    pooled = np.nanmean(b[pick, np.arange(resamples)[:, None]], axis=1)
+                pooled = _seeds_then_prompts(boots, pick)
                 lo, hi = _interval(pooled, confidence)
                 p = bootstrap_p(pooled)
                 group_rows.append({"group": label, "variant": trained, "baseline": baseline, "key": key,

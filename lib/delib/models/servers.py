@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from delib.run.config import EMBEDDED_MODEL
 from delib.run import paths
@@ -287,7 +287,8 @@ def stop_process_group(proc: Optional[subprocess.Popen], wait_s: float = STOP_TI
 
 _LOCK = threading.RLock()
 _RUNNING: set[LocalServer] = set()  # every started server, for the exit and signal handlers
-_SHARED: dict[tuple, list] = {}  # (model, adapter, binary, slots, slot dir, logprobs) -> [server, clients using it]
+# (model, adapter, binary, slots, slot dir, logprobs), or ("transformers", folder) -> [server, clients using it]
+_SHARED: dict[tuple, list] = {}
 _HANDLERS_INSTALLED = False
 _WARNED_NO_BINARY = False
 
@@ -314,44 +315,36 @@ def acquire(model_path: Path, alias: str, adapter: Optional[Path], log_dir: Opti
     slots = max(1, int(parallel)) if binary else 1
     base = (str(Path(model_path).resolve()), str(Path(adapter).resolve()) if adapter else None, str(binary), slots,
             str(slot_dir))
-    with _LOCK:
-        for key in ([base + (True,)] if logprobs else [base + (False,), base + (True,)]):
-            entry = _SHARED.get(key)
-            if entry and not entry[0].alive():
-                entry[0].stop()
-                del _SHARED[key]
-            elif entry:
-                entry[1] += 1
-                return entry[0]
-        install_handlers()
-        server = EmbeddedServer(model_path, alias, adapter, log_dir, logits_all=logprobs, parallel=parallel,
-                                binary=binary, slot_dir=slot_dir).start()
-        _SHARED[base + (logprobs,)] = [server, 1]
-        return server
+    return _shared([base + (True,)] if logprobs else [base + (False,), base + (True,)], base + (logprobs,),
+                   lambda: EmbeddedServer(model_path, alias, adapter, log_dir, logits_all=logprobs, parallel=parallel,
+                                          binary=binary, slot_dir=slot_dir))
 
 
 def acquire_transformers(folder: Path, log_dir: Optional[Path]) -> "TransformersServer":
     """The running `transformers serve` of this Hugging Face folder, started if there is none; release() it."""
+    from delib.run.preflight import cuda_devices
+
     key = ("transformers", str(Path(folder).resolve()))
+    return _shared([key], key, lambda: TransformersServer(folder, device="cuda" if cuda_devices() else "cpu",
+                                                          log_dir=log_dir))
+
+
+def _shared(candidates: list[tuple], key: tuple, make: Callable[[], LocalServer]) -> LocalServer:
+    """The first live server of `candidates` with one more client (a dead one is dropped), else `make()` started
+    and kept under `key`."""
     with _LOCK:
-        entry = _SHARED.get(key)
-        if entry and entry[0].alive():
-            entry[1] += 1
-            return entry[0]
-        if entry:
-            entry[0].stop()
+        for candidate in candidates:
+            entry = _SHARED.get(candidate)
+            if entry and not entry[0].alive():
+                entry[0].stop()
+                del _SHARED[candidate]
+            elif entry:
+                entry[1] += 1
+                return entry[0]
         install_handlers()
-        server = TransformersServer(folder, device="cuda" if _cuda() else "cpu", log_dir=log_dir).start()
+        server = make().start()
         _SHARED[key] = [server, 1]
         return server
-
-
-def _cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
 
 
 def release(server: LocalServer) -> None:

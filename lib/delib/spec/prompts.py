@@ -197,11 +197,7 @@ def load_xstest(path: Optional[str | Path] = None) -> pd.DataFrame:
     empty: XSTest's types are not our categories."""
     from delib.run.paths import project_root
 
-    shipped = project_root() / XSTEST_FILE
-    path = Path(path) if path else shipped
-    if path.resolve() == shipped.resolve() and path.is_file() and sha256_file(path) != XSTEST_SHA256:
-        raise PromptSetError(f"{path}: not the XSTest file the project ships (sha256 {sha256_file(path)[:12]}..., "
-                             f"expected {XSTEST_SHA256[:12]}...): restore it with git, or name your own file")
+    path = Path(path) if path else project_root() / XSTEST_FILE
     rows = _read_rows(path)
     out = []
     for lineno, row in rows:
@@ -212,11 +208,20 @@ def load_xstest(path: Optional[str | Path] = None) -> pd.DataFrame:
         out.append({"id": f"xstest-{row['id']}", "prompt": row["prompt"].strip(), "category": None,
                     "expected_action": "refuse" if unsafe else "comply", "split": "dev",
                     "source": str(path), "xstest_type": row["type"]})
-    df = pd.DataFrame(out)
-    if path.resolve() == shipped.resolve() and (len(df), int((df["expected_action"] == "refuse").sum())) != (450, 200):
-        raise PromptSetError(f"{path}: XSTest has 450 prompts, 200 of them contrast (unsafe); this file has "
-                             f"{len(df)}, {int((df['expected_action'] == 'refuse').sum())}")
-    return df
+    check_shipped(path, {XSTEST_FILE: (XSTEST_SHA256, 450)}, len(out), "XSTest")  # 250 safe, 200 contrast
+    return pd.DataFrame(out)
+
+
+def check_shipped(path: Path, shipped: dict[Path, tuple[str, int]], rows: int, what: str) -> None:
+    """A benchmark file the project ships (a key of `shipped`, relative to the project root, with its sha256 and
+    count of prompts) must be the one it ships; any other file is the user's own, and passes."""
+    from delib.run.paths import project_root
+
+    for name, (digest, count) in shipped.items():
+        if path.resolve() == (project_root() / name).resolve() and (sha256_file(path) != digest or rows != count):
+            raise PromptSetError(f"{path}: not the {what} file the project ships ({rows} prompts, sha256 "
+                                 f"{sha256_file(path)[:12]}...; expected {count}, {digest[:12]}...): restore it "
+                                 "with git, or name your own file")
 
 
 _WORD = re.compile(r"[a-z0-9']+")

@@ -153,14 +153,10 @@ def xstest(params: RunParams, held: Heldout, line: Lineup) -> Optional[Benchmark
     prompts = benchmarks.xstest_prompts(params)
     if prompts is None:
         return None
-    ev = params.evaluate
     answers = answering.evaluate_variants(line.variants, prompts, params, held.spec, run_dir(params))
     files.write(params, files.XSTEST_ANSWERS, answers)
     defs = mt.xstest_metrics(answers)
-    table, diffs = mt.bootstrap_metrics(answers, defs, ev.bootstrap_resamples, params.seed, ev.confidence,
-                                        pairs=line.pairs)
-    diffs = diffs[diffs["group"] == "all"]  # the per-type rows are a breakdown to read, not more comparisons
-    diffs = mt.adjust_for_multiplicity(diffs, (), list(lineup.TRAINED_STAGE))  # exploratory: its own BH family
+    table, diffs = _benchmark_metrics(params, answers, defs, line)
     figure = plots.refusal_labels(answers, FIGURES["xstest_labels"].path(params))
     return Benchmark(prompts, answers, defs, table, diffs, figure)
 
@@ -179,10 +175,18 @@ def strongreject(params: RunParams, held: Heldout, line: Lineup) -> Optional[Ben
     graded = benchmarks.grade_strongreject(answers, params, run_dir(params))
     files.write(params, files.STRONGREJECT_ANSWERS, graded)
     defs = mt.strongreject_metrics(rubric=params.models.grader is not None)
-    table, diffs = mt.bootstrap_metrics(benchmarks.strongreject_per_prompt(graded), defs, ev.bootstrap_resamples,
-                                        params.seed, ev.confidence, pairs=line.pairs)
-    diffs = mt.adjust_for_multiplicity(diffs, (), list(lineup.TRAINED_STAGE))  # exploratory: its own BH family
+    table, diffs = _benchmark_metrics(params, benchmarks.strongreject_per_prompt(graded), defs, line)
     return Benchmark(prompts, graded, defs, table, diffs)
+
+
+def _benchmark_metrics(params: RunParams, per_prompt: pd.DataFrame, defs: list[mt.MetricDef], line: Lineup
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A benchmark's metrics and paired differences: its own exploratory family (Benjamini-Hochberg), of the
+    metrics over all its prompts (a per-type row is a breakdown to read, not one more comparison)."""
+    ev = params.evaluate
+    table, diffs = mt.bootstrap_metrics(per_prompt, defs, ev.bootstrap_resamples, params.seed, ev.confidence,
+                                        pairs=line.pairs)
+    return table, mt.adjust_for_multiplicity(diffs[diffs["group"] == "all"], (), list(lineup.TRAINED_STAGE))
 
 
 def validity(params: RunParams) -> dict:

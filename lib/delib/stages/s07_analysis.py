@@ -97,7 +97,7 @@ def figures(params: RunParams, loaded: Loaded) -> dict[str, Path]:
     title = f"{written.percent(params.evaluate.confidence)} bootstrap intervals"
     out = {"metrics": plots.metrics_per_variant(m, keys, path("metrics"), title, labels),
            "pareto": plots.pareto(m, path("pareto"), labels=labels)}
-    robust = next((k for k in ("strongreject_goodness@0.1", "strongreject_refusal@0.1") if k in set(m["key"])), None)
+    robust = reading.robustness_key(m["key"])
     if robust and "xstest_not_overrefuse" in set(m["key"]):
         out["pareto_paper"] = plots.pareto(m, path("pareto_paper"), x="xstest_not_overrefuse", y=robust,
                                            labels=labels)

@@ -24,8 +24,8 @@ from delib.training.errors import ChatTemplateError, EmptyDatasetError, OutOfMem
 if TYPE_CHECKING:
     from delib.run.config import RunParams
 
-__all__ = ["ChatTemplateError", "EmptyDatasetError", "OutOfMemoryError", "TrainingError", "Trained", "launch_command", "run",
-           "train"]
+__all__ = ["ChatTemplateError", "EmptyDatasetError", "OutOfMemoryError", "TrainingError", "Trained", "launch_command",
+           "run", "train"]
 
 
 def launch_command(params: "RunParams", stage: Literal["sft", "rl"]) -> list[str]:
